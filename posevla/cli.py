@@ -1,0 +1,41 @@
+"""The `posevla` command. Each subcommand lives in its own module and is imported only when used."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int`.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("posevla.tools.demo", "run the whole ROS graph on this machine: replay cameras -> policy -> executor -> simulated X-Trainer"),
+    "bench": ("posevla.tools.bench", "run the benchmarks and print figures"),
+    "dataset": ("posevla.dataset.cli", "inspect and check recorded datasets (dataset check|info)"),
+    "xtrainer-sim": ("posevla.robot.simulator", "run the X-Trainer TCP simulator on loopback"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="posevla", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("posevla"):
+                p.set_defaults(_missing=str(exc))
+            else:
+                raise
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", None):
+        print(f"posevla {args.command}: not available in this build ({args._missing})", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
