@@ -22,7 +22,11 @@ def depth_to_metres(raw: np.ndarray, depth_scale: float) -> np.ndarray:
 
 def depth_prior(depth_m: np.ndarray, min_m: float = DEFAULT_MIN_M, max_m: float = DEFAULT_MAX_M,
                 out: np.ndarray | None = None) -> np.ndarray:
-    """(H, W) metres -> (H, W, 2) float32 [D, M]. NaN, inf, negative, 0 and out-of-range pixels get D = 0, M = 0."""
+    """(H, W) metres -> (H, W, 2) float32 [D, M]. NaN, inf, negative, 0 and out-of-range pixels get D = 0, M = 0.
+
+    The result is a view of a channel-first (2, H, W) buffer, so `torch.from_numpy(p).permute(2, 0, 1)` is
+    contiguous and free. `out`, if given, is an (H, W, 2) float32 array to write into.
+    """
     if depth_m.ndim != 2:
         raise ValueError(f"depth must be HxW, got shape {depth_m.shape}")
     if depth_m.dtype not in (np.float32, np.float64):
@@ -32,11 +36,14 @@ def depth_prior(depth_m: np.ndarray, min_m: float = DEFAULT_MIN_M, max_m: float 
         raise ValueError(f"depth range min_m={min_m}, max_m={max_m} is invalid")
     h, w = depth_m.shape
     if out is None:
-        out = np.empty((h, w, 2), dtype=np.float32)
-    valid = depth_m >= min_m  # NaN compares False
-    valid &= depth_m <= max_m  # inf is > max
-    out[..., 0] = 0.0
-    np.copyto(out[..., 0], depth_m, casting="unsafe", where=valid)
+        out = np.empty((2, h, w), dtype=np.float32).transpose(1, 2, 0)
+    elif out.shape != (h, w, 2):
+        raise ValueError(f"depth prior output has shape {out.shape}, expected {(h, w, 2)}")
+    valid = depth_m >= depth_m.dtype.type(min_m)  # NaN compares False
+    valid &= depth_m <= depth_m.dtype.type(max_m)  # inf is > max
+    d_out = out[..., 0]
+    d_out[...] = 0.0
+    np.copyto(d_out, depth_m, casting="unsafe", where=valid)
     out[..., 1] = valid
     return out
 

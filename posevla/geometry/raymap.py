@@ -14,14 +14,17 @@ from posevla.geometry.intrinsics import CameraIntrinsics
 
 @lru_cache(maxsize=64)
 def _raymap_cached(fx: float, fy: float, cx: float, cy: float, width: int, height: int) -> np.ndarray:
-    out = np.empty((height, width, 3), dtype=np.float32)
-    out[..., 0] = ((np.arange(width, dtype=np.float64) - cx) / fx)[None, :]
-    out[..., 1] = ((np.arange(height, dtype=np.float64) - cy) / fy)[:, None]
-    out[..., 2] = 1.0
-    out.setflags(write=False)
-    return out
+    chw = np.empty((3, height, width), dtype=np.float32)  # channel-first storage, HxWx3 view
+    chw[0] = ((np.arange(width, dtype=np.float64) - cx) / fx)[None, :]
+    chw[1] = ((np.arange(height, dtype=np.float64) - cy) / fy)[:, None]
+    chw[2] = 1.0
+    chw.setflags(write=False)
+    return chw.transpose(1, 2, 0)
 
 
 def raymap(intr: CameraIntrinsics) -> np.ndarray:
-    """(H, W, 3) float32 raymap of an image with intrinsics `intr` (read-only, cached)."""
+    """(H, W, 3) float32 raymap of an image with intrinsics `intr` (read-only, cached).
+
+    A view of channel-first storage: `torch.from_numpy(r).permute(2, 0, 1)` is contiguous and free.
+    """
     return _raymap_cached(float(intr.fx), float(intr.fy), float(intr.cx), float(intr.cy), intr.width, intr.height)
