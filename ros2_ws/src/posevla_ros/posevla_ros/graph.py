@@ -1,0 +1,75 @@
+"""The node graphs of the stack, described once (no ROS imports).
+
+Both the ROS 2 launch file (`launch/posevla.launch.py`, robot PCs with a full ROS 2 install) and the
+local runner (`posevla_ros.run_graph`, this machine, where `launch` is not installed) build the graph
+from here, so they can never disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def config_dir() -> Path:
+    """config/ of the source tree, or share/posevla_ros/config of a colcon install."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[3] / "config", here.parents[1] / "config"):
+        if candidate.is_dir():
+            return candidate
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("posevla_ros")) / "config"
+    except Exception:  # noqa: BLE001 - any failure means no install tree either
+        return here.parents[3] / "config"
+
+
+@dataclass
+class NodeSpec:
+    """One node: the posevla_ros executable, its name, YAML parameter files (in config/) and overrides."""
+
+    executable: str
+    name: str
+    param_files: list[str] = field(default_factory=list)
+    parameters: dict[str, object] = field(default_factory=dict)
+
+    def param_paths(self) -> list[Path]:
+        return [config_dir() / f for f in self.param_files]
+
+
+CAMERAS = ("head", "left_wrist", "right_wrist")
+
+# executable -> module with main(args=None); setup.py registers exactly these as console scripts.
+EXECUTABLES: dict[str, str] = {
+    "camera_node": "posevla_ros.camera_node",
+    "observation_node": "posevla_ros.observation_node",
+    "replay_node": "posevla_ros.replay_node",
+    "policy_node": "posevla_ros.policy_node",
+    "executor_node": "posevla_ros.executor_node",
+    "xtrainer_driver_node": "posevla_ros.xtrainer_driver_node",
+    "xtrainer_sim": "posevla_ros.xtrainer_sim_node",
+    "teleop_node": "posevla_ros.teleop_node",
+    "recorder_node": "posevla_ros.recorder_node",
+    "run_graph": "posevla_ros.run_graph",
+}
+
+
+def graph(setup: str, checkpoint: str = "", episode: str = "", instruction: str = "") -> list[NodeSpec]:
+    """Nodes for a setup: 'robot' (real cameras and arms), 'sim' (replayed cameras, simulated arms)."""
+    policy = NodeSpec("policy_node", "policy", ["policy.yaml"],
+                      {k: v for k, v in (("checkpoint", checkpoint), ("instruction", instruction)) if v})
+    executor = NodeSpec("executor_node", "executor", ["executor.yaml"])
+    if setup == "robot":
+        cams = [NodeSpec("camera_node", f"{c}_camera", ["camera_head.yaml" if c == "head" else "camera_wrist.yaml"],
+                         {"camera_name": c}) for c in CAMERAS]
+        driver = NodeSpec("xtrainer_driver_node", "xtrainer_driver", ["xtrainer.yaml"])
+        return [*cams, driver, policy, executor]
+    if setup == "sim":
+        return [
+            NodeSpec("xtrainer_sim", "xtrainer_sim", ["xtrainer_sim.yaml"]),
+            NodeSpec("xtrainer_driver_node", "xtrainer_driver", ["xtrainer.yaml", "xtrainer_sim.yaml"]),
+            NodeSpec("replay_node", "replay", ["replay.yaml"], {"episode": episode} if episode else {}),
+            policy,
+            executor,
+        ]
+    raise ValueError(f"unknown setup {setup!r} (expected 'robot' or 'sim')")
