@@ -1,0 +1,144 @@
+"""policy_node: synchronised camera topics -> Pose-VLA -> /policy/chunk (end-effector chunk in a camera frame).
+
+Plumbing only. Observations come from `ObservationSource` (subscriptions + synchroniser + observation
+builder, shared with observation_node); the model runs in `posevla.serving.AsyncPolicyRunner` on its own
+thread, so a slow model call never blocks the ROS executor and the next chunk is prepared while the
+executor plays the current one. Each chunk is stamped with the observation's capture time.
+
+Topics: publishes /policy/chunk (trajectory_msgs/MultiDOFJointTrajectory), /diagnostics;
+subscribes /policy/instruction (std_msgs/String) plus the camera and TCP-pose topics.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.node import Node
+from std_msgs.msg import String
+from trajectory_msgs.msg import MultiDOFJointTrajectory
+
+from posevla.serving import AsyncPolicyRunner, ChunkTiming
+from posevla.types import ActionChunk, Observation
+from posevla_ros.msg_conv import chunk_to_msg, ns_to_time
+from posevla_ros.params import declare_checked
+
+MODALITIES = ("rgb", "rgb+ray", "rgb+depth", "full")
+
+
+class PolicyNode(Node):
+    def __init__(self) -> None:
+        super().__init__("policy_node")
+        p = declare_checked(self, {
+            "checkpoint": ("", "policy checkpoint directory (PoseVLAPolicy.save_pretrained)", None),
+            "instruction": ("", "language instruction (also settable on /policy/instruction)", None),
+            "device": ("auto", "auto | cpu | cuda | cuda:N", None),
+            "modalities": ("full", "rgb | rgb+ray | rgb+depth | full", MODALITIES),
+            "min_period_s": (0.0, "minimum seconds between model calls", (0.0, 10.0)),
+            "warmup": (True, "run the model once at start-up", None),
+            "compile": (False, "torch.compile the model", None),
+            "diagnostics_period_s": (1.0, "period of /diagnostics", (0.1, 60.0)),
+        })
+        ckpt = Path(p["checkpoint"])
+        if not p["checkpoint"] or not ckpt.is_dir():
+            raise ValueError(f"parameter checkpoint={p['checkpoint']!r} is not a checkpoint directory")
+        from posevla import PoseVLAPolicy  # torch import happens here, after the parameters are valid
+
+        t0 = time.perf_counter()
+        device = None if p["device"] == "auto" else p["device"]
+        self.policy = PoseVLAPolicy.from_pretrained(ckpt, device=device, compile=p["compile"])
+        self.get_logger().info(f"loaded {ckpt} on {self.policy.device} in {time.perf_counter() - t0:.1f} s")
+        if p["warmup"]:
+            t0 = time.perf_counter()
+            self.policy.warmup()
+            self.get_logger().info(f"warm-up done in {time.perf_counter() - t0:.2f} s")
+        self.instruction = p["instruction"]
+        self.modalities = p["modalities"]
+        self.chunk_pub = self.create_publisher(MultiDOFJointTrajectory, "/policy/chunk", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(String, "/policy/instruction", self._on_instruction, 10)
+        self.add_on_set_parameters_callback(self._on_params)
+        self.last_timing: ChunkTiming | None = None
+        self.runner = AsyncPolicyRunner(self._predict, self._publish_chunk, now_ns=self._now_ns,
+                                        min_period_s=p["min_period_s"], on_error=self._on_error)
+        from posevla_ros.observation_source import ObservationSource
+
+        self.source = ObservationSource(self, views=list(self.policy.config.views),
+                                        image_size=self.policy.config.image_size,
+                                        callback=self._on_observation)
+        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
+
+    # ------------------------------------------------------------------ callbacks
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _on_instruction(self, msg: String) -> None:
+        self.instruction = msg.data
+        self.get_logger().info(f"instruction: {msg.data!r}")
+
+    def _on_params(self, params) -> SetParametersResult:
+        for prm in params:
+            if prm.name == "instruction":
+                self.instruction = prm.value
+            elif prm.name == "modalities":
+                if prm.value not in MODALITIES:
+                    return SetParametersResult(successful=False, reason=f"modalities must be one of {MODALITIES}")
+                self.modalities = prm.value
+        return SetParametersResult(successful=True)
+
+    def _on_observation(self, obs: Observation) -> None:
+        if not self.instruction:
+            self.get_logger().warn("no instruction yet (parameter instruction or /policy/instruction)",
+                                   throttle_duration_sec=5.0)
+            return
+        obs.instruction = self.instruction
+        self.runner.submit(obs)
+
+    def _predict(self, obs: Observation) -> ActionChunk:
+        return self.policy.predict(obs, modalities=self.modalities)
+
+    def _publish_chunk(self, chunk: ActionChunk, timing: ChunkTiming) -> None:
+        self.chunk_pub.publish(chunk_to_msg(chunk))
+        self.last_timing = timing
+
+    def _on_error(self, obs: Observation, exc: Exception) -> None:
+        self.get_logger().error(f"policy call failed on observation stamped {obs.stamp_ns}: {exc}")
+
+    def _publish_diagnostics(self) -> None:
+        st = self.runner.stats()
+        status = DiagnosticStatus(name="policy_node", hardware_id=str(self.policy.device))
+        status.level = DiagnosticStatus.OK if self.runner.failed == 0 else DiagnosticStatus.WARN
+        status.message = self.runner.last_error or "running"
+        values = {k: (f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in st.items()}
+        values.update({f"source_{k}": str(v) for k, v in self.source.stats().items()})
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = ns_to_time(self._now_ns())
+        self.diag_pub.publish(msg)
+
+    def destroy_node(self) -> None:
+        self.runner.close()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    try:
+        node = PolicyNode()
+    except ValueError as exc:
+        print(f"policy_node: {exc}", flush=True)
+        rclpy.try_shutdown()
+        raise SystemExit(2) from exc
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
