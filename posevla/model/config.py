@@ -1,0 +1,99 @@
+"""PoseVLAConfig: every size and switch of the model, read from / written to YAML (models/*.yaml)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ARM_ACTION_DIM = 10  # position (3, metres) + rotation 6D (6) + gripper opening (1, 0..1)
+FUSION_POINTS = ("siglip_output",)
+MODALITIES = ("rgb", "rgb+ray", "rgb+depth", "full")
+
+
+@dataclass
+class PoseVLAConfig:
+    """Sizes of the SigLIP vision tower, the Gemma language model and the action expert, plus I/O layout.
+
+    Actions and state per arm: [x, y, z (m), rot6d (6), gripper (0..1)] in the reference view's optical frame.
+    """
+
+    image_size: int = 224
+    patch_size: int = 14
+    views: tuple[str, ...] = ("head", "left_wrist", "right_wrist")
+    reference_view: str = "head"
+    arms: tuple[str, ...] = ("left", "right")
+    chunk_length: int = 50
+    flow_steps: int = 10
+    control_dt: float = 1.0 / 30.0  # seconds between chunk points
+    max_prompt_tokens: int = 64
+    num_pose_bins: int = 1024
+    fusion: str = "siglip_output"
+    p_drop_ray: float = 0.3  # modality masking probabilities (training only)
+    p_drop_depth: float = 0.3
+    ntp_weight: float = 1.0
+    flow_weight: float = 1.0
+    vision: dict[str, Any] = field(default_factory=lambda: {
+        "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16})
+    text: dict[str, Any] = field(default_factory=lambda: {
+        "hidden_size": 2048, "intermediate_size": 16384, "num_hidden_layers": 18, "num_attention_heads": 8,
+        "num_key_value_heads": 1, "head_dim": 256})
+    expert: dict[str, Any] = field(default_factory=lambda: {"hidden_size": 1024, "intermediate_size": 4096})
+
+    def __post_init__(self) -> None:
+        self.views = tuple(self.views)
+        self.arms = tuple(self.arms)
+        checks = {
+            "image_size": self.image_size > 0 and self.image_size % self.patch_size == 0,
+            "reference_view": self.reference_view in self.views,
+            "arms": len(self.arms) in (1, 2) and set(self.arms) <= {"left", "right"},
+            "chunk_length": self.chunk_length >= 1,
+            "flow_steps": self.flow_steps >= 1,
+            "control_dt": self.control_dt > 0,
+            "fusion": self.fusion in FUSION_POINTS,
+            "p_drop_ray": 0 <= self.p_drop_ray <= 1,
+            "p_drop_depth": 0 <= self.p_drop_depth <= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"model config field {name}={getattr(self, name)!r} is invalid")
+
+    @property
+    def action_dim(self) -> int:
+        return ARM_ACTION_DIM * len(self.arms)
+
+    @property
+    def state_dim(self) -> int:
+        return ARM_ACTION_DIM * len(self.arms)
+
+    @property
+    def tokens_per_view(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["views"], d["arms"] = list(self.views), list(self.arms)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> PoseVLAConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"{source}: unknown model config field(s) {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PoseVLAConfig:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read model config {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"model config {path} must be a mapping")
+        return cls.from_dict(data, str(path))
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -1,0 +1,181 @@
+"""The Pose-VLA network: PaliGemma (SigLIP + Gemma) with geometry priors, plus a pi0-style action expert.
+
+Built on transformers' native `PI0ForConditionalGeneration`: its VLM is a PaliGemmaModel and its expert
+("dit") is a smaller Gemma whose layers attend to the VLM's per-layer keys/values of the prefix through
+the KV cache (pi0's shared self-attention: the prefix is bidirectional, the state token and the action
+tokens attend to the prefix, actions bidirectionally among themselves). We add only what it lacks:
+
+1. `embed_prefix`: SigLIP tokens + geometry priors (added at the SigLIP output) -> projector, for 1-3 views
+   with a per-view mask, followed by the prompt embeddings.
+2. `ntp_loss` / `generate`: next-token prediction over pose-token sequences with prefix-LM masking
+   (image + prompt bidirectional, answer causal), logits from the tied input embeddings.
+3. `flow_loss` / `sample_actions`: flow matching (pi0 conventions: x_t = t*noise + (1-t)*actions,
+   target velocity noise - actions, t ~ Beta(1.5, 1), Euler from t=1 to 0) with the prefix KV cache
+   computed once and reused across steps (or recomputed each step, for the benchmark).
+
+Forward pass, top to bottom: images -> vision tower -> (+ geometry) -> projector -> [image | prompt] embeds
+-> Gemma with cache -> expert over [state | noisy actions + time] -> velocity -> Euler steps.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PI0Config, PI0ForConditionalGeneration
+
+from posevla.model.config import PoseVLAConfig
+from posevla.model.geometry_embed import GeometryEmbedding, modality_keep_masks
+
+
+def build_pi0_config(cfg: PoseVLAConfig, vocab_size: int, image_token_id: int) -> PI0Config:
+    text = dict(cfg.text)
+    expert = dict(cfg.expert)
+    # The expert attends to the VLM's cached keys/values layer by layer: same depth and attention geometry.
+    for key in ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim"):
+        expert[key] = text[key]
+    expert.setdefault("intermediate_size", 4 * expert["hidden_size"])
+    vision = {"model_type": "siglip_vision_model", "image_size": cfg.image_size, "patch_size": cfg.patch_size,
+              "vision_use_head": False, **cfg.vision}
+    vlm = {"model_type": "paligemma", "text_config": {"model_type": "gemma", "vocab_size": vocab_size, **text},
+           "vision_config": vision, "projection_dim": text["hidden_size"], "image_token_id": image_token_id}
+    return PI0Config(vlm_config=vlm, dit_config={"model_type": "gemma", "vocab_size": vocab_size, **expert},
+                     chunk_size=cfg.chunk_length, max_state_dim=cfg.state_dim, max_action_dim=cfg.action_dim,
+                     num_inference_steps=cfg.flow_steps)
+
+
+class PoseVLAModel(nn.Module):
+    """Pure model: tensors in, tensors out. Knows nothing of robots (see io_transforms for that)."""
+
+    def __init__(self, cfg: PoseVLAConfig, vocab_size: int, image_token_id: int, pad_token_id: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.pad_token_id = pad_token_id
+        self.pi0 = PI0ForConditionalGeneration(build_pi0_config(cfg, vocab_size, image_token_id))
+        self.geometry = GeometryEmbedding(cfg.patch_size, int(cfg.vision["hidden_size"]))
+
+    @property
+    def vlm(self) -> nn.Module:
+        return self.pi0.model.vlm
+
+    # ------------------------------------------------------------------ prefix
+    def embed_images(self, pixel_values: torch.Tensor, raymaps: torch.Tensor, depth_priors: torch.Tensor,
+                     modalities: str | None = None) -> torch.Tensor:
+        """(B, V, 3|3|2, S, S) -> (B, V * tokens_per_view, D_text) image tokens with geometry priors."""
+        b, v = pixel_values.shape[:2]
+        vis = self.vlm.vision_tower(pixel_values.flatten(0, 1)).last_hidden_state  # (B*V, n, Dv)
+        keep_ray, keep_depth = modality_keep_masks(b, modalities, self.cfg.p_drop_ray, self.cfg.p_drop_depth,
+                                                   self.training, pixel_values.device)
+        keep_ray = keep_ray.to(vis.dtype).repeat_interleave(v)[:, None, None, None]
+        keep_depth = keep_depth.to(vis.dtype).repeat_interleave(v)[:, None, None, None]
+        if keep_ray.any() or keep_depth.any():
+            vis = vis + self.geometry(raymaps.flatten(0, 1).to(vis.dtype) * keep_ray,
+                                      depth_priors.flatten(0, 1).to(vis.dtype) * keep_depth)
+        img = self.vlm.multi_modal_projector(vis)
+        return img.reshape(b, v * img.shape[1], img.shape[2])
+
+    def embed_prefix(self, batch: dict[str, torch.Tensor], text_ids: torch.Tensor, text_mask: torch.Tensor,
+                     modalities: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[image tokens of every view | text] embeddings and their 2D attention mask (1 = attend)."""
+        img = self.embed_images(batch["pixel_values"], batch["raymaps"], batch["depth_priors"], modalities)
+        n = self.cfg.tokens_per_view
+        img_mask = batch["view_mask"].to(text_mask.dtype).repeat_interleave(n, dim=1)
+        txt = self.vlm.get_input_embeddings()(text_ids).to(img.dtype)
+        return torch.cat([img, txt], dim=1), torch.cat([img_mask, text_mask], dim=1)
+
+    def prefix_cache(self, embeds: torch.Tensor, mask: torch.Tensor, token_type_ids: torch.Tensor | None = None):
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(mask)
+        out = self.vlm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                       token_type_ids=token_type_ids, use_cache=True)
+        return out
+
+    # ------------------------------------------------------------------ next-token prediction
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head tied to the input embeddings (as PaliGemma's)."""
+        return F.linear(hidden, self.vlm.get_input_embeddings().weight)
+
+    def ntp_loss(self, batch: dict[str, torch.Tensor], modalities: str | None = None) -> torch.Tensor:
+        """Cross-entropy over the answer tokens (loss_mask) of [images | prompt + answer], prefix-LM masked."""
+        ids, mask = batch["ntp_ids"], batch["ntp_mask"]
+        embeds, full_mask = self.embed_prefix(batch, ids, mask, modalities)
+        n_img = embeds.shape[1] - ids.shape[1]
+        types = torch.cat([torch.zeros_like(full_mask[:, :n_img]), batch["ntp_token_types"]], dim=1)
+        hidden = self.prefix_cache(embeds, full_mask, types).last_hidden_state[:, n_img:]
+        logits = self.logits(hidden[:, :-1]).float()
+        target = ids[:, 1:]
+        weight = batch["ntp_loss_mask"][:, 1:].float()
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+        return (ce * weight.reshape(-1)).sum() / weight.sum().clamp(min=1.0)
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], max_new_tokens: int, eos_token_id: int,
+                 modalities: str | None = None) -> torch.Tensor:
+        """Greedy decoding of the answer after [images | prompt]. Returns (B, <= max_new_tokens) token ids."""
+        embeds, mask = self.embed_prefix(batch, batch["prompt_ids"], batch["prompt_mask"], modalities)
+        out = self.prefix_cache(embeds, mask)
+        # the last real (unpadded) token of each row predicts the first answer token
+        last_index = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)
+        cache, last = out.cache, out.last_hidden_state[torch.arange(mask.shape[0]), last_index]
+        tokens, done = [], torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+        pos = mask.sum(-1, keepdim=True)
+        for _ in range(max_new_tokens):
+            nxt = self.logits(last).argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+            tokens.append(nxt)
+            done |= nxt == eos_token_id
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            emb = self.vlm.get_input_embeddings()(nxt[:, None]).to(embeds.dtype)
+            step = self.vlm(inputs_embeds=emb, attention_mask=mask, position_ids=pos, cache=cache,
+                            token_type_ids=torch.ones_like(pos), use_cache=True)
+            cache, last, pos = step.cache, step.last_hidden_state[:, -1], pos + 1
+        return torch.stack(tokens, dim=1)
+
+    # ------------------------------------------------------------------ flow matching
+    def flow_loss(self, batch: dict[str, torch.Tensor], modalities: str | None = None) -> torch.Tensor:
+        embeds, mask = self.embed_prefix(batch, batch["prompt_ids"], batch["prompt_mask"], modalities)
+        cache = self.prefix_cache(embeds, mask).cache
+        out = self.pi0(state=batch["state"].to(embeds.dtype), actions=batch["actions"].to(embeds.dtype),
+                       attention_mask=mask, cache=cache)
+        return out.loss
+
+    @torch.no_grad()
+    def sample_actions(self, batch: dict[str, torch.Tensor], noise: torch.Tensor, num_steps: int | None = None,
+                       modalities: str | None = None, reuse_prefix_cache: bool = True) -> torch.Tensor:
+        """Euler integration of the learned velocity from t=1 (noise) to t=0. noise: (B, chunk, action_dim)."""
+        steps = num_steps or self.cfg.flow_steps
+        embeds, mask = self.embed_prefix(batch, batch["prompt_ids"], batch["prompt_mask"], modalities)
+        state = batch["state"].to(embeds.dtype)
+        x = noise.to(embeds.dtype)
+        cache = self.prefix_cache(embeds, mask).cache
+        prefix_len = cache.get_seq_length()
+        dt = -1.0 / steps
+        for k in range(steps):
+            t = torch.full((x.shape[0],), 1.0 + k * dt, dtype=torch.float32, device=x.device)
+            if not reuse_prefix_cache and k > 0:
+                embeds, mask = self.embed_prefix(batch, batch["prompt_ids"], batch["prompt_mask"], modalities)
+                cache = self.prefix_cache(embeds, mask).cache
+            out = self.pi0(state=state, noise=x, timestep=t, attention_mask=mask, cache=cache)
+            cache.crop(prefix_len - cache.get_seq_length())  # drop the expert's keys/values: the next step attends to the prefix only
+            x = x + dt * out.logits
+        return x
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training objective: flow matching on actions and/or NTP on pose sequences, whichever the batch has."""
+        losses: dict[str, torch.Tensor] = {}
+        total = 0.0
+        if "actions" in batch:
+            losses["fm_loss"] = self.flow_loss(batch)
+            total = total + self.cfg.flow_weight * losses["fm_loss"]
+        if "ntp_ids" in batch:
+            losses["ntp_loss"] = self.ntp_loss(batch)
+            total = total + self.cfg.ntp_weight * losses["ntp_loss"]
+        if not losses:
+            raise ValueError("batch has neither 'actions' nor 'ntp_ids': nothing to train on")
+        losses["loss"] = total
+        return losses
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.compute_loss(batch)
