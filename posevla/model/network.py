@@ -134,10 +134,13 @@ class PoseVLAModel(nn.Module):
         return torch.stack(tokens, dim=1)
 
     # ------------------------------------------------------------------ flow matching
-    def flow_loss(self, batch: dict[str, torch.Tensor], modalities: str | None = None) -> torch.Tensor:
+    def flow_loss(self, batch: dict[str, torch.Tensor], modalities: str | None = None,
+                  noise: torch.Tensor | None = None, timestep: torch.Tensor | None = None) -> torch.Tensor:
+        """MSE between predicted and target velocity; noise/timestep are sampled pi0-style unless given."""
         embeds, mask = self.embed_prefix(batch, batch["prompt_ids"], batch["prompt_mask"], modalities)
         cache = self.prefix_cache(embeds, mask).cache
         out = self.pi0(state=batch["state"].to(embeds.dtype), actions=batch["actions"].to(embeds.dtype),
+                       noise=None if noise is None else noise.to(embeds.dtype), timestep=timestep,
                        attention_mask=mask, cache=cache)
         return out.loss
 

@@ -77,7 +77,8 @@ class PoseVLAPolicy:
         pose_tok = PoseTokenizer(cfg.num_pose_bins).with_default_edges()
         extend_tokenizer(tokenizer, pose_tok)
         pg = PaliGemmaForConditionalGeneration.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-        state = pg.model.state_dict()
+        # PaliGemma uses SigLIP's token outputs; a pooling head, if the checkpoint has one, is unused.
+        state = {k: v for k, v in pg.model.state_dict().items() if not k.startswith("vision_tower.head.")}
         emb_key = "language_model.embed_tokens.weight"
         old = state[emb_key]
         vocab = max(len(tokenizer), old.shape[0])
