@@ -36,7 +36,7 @@ def main() -> None:
         obs.views = {k: v for k, v in full.views.items() if k in views}
         rows = {}
         for reuse in (True, False):
-            ms = _time(lambda: policy.predict(obs, noise_seed=0, reuse_prefix_cache=reuse), 20)
+            ms = _time(lambda o=obs, r=reuse: policy.predict(o, noise_seed=0, reuse_prefix_cache=r), 20)
             rows[reuse] = ms
             print(f"  {len(views)} view(s), KV reuse {'on ' if reuse else 'off'}: p50 {np.median(ms):7.1f} ms  "
                   f"p99 {np.percentile(ms, 99):7.1f} ms")
