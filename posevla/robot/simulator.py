@@ -1,0 +1,308 @@
+"""X-Trainer simulator: two Nova-like arms behind the real Dobot TCP/IP protocol, on loopback.
+
+Each arm is its own "controller" with a dashboard port (commands + replies), a motion port (ServoJ/ServoP/
+MovJ, replies too, as V3 controllers do) and a feedback port streaming 1440-byte packets every 8 ms.
+Simple dynamics: a first-order lag (time constant `lag_s`) toward the joint target, with a joint speed cap;
+ServoP goes through inverse kinematics (unreachable -> controller error state, like the real one); joint
+limits. Every motion command received is recorded (for tests that check what reached the socket).
+
+Run it: `posevla xtrainer-sim --help`.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from posevla.robot import protocol as P
+from posevla.robot import units
+from posevla.robot.kinematics import ArmKinematics
+
+ERROR_IK = 22  # controller alarm id used by the simulator for an unreachable Cartesian target
+
+
+@dataclass
+class ArmSim:
+    """State of one simulated arm (radians, gripper opening 0..1)."""
+
+    name: str
+    kin: ArmKinematics = field(default_factory=ArmKinematics)
+    lag_s: float = 0.04
+    max_joint_speed: float = 3.0  # rad/s
+    gripper_speed: float = 2.0  # opening per second
+    q: np.ndarray = field(default=None)
+    q_target: np.ndarray = field(default=None)
+    gripper: float = 1.0
+    gripper_target: float = 1.0
+    mode: int = P.MODE_DISABLED
+    errors: list[int] = field(default_factory=list)
+    received: list[tuple[float, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.q is None:
+            self.q = self.kin.home()
+        self.q_target = self.q.copy()
+
+    def step(self, dt: float) -> None:
+        with self.lock:
+            if self.mode in (P.MODE_ENABLED, P.MODE_RUNNING):
+                dq = (self.q_target - self.q) * min(1.0, dt / self.lag_s)
+                dq = np.clip(dq, -self.max_joint_speed * dt, self.max_joint_speed * dt)
+                self.q = self.q + dq
+                dg = np.clip(self.gripper_target - self.gripper, -self.gripper_speed * dt, self.gripper_speed * dt)
+                self.gripper += dg
+                moving = np.abs(self.q_target - self.q).max() > 1e-5
+                self.mode = P.MODE_RUNNING if moving else P.MODE_ENABLED
+
+    def feedback(self) -> bytes:
+        with self.lock:
+            return P.pack_feedback(robot_mode=self.mode, timestamp_ms=int(time.time() * 1000),
+                                   q_actual=units.joints_to_controller(self.q),
+                                   q_target=units.joints_to_controller(self.q_target),
+                                   tool_vector_actual=units.pose_to_controller(self.kin.fk(self.q)),
+                                   tool_vector_target=units.pose_to_controller(self.kin.fk(self.q_target)),
+                                   gripper_actual=self.gripper, speed_scaling=1.0)
+
+    # ------------------------------------------------------------------ commands
+    def handle(self, text: str, motion: bool) -> str:
+        try:
+            name, args, kw = P.parse_command(text)
+        except P.ProtocolError:
+            return P.format_reply(-10000, [], text.strip())
+        if motion:
+            self.received.append((time.monotonic(), text))
+        ik_solution = None
+        if name == "servop" and len(args) == 6 and np.all(np.isfinite(args)):
+            with self.lock:
+                seed = self.q_target.copy()
+            # inverse kinematics outside the lock, so feedback keeps streaming while it runs
+            ik_solution = self.kin.ik(units.pose_from_controller(np.array(args)), seed)
+        with self.lock:
+            return P.format_reply(*self._dispatch(name, args, kw, ik_solution), text.strip())
+
+    def _dispatch(self, name: str, args: list[float], kw: dict[str, float],
+                  ik_solution: np.ndarray | None = None) -> tuple[int, list]:
+        if name == "enablerobot":
+            if self.mode == P.MODE_ERROR:
+                return -1, []
+            self.mode = P.MODE_ENABLED
+            self.q_target = self.q.copy()
+            return 0, []
+        if name == "disablerobot":
+            self.mode = P.MODE_DISABLED
+            return 0, []
+        if name == "clearerror":
+            self.errors.clear()
+            if self.mode == P.MODE_ERROR:
+                self.mode = P.MODE_DISABLED
+            return 0, []
+        if name in ("stop", "emergencystop"):
+            self.q_target = self.q.copy()
+            self.gripper_target = self.gripper
+            if name == "emergencystop":
+                self.mode = P.MODE_DISABLED
+            return 0, []
+        if name == "robotmode":
+            return 0, [self.mode]
+        if name == "geterrorid":
+            return 0, ["[" + ",".join(str(e) for e in self.errors) + "]"]
+        if name == "getangle":
+            return 0, list(units.joints_to_controller(self.q))
+        if name == "getpose":
+            return 0, list(units.pose_to_controller(self.kin.fk(self.q)))
+        if name == P.GRIPPER_COMMAND.lower():
+            if len(args) != 1 or not 0 <= args[0] <= 1000:
+                return -2, []
+            self.gripper_target = args[0] / 1000.0
+            return 0, []
+        if name in ("servoj", "servop", "movj"):
+            if self.mode not in (P.MODE_ENABLED, P.MODE_RUNNING):
+                return -1, []  # not enabled (or in error): the command is refused
+            if len(args) != 6 or not np.all(np.isfinite(args)):
+                return -2, []
+            if name in ("servoj", "movj"):
+                q = units.joints_from_controller(np.array(args))
+                if not self.kin.within_limits(q):
+                    return self._alarm(ERROR_IK)
+            else:
+                q = ik_solution
+                if q is None:
+                    return self._alarm(ERROR_IK)
+            self.q_target = q
+            return 0, []
+        return -10000, []  # unknown command
+
+    def _alarm(self, error_id: int) -> tuple[int, list]:
+        self.errors.append(error_id)
+        self.mode = P.MODE_ERROR
+        self.q_target = self.q.copy()
+        return -1, []
+
+
+class _Server:
+    """One listening port; one thread per client; line-less command framing `Name(...)`."""
+
+    def __init__(self, host: str, port: int, on_client) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.on_client = on_client
+        self.clients: list[socket.socket] = []
+        self.refuse_until = 0.0
+        self.running = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while self.running:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if time.monotonic() < self.refuse_until:
+                conn.close()
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.clients.append(conn)
+            threading.Thread(target=self.on_client, args=(conn,), daemon=True).start()
+
+    def drop_clients(self) -> None:
+        for c in list(self.clients):
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+        self.clients.clear()
+
+    def close(self) -> None:
+        self.running = False
+        self.drop_clients()
+        self.sock.close()
+
+
+class ArmController:
+    """The three ports of one simulated arm controller."""
+
+    def __init__(self, arm: ArmSim, host: str = "127.0.0.1", dashboard_port: int = 0, motion_port: int = 0,
+                 feedback_port: int = 0, feedback_period_s: float = 0.008) -> None:
+        self.arm, self.host, self.period = arm, host, feedback_period_s
+        self.dashboard = _Server(host, dashboard_port, lambda c: self._serve_commands(c, motion=False))
+        self.motion = _Server(host, motion_port, lambda c: self._serve_commands(c, motion=True))
+        self.feedback = _Server(host, feedback_port, self._serve_feedback)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"dashboard_port": self.dashboard.port, "motion_port": self.motion.port,
+                "feedback_port": self.feedback.port}
+
+    def _serve_commands(self, conn: socket.socket, motion: bool) -> None:
+        buf = ""
+        try:
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                buf += data.decode("ascii", errors="replace")
+                while ")" in buf:
+                    cmd, buf = buf.split(")", 1)
+                    cmd = cmd.strip().lstrip(";").strip() + ")"
+                    conn.sendall(self.arm.handle(cmd, motion).encode("ascii"))
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def _serve_feedback(self, conn: socket.socket) -> None:
+        next_t = time.monotonic()
+        try:
+            while True:
+                conn.sendall(self.arm.feedback())
+                next_t += self.period
+                time.sleep(max(0.0, next_t - time.monotonic()))
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def drop_clients(self) -> None:
+        for s in (self.dashboard, self.motion, self.feedback):
+            s.drop_clients()
+
+    def refuse_connections(self, seconds: float) -> None:
+        for s in (self.dashboard, self.motion, self.feedback):
+            s.refuse_until = time.monotonic() + seconds
+
+    def close(self) -> None:
+        for s in (self.dashboard, self.motion, self.feedback):
+            s.close()
+
+
+class XTrainerSimulator:
+    """Both arms plus the physics thread. Ports default to free ones (0); pass the real ones for a demo."""
+
+    def __init__(self, hosts: dict[str, str] | None = None, ports: dict[str, dict[str, int]] | None = None,
+                 physics_hz: float = 500.0, lag_s: float = 0.04) -> None:
+        hosts = hosts or {"left": "127.0.0.1", "right": "127.0.0.1"}
+        self.arms = {name: ArmSim(name, lag_s=lag_s) for name in hosts}
+        self.controllers = {name: ArmController(self.arms[name], host, **(ports or {}).get(name, {}))
+                            for name, host in hosts.items()}
+        self._running = True
+        self._dt = 1.0 / physics_hz
+        self._thread = threading.Thread(target=self._physics, daemon=True)
+        self._thread.start()
+
+    def _physics(self) -> None:
+        last = time.monotonic()
+        while self._running:
+            time.sleep(self._dt)
+            now = time.monotonic()
+            for arm in self.arms.values():
+                arm.step(now - last)
+            last = now
+
+    def endpoint(self, arm: str) -> dict:
+        c = self.controllers[arm]
+        return {"host": c.host, **c.ports}
+
+    def close(self) -> None:
+        self._running = False
+        for c in self.controllers.values():
+            c.close()
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--left-host", default="127.0.0.1", help="loopback address of the left controller")
+    parser.add_argument("--right-host", default="127.0.0.2", help="loopback address of the right controller")
+    parser.add_argument("--dashboard-port", type=int, default=P.DASHBOARD_PORT)
+    parser.add_argument("--motion-port", type=int, default=P.MOTION_PORT)
+    parser.add_argument("--feedback-port", type=int, default=P.FEEDBACK_PORT)
+    parser.add_argument("--lag", type=float, default=0.04, help="tracking lag time constant, seconds")
+    parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: forever)")
+
+
+def run(args: argparse.Namespace) -> int:
+    ports = {"dashboard_port": args.dashboard_port, "motion_port": args.motion_port,
+             "feedback_port": args.feedback_port}
+    sim = XTrainerSimulator({"left": args.left_host, "right": args.right_host},
+                            {"left": ports, "right": ports}, lag_s=args.lag)
+    for arm in sim.arms:
+        print(f"[xtrainer-sim] {arm} arm controller on {sim.endpoint(arm)}", flush=True)
+    t_end = time.monotonic() + args.duration if args.duration > 0 else float("inf")
+    try:
+        while time.monotonic() < t_end:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    sim.close()
+    return 0

@@ -1,0 +1,206 @@
+"""X-Trainer driver against the protocol-level simulator over real loopback sockets."""
+from __future__ import annotations
+
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from posevla.control.safety import SafetyLimits
+from posevla.geometry import se3
+from posevla.robot import protocol as P
+from posevla.robot import units
+from posevla.robot.driver import XTrainerConfig, XTrainerDriver
+from posevla.robot.simulator import XTrainerSimulator
+
+
+def test_protocol_text_and_feedback_layout() -> None:
+    assert P.format_command("ServoP", 1, 2.5, -3.25, t=0.02) == "ServoP(1,2.5000,-3.2500,t=0.0200)"
+    assert P.parse_command("servoP(1.5, -2,3,4,5,6,t=0.02)") == ("servop", [1.5, -2, 3, 4, 5, 6], {"t": 0.02})
+    r = P.parse_reply("0,{-541.6,12.0},GetPose();")
+    assert r.error_id == 0 and r.values == ["-541.6", "12.0"] and r.command == "GetPose()"
+    assert P.parse_reply("-1,{},ServoP(1,2,3,4,5,6);").error_id == -1
+    with pytest.raises(P.ProtocolError):
+        P.parse_reply("garbage")
+    with pytest.raises(ValueError, match="non-finite"):
+        P.format_command("ServoJ", float("nan"))
+    q = [1.0, 2, 3, 4, 5, 6]
+    tv = [10.0, 20, 30, 40, 50, 60]
+    raw = P.pack_feedback(robot_mode=5, q_actual=q, tool_vector_actual=tv, timestamp_ms=1234)
+    assert len(raw) == 1440
+    # offsets as documented by Dobot
+    assert struct.unpack_from("<H", raw, 0)[0] == 1440
+    assert struct.unpack_from("<Q", raw, 24)[0] == 5
+    assert struct.unpack_from("<Q", raw, 32)[0] == 1234
+    assert struct.unpack_from("<Q", raw, 48)[0] == P.TEST_VALUE
+    assert struct.unpack_from("<6d", raw, 432) == tuple(q)
+    assert struct.unpack_from("<6d", raw, 624) == tuple(tv)
+    pkt = P.unpack_feedback(raw)
+    assert int(pkt["robot_mode"]) == 5 and list(pkt["tool_vector_actual"]) == tv
+    with pytest.raises(P.ProtocolError, match="TestValue"):
+        P.unpack_feedback(b"\x00" * 1440)
+
+
+def test_units_round_trip_in_one_place() -> None:
+    T = se3.T_from_xyz_rpy([0.4, -0.1, 0.25], [3.0, 0.2, -1.0])
+    p = units.pose_to_controller(T)
+    np.testing.assert_allclose(p[:3], [400.0, -100.0, 250.0])
+    np.testing.assert_allclose(units.pose_from_controller(p), T, atol=1e-12)
+    np.testing.assert_allclose(units.joints_from_controller(units.joints_to_controller([0.1, -2.0, 1, 0, 0, 3])),
+                               [0.1, -2.0, 1, 0, 0, 3])
+
+
+def _config(sim: XTrainerSimulator, **safety) -> XTrainerConfig:
+    arms = {}
+    for arm, y in (("left", 0.3), ("right", -0.3)):
+        ep = sim.endpoint(arm)
+        arms[arm] = {"host": ep["host"], "dashboard_port": ep["dashboard_port"], "motion_port": ep["motion_port"],
+                     "feedback_port": ep["feedback_port"], "mount_xyz": [0.0, y, 0.0], "mount_rpy": [0.0, 0.0, np.pi]}
+    lim = {"workspace": {"left": {"lo": [0.1, -0.3, 0.02], "hi": [0.8, 0.7, 0.6]},
+                         "right": {"lo": [0.1, -0.7, 0.02], "hi": [0.8, 0.3, 0.6]}},
+           "max_linear_speed": 0.3, "max_angular_speed": 1.5, **safety}
+    return XTrainerConfig.from_dict({"arms": arms, "safety": lim, "reconnect_period_s": 0.2})
+
+
+@pytest.fixture
+def rig():
+    sim = XTrainerSimulator({"left": "127.0.0.1", "right": "127.0.0.2"}, lag_s=0.03)
+    driver = XTrainerDriver(_config(sim))
+    driver.connect()
+    yield sim, driver
+    driver.close()
+    sim.close()
+
+
+def _drive_to(driver: XTrainerDriver, arm: str, T_goal: np.ndarray, rate_hz: float = 50.0) -> None:
+    """Stream ServoP set-points from the current pose to T_goal within the speed limits."""
+    T0 = driver.arm_state(arm).T_base_tcp
+    dist = np.linalg.norm(T_goal[:3, 3] - T0[:3, 3])
+    ang = float(se3.rotation_angle(T0[:3, :3].T @ T_goal[:3, :3]))
+    n = int(np.ceil(max(dist / (0.2 / rate_hz), ang / (1.0 / rate_hz), 1)))
+    for s in np.linspace(0, 1, n + 1)[1:]:
+        assert driver.servo_pose(arm, se3.slerp_T(T0, T_goal, s), 0.5, stamp_ns=time.time_ns()) is None
+        time.sleep(1.0 / rate_hz)
+
+
+def _settle(driver: XTrainerDriver, arm: str, T_goal: np.ndarray, timeout: float = 3.0) -> np.ndarray:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        T = driver.arm_state(arm).T_base_tcp
+        if np.linalg.norm(T[:3, 3] - T_goal[:3, 3]) < 2e-4:
+            break
+        time.sleep(0.02)
+    return driver.arm_state(arm).T_base_tcp
+
+
+def test_servo_pose_reaches_base_frame_target_on_both_arms(rig) -> None:
+    sim, driver = rig
+    for arm, dy in (("left", 0.06), ("right", -0.04)):
+        T0 = driver.arm_state(arm).T_base_tcp
+        T_goal = se3.T_from_xyz_rpy(T0[:3, 3] + [0.05, dy, -0.04], [0, 0, 0]) @ se3.make_T(T0[:3, :3], [0, 0, 0])
+        T_goal = T_goal @ se3.T_from_xyz_rpy([0, 0, 0], [0.1, -0.05, 0.2])
+        _drive_to(driver, arm, T_goal)
+        T = _settle(driver, arm, T_goal)
+        assert np.linalg.norm(T[:3, 3] - T_goal[:3, 3]) < 1e-3
+        assert np.rad2deg(se3.rotation_angle(T[:3, :3].T @ T_goal[:3, :3])) < 0.5
+    # the mounting transforms differ: the same base-frame target maps to different arm-frame commands
+    assert "ServoP(" in sim.arms["left"].received[-1][1] and "ServoP(" in sim.arms["right"].received[-1][1]
+
+
+def test_servo_joints_and_gripper(rig) -> None:
+    sim, driver = rig
+    q0 = driver.feedback("left").q
+    for k in range(1, 21):
+        assert driver.servo_joints("left", q0 + [0.005 * k, 0, -0.004 * k, 0, 0, 0.003 * k], gripper=0.2) is None
+        time.sleep(0.02)
+    time.sleep(0.5)
+    np.testing.assert_allclose(driver.feedback("left").q, q0 + [0.1, 0, -0.08, 0, 0, 0.06], atol=1e-3)
+    assert abs(driver.feedback("left").gripper - 0.2) < 0.01
+    assert "joint step" in driver.servo_joints("left", q0 + [0.5, 0, 0, 0, 0, 0])
+
+
+def test_unsafe_and_stale_commands_are_refused_and_never_reach_the_socket(rig) -> None:
+    sim, driver = rig
+    T = driver.arm_state("left").T_base_tcp
+    n0 = len(sim.arms["left"].received)
+    far = T.copy()
+    far[:3, 3] += [0.2, 0, 0]
+    assert "speed" in driver.servo_pose("left", far, stamp_ns=time.time_ns())
+    bad = T.copy()
+    bad[0, 0] = np.nan
+    assert "NaN" in driver.servo_pose("left", bad)
+    outside = T.copy()
+    outside[2, 3] = -0.5
+    assert "workspace" in driver.servo_pose("left", outside)
+    assert "old" in driver.servo_pose("left", T, stamp_ns=time.time_ns() - int(1e9))
+    assert len(sim.arms["left"].received) == n0
+
+
+def test_unreachable_pose_puts_controller_in_error_and_arm_holds(rig) -> None:
+    sim, driver = rig
+    driver.cfg.safety = SafetyLimits.from_dict({"workspace": {"left": {"lo": [-5, -5, -5], "hi": [5, 5, 5]},
+                                                              "right": {"lo": [-5, -5, -5], "hi": [5, 5, 5]}},
+                                                "max_linear_speed": 100.0, "max_angular_speed": 100.0})
+    q_before = driver.feedback("left").q
+    T = driver.arm_state("left").T_base_tcp.copy()
+    T[:3, 3] = [2.5, 0.3, 0.3]  # beyond the arm's reach
+    assert driver.servo_pose("left", T) is None  # sent: the controller decides reachability
+    time.sleep(0.1)
+    assert driver.feedback("left").mode == P.MODE_ERROR
+    assert sim.arms["left"].errors
+    reason = driver.servo_pose("left", driver.arm_state("left").T_base_tcp)
+    assert "error state" in reason
+    np.testing.assert_allclose(driver.feedback("left").q, q_before, atol=1e-4)
+    driver.clear_error("left")
+    time.sleep(0.05)
+    assert driver.servo_pose("left", driver.arm_state("left").T_base_tcp) is None
+
+
+def test_estop_stops_sending_until_reset(rig) -> None:
+    sim, driver = rig
+    T = driver.arm_state("right").T_base_tcp
+    driver.estop()
+    n0 = len(sim.arms["right"].received)
+    assert "e-stop" in driver.servo_pose("right", T)
+    assert len(sim.arms["right"].received) == n0
+    driver.reset_estop()
+    assert driver.servo_pose("right", T) is None
+
+
+def test_dropped_connection_recovers_without_a_jump(rig) -> None:
+    sim, driver = rig
+    T0 = driver.arm_state("left").T_base_tcp
+    T_goal = T0.copy()
+    T_goal[:3, 3] += [0.04, 0.0, 0.0]
+    _drive_to(driver, "left", T_goal)
+    sim.controllers["left"].refuse_connections(0.6)
+    sim.controllers["left"].drop_clients()
+    time.sleep(0.1)
+    assert "not connected" in driver.servo_pose("left", T_goal) or "stale" in driver.servo_pose("left", T_goal)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not driver.clients["left"].connected:
+        time.sleep(0.05)
+    assert driver.clients["left"].connected and driver.reconnects["left"] >= 1
+    time.sleep(0.1)
+    actual = driver.arm_state("left").T_base_tcp
+    # a command from before the drop, far from the actual pose, is judged against the actual pose: refused
+    stale_target = actual.copy()
+    stale_target[:3, 3] += [0.05, 0, 0]
+    assert "speed" in driver.servo_pose("left", stale_target)
+    n0 = len(sim.arms["left"].received)
+    assert driver.servo_pose("left", actual, stamp_ns=time.time_ns()) is None
+    first = sim.arms["left"].received[n0][1]
+    _, args, _ = P.parse_command(first)
+    T_sent = driver.cfg.arms["left"].T_base_armbase @ units.pose_from_controller(np.array(args))
+    assert np.linalg.norm(T_sent[:3, 3] - actual[:3, 3]) < 1e-3  # no jump after reconnecting
+
+
+def test_unreachable_controller_gives_clear_error() -> None:
+    cfg = XTrainerConfig.from_dict({"arms": {"left": {"host": "127.0.0.1", "dashboard_port": 1, "motion_port": 1,
+                                                      "feedback_port": 1, "mount_xyz": [0, 0, 0], "mount_rpy": [0, 0, 0]}},
+                                    "safety": {"workspace": {"left": {"lo": [0, 0, 0], "hi": [1, 1, 1]}}}})
+    with pytest.raises(ConnectionError, match="127.0.0.1:1"):
+        XTrainerDriver(cfg).connect()
+    with pytest.raises(ValueError, match="arms.left"):
+        XTrainerConfig.from_dict({"arms": {"left": {"host": "x"}}, "safety": {"workspace": {}}})
