@@ -190,6 +190,9 @@ def test_dropped_connection_recovers_without_a_jump(rig) -> None:
     assert "speed" in driver.servo_pose("left", stale_target)
     n0 = len(sim.arms["left"].received)
     assert driver.servo_pose("left", actual, stamp_ns=time.time_ns()) is None
+    deadline = time.monotonic() + 2
+    while len(sim.arms["left"].received) <= n0 and time.monotonic() < deadline:
+        time.sleep(0.01)
     first = sim.arms["left"].received[n0][1]
     _, args, _ = P.parse_command(first)
     T_sent = driver.cfg.arms["left"].T_base_armbase @ units.pose_from_controller(np.array(args))

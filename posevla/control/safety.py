@@ -118,7 +118,11 @@ class SafetyLimits:
         box = self.workspace[arm]
         p_prev = T_prev[:3, 3]
         p_goal = box.clamp(T_target[:3, 3])
-        v_des = (p_goal - p_prev) / dt
+        delta = p_goal - p_prev
+        dist = float(np.linalg.norm(delta))
+        # never faster than what still allows stopping at the goal with the acceleration limit
+        v_cap = min(dist / dt, np.sqrt(2.0 * self.max_linear_accel * dist))
+        v_des = delta / dist * v_cap if dist > 1e-12 else np.zeros(3)
         dv = v_des - v_prev
         dv_max = self.max_linear_accel * dt
         if np.linalg.norm(dv) > dv_max:

@@ -1,0 +1,197 @@
+"""ChunkExecutor: action chunks in base_link -> a smooth, limited command stream at the control rate.
+
+Plain Python (the executor node only feeds it). Per control tick at time `now`:
+1. time alignment: chunk point k belongs to time chunk.stamp + k*dt (stamp = observation capture), so the part
+   of a chunk already in the past is skipped and the target is interpolated at `now` (linear position,
+   slerp rotation);
+2. blending of overlapping chunks: `ensemble` (ACT temporal ensembling, weights exp(-k*i) with i = 0 for the
+   oldest chunk), `rtc` (real-time-chunking style: keep following the committed chunk for `rtc_freeze_s`,
+   then cross-fade into the new one over `rtc_blend_s`), or `replace` (newest chunk only);
+3. safety: workspace box, maximum linear/angular speed and linear acceleration (SafetyLimits.limit_step),
+   gripper range and rate; NaN or non-rigid chunks are refused on submit;
+4. hold (no command) when no fresh chunk arrived within `watchdog_s`, when the chunks are used up, or when
+   the e-stop is latched (until reset). After a hold, motion restarts from the measured TCP pose.
+Times are integer nanoseconds; poses are T_base_tcp (metres).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from posevla.control.interpolation import sample_chunk
+from posevla.control.safety import SafetyLimits
+from posevla.geometry import se3
+from posevla.types import ActionChunk
+
+BLEND_MODES = ("ensemble", "rtc", "replace")
+
+
+@dataclass
+class ExecutorConfig:
+    rate_hz: float = 50.0
+    watchdog_s: float = 0.5
+    max_chunk_age_s: float = 1.0  # a chunk whose observation is older than this on arrival is refused
+    blend: str = "ensemble"
+    ensemble_k: float = 0.01
+    rtc_freeze_s: float = 0.1
+    rtc_blend_s: float = 0.2
+    max_gripper_speed: float = 2.0  # opening per second
+
+    def __post_init__(self) -> None:
+        if self.blend not in BLEND_MODES:
+            raise ValueError(f"executor field blend={self.blend!r} must be one of {BLEND_MODES}")
+        for name in ("rate_hz", "watchdog_s", "max_chunk_age_s", "max_gripper_speed"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"executor field {name}={getattr(self, name)} must be > 0")
+
+
+@dataclass
+class Hold:
+    reason: str
+
+
+@dataclass
+class ArmCommand:
+    T_base_tcp: np.ndarray
+    gripper: float
+
+
+@dataclass
+class _Active:
+    chunk: ActionChunk
+    received_ns: int
+    seq: int
+
+
+@dataclass
+class _ArmMotion:
+    T: np.ndarray | None = None
+    v: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    gripper: float | None = None
+
+
+def validate_chunk(chunk: ActionChunk) -> str | None:
+    if chunk.frame_id != "base_link":
+        return f"chunk is in frame {chunk.frame_id!r}, expected base_link"
+    if not chunk.arms or chunk.length < 1:
+        return "chunk is empty"
+    if chunk.length > 1 and not chunk.dt > 0:
+        return f"chunk dt={chunk.dt} must be > 0"
+    for arm, c in chunk.arms.items():
+        if c.T.ndim != 3 or c.T.shape[1:] != (4, 4) or c.gripper.shape != (c.T.shape[0],):
+            return f"{arm}: chunk arrays have wrong shapes {c.T.shape} / {c.gripper.shape}"
+        if not np.all(np.isfinite(c.T)) or not np.all(np.isfinite(c.gripper)):
+            return f"{arm}: chunk has NaN or inf"
+        if not se3.is_rigid(c.T, 1e-4):
+            return f"{arm}: chunk has a non-rigid pose"
+    return None
+
+
+class ChunkExecutor:
+    def __init__(self, cfg: ExecutorConfig, limits: SafetyLimits) -> None:
+        self.cfg, self.limits = cfg, limits
+        self.active: list[_Active] = []
+        self.motion: dict[str, _ArmMotion] = {}
+        self.estopped = False
+        self.last_chunk_ns: int | None = None
+        self._seq = 0
+        self.refused: dict[str, int] = {}
+        self.last_hold = ""
+
+    # ------------------------------------------------------------------ inputs
+    def submit(self, chunk: ActionChunk, now_ns: int) -> str | None:
+        """Accept a base-frame chunk; returns the reason when refused."""
+        why = validate_chunk(chunk)
+        if why is None and (now_ns - chunk.stamp_ns) * 1e-9 > self.cfg.max_chunk_age_s:
+            why = f"chunk observation is {(now_ns - chunk.stamp_ns) * 1e-9:.2f} s old"
+        if why is None and chunk.stamp_ns > now_ns + 50_000_000:
+            why = "chunk stamp is in the future"
+        if why is not None:
+            self.refused[why.split(":")[0]] = self.refused.get(why.split(":")[0], 0) + 1
+            return why
+        self._seq += 1
+        self.active.append(_Active(chunk, now_ns, self._seq))
+        self.active = self.active[-8:]
+        self.last_chunk_ns = now_ns
+        return None
+
+    def estop(self) -> None:
+        self.estopped = True
+        self._reset_motion()
+
+    def reset_estop(self) -> None:
+        self.estopped = False
+        self.active.clear()
+        self._reset_motion()
+
+    def _reset_motion(self) -> None:
+        self.motion.clear()
+
+    # ------------------------------------------------------------------ control tick
+    def _end_ns(self, a: _Active) -> int:
+        return a.chunk.stamp_ns + int(round((a.chunk.length - 1) * a.chunk.dt * 1e9))
+
+    def _targets(self, now_ns: int, arm: str) -> tuple[np.ndarray, float] | None:
+        live = [a for a in self.active if arm in a.chunk.arms and a.chunk.stamp_ns <= now_ns <= self._end_ns(a)]
+        if not live:
+            return None
+        samples = [sample_chunk(a.chunk, arm, now_ns) for a in live]
+        if self.cfg.blend == "replace" or len(live) == 1:
+            return samples[-1]
+        if self.cfg.blend == "rtc":
+            (T_old, g_old), (T_new, g_new) = samples[-2], samples[-1]
+            t_in = (now_ns - live[-1].received_ns) * 1e-9 - self.cfg.rtc_freeze_s
+            s = float(np.clip(t_in / max(self.cfg.rtc_blend_s, 1e-9), 0.0, 1.0))
+            return se3.slerp_T(T_old, T_new, s), (1 - s) * g_old + s * g_new
+        # ACT temporal ensembling: oldest chunk gets weight exp(0), newer ones exp(-k i)
+        w = np.exp(-self.cfg.ensemble_k * np.arange(len(samples)))
+        w /= w.sum()
+        p = sum(wi * T[:3, 3] for wi, (T, _) in zip(w, samples))
+        quats = Rotation.from_matrix(np.stack([T[:3, :3] for T, _ in samples])).as_quat()
+        quats[np.sum(quats * quats[0], axis=1) < 0] *= -1
+        q = (w[:, None] * quats).sum(0)
+        g = float(sum(wi * gi for wi, (_, gi) in zip(w, samples)))
+        return se3.make_T(Rotation.from_quat(q / np.linalg.norm(q)).as_matrix(), p), g
+
+    def tick(self, now_ns: int, measured: dict[str, tuple[np.ndarray, float]]) -> dict[str, ArmCommand] | Hold:
+        """One control period. measured: arm -> (T_base_tcp, gripper) from feedback, used after a hold."""
+        hold = self._hold_reason(now_ns)
+        if hold:
+            self._reset_motion()
+            self.last_hold = hold
+            return Hold(hold)
+        dt = 1.0 / self.cfg.rate_hz
+        out: dict[str, ArmCommand] = {}
+        for arm in sorted({a for act in self.active for a in act.chunk.arms}):
+            target = self._targets(now_ns, arm)
+            if target is None:
+                continue
+            m = self.motion.setdefault(arm, _ArmMotion())
+            if m.T is None:
+                if arm not in measured:
+                    continue  # no feedback for this arm yet: do not move it
+                m.T, m.gripper = np.asarray(measured[arm][0], float), float(measured[arm][1])
+                m.v = np.zeros(3)
+            T_cmd, m.v = self.limits.limit_step(arm, target[0], m.T, m.v, dt)
+            g_goal = self.limits.clamp_gripper(target[1])
+            dg = float(np.clip(g_goal - m.gripper, -self.cfg.max_gripper_speed * dt, self.cfg.max_gripper_speed * dt))
+            m.T, m.gripper = T_cmd, m.gripper + dg
+            out[arm] = ArmCommand(T_cmd, m.gripper)
+        if not out:
+            self._reset_motion()
+            self.last_hold = "chunks used up"
+            return Hold(self.last_hold)
+        self.active = [a for a in self.active if self._end_ns(a) >= now_ns]
+        self.last_hold = ""
+        return out
+
+    def _hold_reason(self, now_ns: int) -> str:
+        if self.estopped:
+            return "e-stop latched"
+        if self.last_chunk_ns is None:
+            return "no chunk yet"
+        if (now_ns - self.last_chunk_ns) * 1e-9 > self.cfg.watchdog_s:
+            return f"no fresh chunk for {(now_ns - self.last_chunk_ns) * 1e-9:.2f} s (watchdog {self.cfg.watchdog_s} s)"
+        return ""
