@@ -4,9 +4,8 @@ from __future__ import annotations
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
-from rclpy.parameter import Parameter  # noqa: E402
-
 from posevla_ros.params import declare_checked  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 
 SPECS = {
     "rate_hz": (50.0, "control rate", (1.0, 500.0)),

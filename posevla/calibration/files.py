@@ -132,6 +132,8 @@ def load_calibrations(directory: str | Path, files: list[str] | None = None) -> 
     """All calibration files of a directory (or the named ones), keyed by camera frame (child_frame)."""
     directory = Path(directory)
     paths = [directory / f for f in files] if files else sorted(directory.glob("*.yaml"))
+    if not paths:
+        raise ValueError(f"no calibration files (*.yaml) in {directory}")
     out: dict[str, HandEyeCalibration] = {}
     for p in paths:
         c = HandEyeCalibration.load(p)

@@ -13,15 +13,15 @@ from pathlib import Path
 def config_dir() -> Path:
     """config/ of the source tree, or share/posevla_ros/config of a colcon install."""
     here = Path(__file__).resolve()
-    for candidate in (here.parents[3] / "config", here.parents[1] / "config"):
+    for candidate in (here.parents[4] / "config", here.parents[1] / "config"):
         if candidate.is_dir():
-            return candidate
+            return candidate.resolve()
     try:
         from ament_index_python.packages import get_package_share_directory
 
         return Path(get_package_share_directory("posevla_ros")) / "config"
     except Exception:  # noqa: BLE001 - any failure means no install tree either
-        return here.parents[3] / "config"
+        return here.parents[4] / "config"
 
 
 @dataclass
@@ -58,7 +58,7 @@ def graph(setup: str, checkpoint: str = "", episode: str = "", instruction: str 
     """Nodes for a setup: 'robot' (real cameras and arms), 'sim' (replayed cameras, simulated arms)."""
     policy = NodeSpec("policy_node", "policy", ["policy.yaml"],
                       {k: v for k, v in (("checkpoint", checkpoint), ("instruction", instruction)) if v})
-    executor = NodeSpec("executor_node", "executor", ["executor.yaml"])
+    executor = NodeSpec("executor_node", "executor", ["executor.yaml"] + (["xtrainer_sim.yaml"] if setup == "sim" else []))
     if setup == "robot":
         cams = [NodeSpec("camera_node", f"{c}_camera", ["camera_head.yaml" if c == "head" else "camera_wrist.yaml"],
                          {"camera_name": c}) for c in CAMERAS]

@@ -1,0 +1,128 @@
+"""The execution graph over real DDS and real sockets: executor_node -> xtrainer_driver_node -> simulator."""
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+rclpy = pytest.importorskip("rclpy")
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from posevla_ros.graph import NodeSpec  # noqa: E402
+from posevla_ros.msg_conv import chunk_to_msg, pose_to_T  # noqa: E402
+from posevla_ros.run_graph import GraphRunner  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from trajectory_msgs.msg import MultiDOFJointTrajectory  # noqa: E402
+
+from posevla.calibration.files import HandEyeCalibration  # noqa: E402
+from posevla.geometry import se3  # noqa: E402
+from posevla.types import ActionChunk, ArmChunk  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    cfg = yaml.safe_load((REPO / "config" / "xtrainer_sim_robot.yaml").read_text())
+    ports = _free_ports(6)
+    for i, arm in enumerate(("left", "right")):
+        cfg["arms"][arm].update(dashboard_port=ports[3 * i], motion_port=ports[3 * i + 1], feedback_port=ports[3 * i + 2])
+    path = tmp_path_factory.mktemp("robot") / "robot.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    specs = [NodeSpec("xtrainer_sim", "xtrainer_sim", [], {"robot_config": str(path)}),
+             NodeSpec("xtrainer_driver_node", "xtrainer_driver", ["xtrainer.yaml"], {"robot_config": str(path)}),
+             NodeSpec("executor_node", "executor", ["executor.yaml"], {"robot_config": str(path), "watchdog_s": 0.3})]
+    runner = GraphRunner(specs)
+    runner.start(delay_s=1.0)
+    yield runner
+    runner.stop()
+
+
+class Probe:
+    def __init__(self, ctx) -> None:
+        self.node = rclpy.create_node("execution_probe", context=ctx)
+        self.tcp: dict[str, np.ndarray] = {}
+        self.commands: list[float] = []
+        self.node.create_subscription(PoseStamped, "/left_arm/tcp_pose", lambda m: self.tcp.__setitem__("left", pose_to_T(m.pose)), 10)
+        self.node.create_subscription(MultiDOFJointTrajectory, "/xtrainer/servo_command",
+                                      lambda m: self.commands.append(time.monotonic()), 50)
+        self.pub = self.node.create_publisher(MultiDOFJointTrajectory, "/policy/chunk", 10)
+        self.ex = rclpy.executors.SingleThreadedExecutor(context=ctx)
+        self.ex.add_node(self.node)
+
+    def spin(self, seconds: float, until=None) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.ex.spin_once(timeout_sec=0.01)
+            if until is not None and until():
+                return
+
+    def call(self, name: str) -> None:
+        cli = self.node.create_client(Trigger, name)
+        assert cli.wait_for_service(5.0), f"service {name} not available"
+        fut = cli.call_async(Trigger.Request())
+        self.spin(5.0, until=fut.done)
+        assert fut.done() and fut.result().success
+
+
+def test_head_frame_chunk_ends_at_expected_base_pose_then_watchdog_and_estop(graph, rclpy_context) -> None:
+    probe = Probe(rclpy_context)
+    probe.spin(20.0, until=lambda: "left" in probe.tcp)
+    assert "left" in probe.tcp, "no TCP pose from the driver (is the simulator up?)"
+    assert not graph.dead(), graph.dead()
+    T_base_head = HandEyeCalibration.load(REPO / "calibration" / "head_camera.yaml").T_parent_child
+    T0 = probe.tcp["left"]
+    T_goal = T0.copy()
+    T_goal[:3, 3] += [0.03, -0.02, -0.02]
+    T_goal[:3, :3] = T0[:3, :3] @ se3.matrix_from_euler(np.array([0.05, -0.05, 0.1]))
+    T_head_goal = se3.invert_T(T_base_head) @ T_goal
+    # stream chunks in the head camera frame (as the policy would) for 2.5 s
+    end = time.monotonic() + 2.5
+    while time.monotonic() < end:
+        now = probe.node.get_clock().now().nanoseconds
+        chunk = ActionChunk("head_camera_color_optical_frame", now, 0.04,
+                            {"left": ArmChunk(np.tile(T_head_goal, (20, 1, 1)), np.full(20, 0.5))})
+        probe.pub.publish(chunk_to_msg(chunk))
+        probe.spin(0.1)
+    T = probe.tcp["left"]
+    assert np.linalg.norm(T[:3, 3] - T_goal[:3, 3]) < 1e-3, np.linalg.norm(T[:3, 3] - T_goal[:3, 3])
+    assert np.rad2deg(se3.rotation_angle(T[:3, :3].T @ T_goal[:3, :3])) < 0.5
+    # the chunk source stops: commands stop within one watchdog period (0.3 s) + one control period
+    t_stop = time.monotonic()
+    probe.spin(1.0)
+    last = max(probe.commands)
+    assert last - t_stop < 0.3 + 0.02 + 0.05, last - t_stop
+    # e-stop: commands stop within one control period of the trigger
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        now = probe.node.get_clock().now().nanoseconds
+        probe.pub.publish(chunk_to_msg(ActionChunk("head_camera_color_optical_frame", now, 0.04,
+                                                   {"left": ArmChunk(np.tile(T_head_goal, (20, 1, 1)), np.full(20, 0.5))})))
+        probe.spin(0.05)
+    n_before = len(probe.commands)
+    assert n_before > 0
+    t_trigger = time.monotonic()
+    probe.call("/estop/trigger")
+    for _ in range(10):
+        now = probe.node.get_clock().now().nanoseconds
+        probe.pub.publish(chunk_to_msg(ActionChunk("head_camera_color_optical_frame", now, 0.04,
+                                                   {"left": ArmChunk(np.tile(T_head_goal, (20, 1, 1)), np.full(20, 0.5))})))
+        probe.spin(0.05)
+    after = [t for t in probe.commands if t > t_trigger + 0.02 + 0.03]
+    assert not after, f"{len(after)} commands after the e-stop"
+    probe.call("/estop/reset")
+    probe.node.destroy_node()
