@@ -85,9 +85,9 @@ def test_builder_makes_model_views_with_exact_geometry_and_poses() -> None:
 def test_builder_refuses_stale_spread_inconsistent_and_future_frames() -> None:
     intr = CameraIntrinsics(386.0, 386.0, 319.5, 239.5, 640, 480)
     b = _builder()
-    with pytest.raises(StaleObservation, match="old"):
+    with pytest.raises(StaleObservation, match="too old"):
         b.build({"head": _frame("head", 0, intr)}, None, "x", now_ns=1_000 * MS)
-    with pytest.raises(StaleObservation, match="apart"):
+    with pytest.raises(StaleObservation, match="too far apart"):
         b.build({"head": _frame("head", 1_000 * MS, intr), "right_wrist": _frame("right_wrist", 1_050 * MS, intr)},
                 None, "x", now_ns=1_060 * MS)
     bad = _frame("head", 1_000 * MS, intr)

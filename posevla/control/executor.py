@@ -99,6 +99,7 @@ class ChunkExecutor:
         self._seq = 0
         self.refused: dict[str, int] = {}
         self.last_hold = ""
+        self._last_tick_ns: int | None = None
 
     # ------------------------------------------------------------------ inputs
     def submit(self, chunk: ActionChunk, now_ns: int) -> str | None:
@@ -158,11 +159,15 @@ class ChunkExecutor:
     def tick(self, now_ns: int, measured: dict[str, tuple[np.ndarray, float]]) -> dict[str, ArmCommand] | Hold:
         """One control period. measured: arm -> (T_base_tcp, gripper) from feedback, used after a hold."""
         hold = self._hold_reason(now_ns)
+        nominal = 1.0 / self.cfg.rate_hz
+        # the real time since the last tick (timers jitter): limits are applied over the time that really passed
+        dt = nominal if self._last_tick_ns is None else float(np.clip((now_ns - self._last_tick_ns) * 1e-9,
+                                                                     0.25 * nominal, 2.0 * nominal))
+        self._last_tick_ns = now_ns
         if hold:
             self._reset_motion()
             self.last_hold = hold
             return Hold(hold)
-        dt = 1.0 / self.cfg.rate_hz
         out: dict[str, ArmCommand] = {}
         for arm in sorted({a for act in self.active for a in act.chunk.arms}):
             target = self._targets(now_ns, arm)

@@ -88,12 +88,12 @@ class ObservationBuilder:
         stamps = [f.stamp_ns for f in frames.values()]
         spread = (max(stamps) - min(stamps)) * 1e-9
         if spread > self.cfg.slop_s:
-            raise StaleObservation(f"views {spread * 1e3:.0f} ms apart: more than the slop {self.cfg.slop_s * 1e3:.0f} ms")
+            raise StaleObservation(f"views too far apart: {spread * 1e3:.0f} ms, more than the slop {self.cfg.slop_s * 1e3:.0f} ms")
         age = (now_ns - min(stamps)) * 1e-9
         if age > self.cfg.max_age_s:
-            raise StaleObservation(f"observation {age * 1e3:.0f} ms old: more than max_age {self.cfg.max_age_s * 1e3:.0f} ms")
+            raise StaleObservation(f"too old: observation {age * 1e3:.0f} ms old, more than max_age {self.cfg.max_age_s * 1e3:.0f} ms")
         if max(stamps) > now_ns + 50_000_000:
-            raise StaleObservation(f"frame stamps {(max(stamps) - now_ns) * 1e-9:.3f} s in the future")
+            raise StaleObservation(f"stamps in the future: {(max(stamps) - now_ns) * 1e-9:.3f} s ahead of now")
         views = {}
         order = sorted(frames, key=lambda n: (n != self.cfg.reference_view, n))
         for name in order:

@@ -215,10 +215,11 @@ class XTrainerDriver:
             why, fb = self._gate(arm, stamp_ns)
             if why:
                 return self._refuse(arm, why)
-            now = time.monotonic()
+            # time between set-points: from the command stamps when given (receive times bunch up under load)
+            now = stamp_ns * 1e-9 if stamp_ns is not None else time.monotonic()
             last = self._last_sent[arm]
-            if last is not None and now - last[0] < 0.5:
-                T_prev, dt = last[1], max(now - last[0], self.cfg.servo_t)
+            if last is not None and 0 < now - last[0] < 0.5:
+                T_prev, dt = last[1], now - last[0]
             else:  # first command, or after a pause/reconnect: judge against where the arm really is
                 T_prev, dt = self.cfg.arms[arm].T_base_armbase @ fb.T_armbase_tcp, self.cfg.servo_t
             why = self.cfg.safety.check_command(arm, T_base_tcp, gripper, T_prev, dt, tol=1e-4)

@@ -8,7 +8,6 @@ executor -> X-Trainer driver -> TCP simulator — for --duration seconds and rep
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import time
@@ -78,16 +77,56 @@ def stage_views(out: Path, size: int) -> None:
     print(f"[demo] saved {out / 'observation.png'}")
 
 
-def stage_graph(out: Path, duration: float) -> int:
-    runner = shutil.which("posevla_demo_graph") or str(Path(sys.executable).parent / "posevla_demo_graph")
-    if not Path(runner).exists():
-        print("[demo] the ROS graph demo is not installed yet; stage 2 skipped")
-        return 0
-    return subprocess.call([runner, "--out", str(out), "--duration", str(duration)])
+def stage_assets(out: Path) -> tuple[Path, Path]:
+    """A recorded (synthetic) episode to replay as the cameras, and a tiny random-weight checkpoint."""
+    from posevla.dataset.format import list_episodes
+    from posevla.model.policy import PoseVLAPolicy
+    from posevla.tools.synthetic_episode import write_demo_episode
+
+    episodes = list_episodes(out / "data" / "pick_red_cube")
+    if episodes:
+        episode = episodes[0]
+        print(f"[demo] reusing episode {episode}")
+    else:
+        t0 = time.perf_counter()
+        episode = write_demo_episode(out / "data")
+        print(f"[demo] recorded a scripted episode {episode} in {time.perf_counter() - t0:.1f} s")
+    ckpt = out / "checkpoint"
+    if not (ckpt / "model.safetensors").exists():
+        policy = PoseVLAPolicy.from_config(REPO / "models" / "tiny.yaml", seed=0, device="cpu")
+        policy.set_norm_stats(_norm_from_episode(episode, policy))
+        policy.save_pretrained(ckpt)
+        print(f"[demo] saved a tiny random-weight Pose-VLA checkpoint to {ckpt} "
+              "(actions are noise around the episode's statistics: this demo shows the pipeline, not a skill)")
+    return episode, ckpt
+
+
+def _norm_from_episode(episode: Path, policy):
+    """Normalisation statistics of the episode's TCP poses in the head camera frame."""
+    from posevla.calibration.files import HandEyeCalibration
+    from posevla.dataset.reader import EpisodeReader
+    from posevla.model.io_transforms import pose_to_vector
+    from posevla.model.normalization import NormStats
+
+    T_head_base = se3.invert_T(HandEyeCalibration.load(REPO / "calibration" / "head_camera.yaml").T_parent_child)
+    rows = []
+    with EpisodeReader(episode) as ep:
+        for i in range(ep.num_frames):
+            st = ep.frame(i).state
+            rows.append(np.concatenate([pose_to_vector(T_head_base @ st.arms[a].T_base_tcp, st.arms[a].gripper)
+                                        for a in policy.config.arms]))
+    rows = np.asarray(rows)
+    return NormStats.fit(rows, rows)
+
+
+def stage_graph(out: Path, duration: float, episode: Path, ckpt: Path) -> int:
+    return subprocess.call([sys.executable, "-m", "posevla_ros.demo_graph", "--checkpoint", str(ckpt),
+                            "--episode", str(episode), "--duration", str(duration), "--out", str(out)])
 
 
 def run(args: argparse.Namespace) -> int:
     stage_views(args.out, args.size)
     if args.no_graph:
         return 0
-    return stage_graph(args.out, args.duration)
+    episode, ckpt = stage_assets(args.out)
+    return stage_graph(args.out, args.duration, episode, ckpt)
