@@ -26,11 +26,25 @@ def _line_chunk(stamp: int, start: np.ndarray, end: np.ndarray, n: int = 50, dt:
     return ActionChunk("base_link", stamp, dt, {arm: ArmChunk(T, np.full(n, 0.5))})
 
 
-def _run(ex: ChunkExecutor, t0: int, ticks: int, measured=None) -> list:
+def _run(ex: ChunkExecutor, t0: int, ticks: int) -> list:
+    """Tick with a perfect arm: the measured pose is the last command."""
+    measured = {"left": (T_HOME, 0.5), "right": (T_HOME, 0.5)}
     out = []
     for i in range(ticks):
-        out.append(ex.tick(t0 + i * 20 * MS, measured or {"left": (T_HOME, 0.5), "right": (T_HOME, 0.5)}))
+        out.append(ex.tick(t0 + i * 20 * MS, measured))
+        if isinstance(out[-1], dict):
+            measured.update({a: (c.T_base_tcp, c.gripper) for a, c in out[-1].items()})
     return out
+
+
+def test_executor_replans_from_the_arm_when_it_does_not_follow() -> None:
+    ex = ChunkExecutor(ExecutorConfig(blend="replace", watchdog_s=5.0), LIMITS)
+    t0 = 1_000 * MS
+    ex.submit(_line_chunk(t0, [0.4, 0.3, 0.25], [0.5, 0.3, 0.25], n=100), t0)
+    stuck = {"left": (T_HOME, 0.5)}  # commands are refused downstream: the arm stays at home
+    cmds = [ex.tick(t0 + i * 20 * MS, stuck) for i in range(100)]
+    dist = [np.linalg.norm(c["left"].T_base_tcp[:3, 3] - T_HOME[:3, 3]) for c in cmds if isinstance(c, dict)]
+    assert max(dist) <= LIMITS.max_linear_speed * 0.02 * 30 and ex.resyncs >= 1
 
 
 def test_interpolation_is_linear_and_slerp_between_points() -> None:
@@ -101,12 +115,15 @@ def test_blending_overlapping_chunks_is_continuous(blend: str) -> None:
     ex = ChunkExecutor(ExecutorConfig(blend=blend, watchdog_s=5.0), LIMITS)
     t0 = 1_000 * MS
     ex.submit(_line_chunk(t0, [0.4, 0.3, 0.25], [0.4, 0.3, 0.25]), t0)
+    measured = {"left": (T_HOME, 0.5)}
     xs = []
     for i in range(60):
         t = t0 + i * 20 * MS
         if i == 10:  # a new chunk that wants to be 2 cm further in x
             ex.submit(_line_chunk(t, [0.42, 0.3, 0.25], [0.42, 0.3, 0.25]), t)
-        xs.append(ex.tick(t, {"left": (T_HOME, 0.5)})["left"].T_base_tcp[0, 3])
+        cmd = ex.tick(t, measured)["left"]
+        measured = {"left": (cmd.T_base_tcp, cmd.gripper)}
+        xs.append(cmd.T_base_tcp[0, 3])
     steps = np.abs(np.diff(xs))
     assert steps.max() <= 0.25 * 0.02 + 1e-9
     assert 0.4 < xs[-1] <= 0.42 + 1e-4
@@ -143,6 +160,7 @@ def test_property_no_command_outside_box_or_limits(points, blend, stamp_offset_m
             prev = {a: measured[a][0] for a in measured}
             v_prev = {a: np.zeros(3) for a in prev}
             continue
+        measured.update({a: (c.T_base_tcp, c.gripper) for a, c in out.items()})
         for arm, cmd in out.items():
             assert isinstance(cmd, ArmCommand)
             assert LIMITS.check_command(arm, cmd.T_base_tcp, cmd.gripper, prev[arm], dt, tol=1e-9) is None

@@ -14,6 +14,8 @@ from geometry_msgs.msg import PoseStamped  # noqa: E402
 from posevla_ros.graph import NodeSpec  # noqa: E402
 from posevla_ros.msg_conv import chunk_to_msg, pose_to_T  # noqa: E402
 from posevla_ros.run_graph import GraphRunner  # noqa: E402
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy  # noqa: E402
+from std_msgs.msg import Bool  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import MultiDOFJointTrajectory  # noqa: E402
 
@@ -23,6 +25,7 @@ from posevla.types import ActionChunk, ArmChunk  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+LATCHED = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -116,7 +119,8 @@ def test_head_frame_chunk_ends_at_expected_base_pose_then_watchdog_and_estop(gra
     n_before = len(probe.commands)
     assert n_before > 0
     t_trigger = time.monotonic()
-    probe.call("/estop/trigger")
+    estop = probe.node.create_publisher(Bool, "/estop", LATCHED)
+    estop.publish(Bool(data=True))  # the operator's e-stop: latched, reaches the executor and the driver
     for _ in range(10):
         now = probe.node.get_clock().now().nanoseconds
         probe.pub.publish(chunk_to_msg(ActionChunk("head_camera_color_optical_frame", now, 0.04,
@@ -124,5 +128,6 @@ def test_head_frame_chunk_ends_at_expected_base_pose_then_watchdog_and_estop(gra
         probe.spin(0.05)
     after = [t for t in probe.commands if t > t_trigger + 0.02 + 0.03]
     assert not after, f"{len(after)} commands after the e-stop"
-    probe.call("/estop/reset")
+    probe.call("/executor/estop/reset")
+    probe.call("/xtrainer/estop/reset")
     probe.node.destroy_node()

@@ -38,6 +38,7 @@ class ExecutorConfig:
     rtc_freeze_s: float = 0.1
     rtc_blend_s: float = 0.2
     max_gripper_speed: float = 2.0  # opening per second
+    max_tracking_error_m: float = 0.03  # commanded vs measured TCP beyond this: restart from the measured pose
 
     def __post_init__(self) -> None:
         if self.blend not in BLEND_MODES:
@@ -100,6 +101,7 @@ class ChunkExecutor:
         self.refused: dict[str, int] = {}
         self.last_hold = ""
         self._last_tick_ns: int | None = None
+        self.resyncs = 0
 
     # ------------------------------------------------------------------ inputs
     def submit(self, chunk: ActionChunk, now_ns: int) -> str | None:
@@ -162,7 +164,7 @@ class ChunkExecutor:
         nominal = 1.0 / self.cfg.rate_hz
         # the real time since the last tick (timers jitter): limits are applied over the time that really passed
         dt = nominal if self._last_tick_ns is None else float(np.clip((now_ns - self._last_tick_ns) * 1e-9,
-                                                                     0.25 * nominal, 2.0 * nominal))
+                                                                     1e-3, 2.0 * nominal))
         self._last_tick_ns = now_ns
         if hold:
             self._reset_motion()
@@ -174,6 +176,10 @@ class ChunkExecutor:
             if target is None:
                 continue
             m = self.motion.setdefault(arm, _ArmMotion())
+            if m.T is not None and arm in measured and np.linalg.norm(
+                    m.T[:3, 3] - np.asarray(measured[arm][0])[:3, 3]) > self.cfg.max_tracking_error_m:
+                self.resyncs += 1  # the arm did not follow (commands refused downstream, or blocked): re-plan from it
+                m.T = None
             if m.T is None:
                 if arm not in measured:
                     continue  # no feedback for this arm yet: do not move it

@@ -3,7 +3,7 @@ stream on /xtrainer/servo_command at the control rate. Plumbing around posevla.c
 posevla.control.executor.
 
 Subscribes /policy/chunk, /<arm>_arm/tcp_pose, /estop. Publishes /xtrainer/servo_command, /executor/chunk_base,
-/diagnostics. Services /estop/trigger and /estop/reset.
+/diagnostics. Services /executor/estop/trigger and /executor/estop/reset.
 """
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ class ExecutorNode(Node):
         for arm in self.robot.arms:
             self.create_subscription(PoseStamped, f"/{arm}_arm/tcp_pose", lambda m, a=arm: self._on_tcp(a, m), 50)
         self.create_subscription(Bool, "/estop", self._on_estop, LATCHED)
-        self.create_service(Trigger, "/estop/trigger", self._srv_estop)
-        self.create_service(Trigger, "/estop/reset", self._srv_reset)
+        self.create_service(Trigger, "/executor/estop/trigger", self._srv_estop)
+        self.create_service(Trigger, "/executor/estop/reset", self._srv_reset)
         self.create_timer(1.0 / p["rate_hz"], self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self.stats = {"chunks": 0, "refused": 0, "commands": 0, "holds": 0}

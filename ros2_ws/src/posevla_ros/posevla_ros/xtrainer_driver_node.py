@@ -3,7 +3,7 @@
 Publishes /joint_states (left_joint1..6, left_gripper, right_joint1..6, right_gripper; rad, 0..1),
 /<arm>_arm/tcp_pose (PoseStamped in base_link; stamp = feedback packet receive time) and /diagnostics.
 Subscribes /xtrainer/servo_command (MultiDOFJointTrajectory, one point, base_link), /xtrainer/servo_joint_command
-(JointState) and /estop (Bool, latched). Services /estop/trigger, /estop/reset, /xtrainer/clear_error.
+(JointState) and /estop (Bool, latched). Services /xtrainer/estop/trigger, /xtrainer/estop/reset, /xtrainer/clear_error.
 """
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ class XTrainerDriverNode(Node):
         self.create_subscription(MultiDOFJointTrajectory, "/xtrainer/servo_command", self._on_servo, 10)
         self.create_subscription(JointState, "/xtrainer/servo_joint_command", self._on_joint_command, 10)
         self.create_subscription(Bool, "/estop", self._on_estop, LATCHED)
-        self.create_service(Trigger, "/estop/trigger", self._srv_estop)
-        self.create_service(Trigger, "/estop/reset", self._srv_reset)
+        self.create_service(Trigger, "/xtrainer/estop/trigger", self._srv_estop)
+        self.create_service(Trigger, "/xtrainer/estop/reset", self._srv_reset)
         self.create_service(Trigger, "/xtrainer/clear_error", self._srv_clear)
         self.create_timer(1.0 / p["publish_rate_hz"], self._publish_state)
         self.create_timer(1.0, self._publish_diagnostics)
