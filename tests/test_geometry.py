@@ -210,3 +210,13 @@ def test_unproject_depth_image_round_trip() -> None:
     np.testing.assert_allclose(project(pts, D455), uv, atol=1e-9)
     with pytest.raises(ValueError, match="behind"):
         project(np.array([0.0, 0.0, -1.0]), D455)
+
+
+def test_fast_quaternion_helpers_match_scipy() -> None:
+    rng = np.random.default_rng(4)
+    R0, R1 = Rotation.random(2, random_state=5).as_matrix()
+    q0, q1 = se3.quat_from_matrix(R0), se3.quat_from_matrix(R1)
+    np.testing.assert_allclose(se3.matrix_from_quat(q0), R0, atol=1e-12)
+    for s in rng.random(5):
+        expected = se3.slerp_T(se3.make_T(R0, np.zeros(3)), se3.make_T(R1, np.zeros(3)), s)[:3, :3]
+        np.testing.assert_allclose(se3.matrix_from_quat(se3.quat_slerp(q0, q1, s)), expected, atol=1e-9)

@@ -18,9 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
-from posevla.control.interpolation import sample_chunk
+from posevla.control.interpolation import ChunkSampler
 from posevla.control.safety import SafetyLimits
 from posevla.geometry import se3
 from posevla.types import ActionChunk
@@ -64,6 +63,7 @@ class _Active:
     chunk: ActionChunk
     received_ns: int
     seq: int
+    sampler: ChunkSampler
 
 
 @dataclass
@@ -115,7 +115,7 @@ class ChunkExecutor:
             self.refused[why.split(":")[0]] = self.refused.get(why.split(":")[0], 0) + 1
             return why
         self._seq += 1
-        self.active.append(_Active(chunk, now_ns, self._seq))
+        self.active.append(_Active(chunk, now_ns, self._seq, ChunkSampler(chunk)))
         self.active = self.active[-8:]
         self.last_chunk_ns = now_ns
         return None
@@ -140,23 +140,27 @@ class ChunkExecutor:
         live = [a for a in self.active if arm in a.chunk.arms and a.chunk.stamp_ns <= now_ns <= self._end_ns(a)]
         if not live:
             return None
-        samples = [sample_chunk(a.chunk, arm, now_ns) for a in live]
+        samples = [a.sampler.sample(arm, now_ns) for a in live]  # (position, quaternion, gripper)
+
+        def pose(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+            return se3.make_T(se3.matrix_from_quat(q), p)
+
         if self.cfg.blend == "replace" or len(live) == 1:
-            return samples[-1]
+            p, q, g = samples[-1]
+            return pose(p, q), g
         if self.cfg.blend == "rtc":
-            (T_old, g_old), (T_new, g_new) = samples[-2], samples[-1]
+            (p0, q0, g0), (p1, q1, g1) = samples[-2], samples[-1]
             t_in = (now_ns - live[-1].received_ns) * 1e-9 - self.cfg.rtc_freeze_s
             s = float(np.clip(t_in / max(self.cfg.rtc_blend_s, 1e-9), 0.0, 1.0))
-            return se3.slerp_T(T_old, T_new, s), (1 - s) * g_old + s * g_new
+            return pose((1 - s) * p0 + s * p1, se3.quat_slerp(q0, q1, s)), (1 - s) * g0 + s * g1
         # ACT temporal ensembling: oldest chunk gets weight exp(0), newer ones exp(-k i)
         w = np.exp(-self.cfg.ensemble_k * np.arange(len(samples)))
         w /= w.sum()
-        p = sum(wi * T[:3, 3] for wi, (T, _) in zip(w, samples))
-        quats = Rotation.from_matrix(np.stack([T[:3, :3] for T, _ in samples])).as_quat()
+        p = sum(wi * s_[0] for wi, s_ in zip(w, samples))
+        quats = np.stack([s_[1] for s_ in samples])
         quats[np.sum(quats * quats[0], axis=1) < 0] *= -1
-        q = (w[:, None] * quats).sum(0)
-        g = float(sum(wi * gi for wi, (_, gi) in zip(w, samples)))
-        return se3.make_T(Rotation.from_quat(q / np.linalg.norm(q)).as_matrix(), p), g
+        g = float(sum(wi * s_[2] for wi, s_ in zip(w, samples)))
+        return pose(p, (w[:, None] * quats).sum(0)), g
 
     def tick(self, now_ns: int, measured: dict[str, tuple[np.ndarray, float]]) -> dict[str, ArmCommand] | Hold:
         """One control period. measured: arm -> (T_base_tcp, gripper) from feedback, used after a hold."""

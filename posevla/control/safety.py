@@ -136,8 +136,11 @@ class SafetyLimits:
         # rotation: slerp toward the target, at most max_angular_speed * dt
         angle = float(se3.rotation_angle(T_prev[:3, :3].T @ T_target[:3, :3]))
         max_angle = self.max_angular_speed * dt
-        s = 1.0 if angle <= max_angle else max_angle / angle
-        R = se3.slerp_T(T_prev, T_target, s)[:3, :3] if angle > 1e-12 else T_target[:3, :3]
+        if angle <= max_angle or angle < 1e-12:
+            R = T_target[:3, :3]
+        else:
+            q0, q1 = se3.quat_from_matrix(T_prev[:3, :3]), se3.quat_from_matrix(T_target[:3, :3])
+            R = se3.matrix_from_quat(se3.quat_slerp(q0, q1, max_angle / angle))
         return se3.make_T(R, p), v
 
     def clamp_gripper(self, g: float) -> float:

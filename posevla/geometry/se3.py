@@ -116,3 +116,34 @@ def transform_points(T: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Apply T_a_b (4,4) to points p_b (...,3) -> p_a (...,3)."""
     T = np.asarray(T, dtype=float)
     return np.asarray(p, dtype=float) @ T[:3, :3].T + T[:3, 3]
+
+
+def quat_from_matrix(R: np.ndarray) -> np.ndarray:
+    """(...,3,3) -> (...,4) xyzw with w >= 0."""
+    R = np.asarray(R, dtype=float)
+    q = Rotation.from_matrix(R.reshape(-1, 3, 3)).as_quat().reshape(R.shape[:-2] + (4,))
+    return np.where(q[..., 3:4] < 0, -q, q)
+
+
+def matrix_from_quat(q: np.ndarray) -> np.ndarray:
+    """(...,4) xyzw (normalised here) -> (...,3,3), pure numpy (fast for single rotations in control loops)."""
+    q = np.asarray(q, dtype=float)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)], -2)
+
+
+def quat_slerp(q0: np.ndarray, q1: np.ndarray, s: float) -> np.ndarray:
+    """Spherical-linear interpolation of two xyzw quaternions along the shorter arc, s in [0, 1]."""
+    q0, q1 = np.asarray(q0, dtype=float), np.asarray(q1, dtype=float)
+    d = float(np.dot(q0, q1))
+    if d < 0:
+        q1, d = -q1, -d
+    if d > 0.9995:
+        q = q0 + s * (q1 - q0)
+        return q / np.linalg.norm(q)
+    theta = np.arccos(min(d, 1.0))
+    return (np.sin((1 - s) * theta) * q0 + np.sin(s * theta) * q1) / np.sin(theta)
