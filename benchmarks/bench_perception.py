@@ -33,7 +33,7 @@ def main() -> None:
 
     sync = ApproximateTimeSync([(v, k) for v in VIEWS for k in ("color", "depth")], 0.01, 10, on_set)
     last_input = [0.0]
-    for k in range(200):
+    for _ in range(200):
         stamp = time.time_ns()
         for v in VIEWS:
             for kind in ("color", "depth"):
