@@ -205,6 +205,17 @@ class EpisodeWriter:
             os.close(dir_fd)
         return self.final_path
 
+    def abort(self, reason: str) -> Path:
+        """Stop recording and keep what was written in .incomplete/, marked with the reason (never deleted)."""
+        self._stop_worker()
+        try:
+            self._h5.attrs["meta"] = json.dumps({**self.meta, "complete": False, "aborted": reason,
+                                                 "num_frames": self.frames_written})
+            self._h5.close()
+        except Exception:  # noqa: BLE001 - the file may be the reason; it stays where it is
+            pass
+        return self.tmp_path
+
     def discard(self) -> None:
         self._stop_worker()
         try:

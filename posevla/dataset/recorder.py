@@ -1,0 +1,200 @@
+"""Recorder logic (no ROS): sample the latest message of every stream at a fixed rate into an EpisodeWriter,
+with episode control and the checks that stop an episode with a reason instead of recording a short one.
+
+Nothing recorded is ever deleted: "discard" and "re-record" move episodes to `<task>/.discarded/`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from posevla.dataset import format as F
+from posevla.dataset.writer import EpisodeWriter, FrameRecord
+from posevla.geometry.intrinsics import CameraIntrinsics
+from posevla.types import ArmState, RobotState
+
+
+@dataclass
+class RecorderConfig:
+    root: Path
+    task: str
+    instruction: str
+    cameras: tuple[str, ...] = ("head", "left_wrist", "right_wrist")
+    operator: str = ""
+    fps: float = 30.0
+    stream_timeout_s: float = 0.5
+    target_episodes: int = 100
+    reset_period_s: float = 5.0
+    calibration_files: tuple[Path, ...] = ()
+    camera_serials: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Latest:
+    """The newest sample of each stream with its original stamp (ns) and the host time it arrived."""
+
+    color: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
+    depth: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
+    info: dict[str, CameraIntrinsics] = field(default_factory=dict)
+    tcp: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
+    joints: dict[str, tuple[int, np.ndarray, float]] = field(default_factory=dict)
+    action: tuple[int, np.ndarray] | None = None
+    arrival: dict[str, float] = field(default_factory=dict)
+
+
+class Recorder:
+    def __init__(self, cfg: RecorderConfig) -> None:
+        self.cfg = cfg
+        self.task_dir = Path(cfg.root) / cfg.task
+        self.task_dir.mkdir(parents=True, exist_ok=True)
+        self.latest = Latest()
+        self.writer: EpisodeWriter | None = None
+        self.state = "idle"
+        self.last_saved: Path | None = None
+        self.last_duration_s = 0.0
+        self.last_reason = ""
+        self.episode_start = 0.0
+        self.reset_until = 0.0
+        self.counts: dict[str, int] = {}
+        self.incomplete_on_start = F.list_incomplete(self.task_dir)
+
+    # ------------------------------------------------------------------ status
+    @property
+    def episodes_done(self) -> int:
+        return len(F.list_episodes(self.task_dir))
+
+    def streams(self) -> list[str]:
+        return [f"{c}/{k}" for c in self.cfg.cameras for k in ("color", "depth")] + ["robot"]
+
+    def note_arrival(self, stream: str) -> None:
+        self.latest.arrival[stream] = time.monotonic()
+        self.counts[stream] = self.counts.get(stream, 0) + 1
+
+    def stale_streams(self, now: float) -> list[str]:
+        return [s for s in self.streams() if now - self.latest.arrival.get(s, -1e9) > self.cfg.stream_timeout_s]
+
+    def status_line(self) -> str:
+        free = shutil.disk_usage(self.task_dir).free / 1e9
+        rec = f"REC {time.monotonic() - self.episode_start:5.1f}s" if self.state == "recording" else self.state.upper()
+        extra = f" backlog {self.writer.backlog} rejected {self.writer.frames_rejected}" if self.writer else ""
+        return (f"[{self.cfg.task}] {rec} | episodes {self.episodes_done}/{self.cfg.target_episodes} | last "
+                f"{self.last_duration_s:.1f}s | disk {free:.1f} GB free{extra}"
+                + (f" | {self.last_reason}" if self.last_reason else ""))
+
+    # ------------------------------------------------------------------ control
+    def start(self) -> str:
+        if self.state == "recording":
+            return "already recording"
+        if time.monotonic() < self.reset_until:
+            return f"reset period: wait {self.reset_until - time.monotonic():.1f} s"
+        stale = self.stale_streams(time.monotonic())
+        if stale:
+            return f"cannot start: no data on {stale}"
+        missing = [c for c in self.cfg.cameras if c not in self.latest.info]
+        if missing:
+            return f"cannot start: no camera_info for {missing}"
+        calib = {p.name: {"sha256": __import__("hashlib").sha256(p.read_bytes()).hexdigest(), "yaml": p.read_text()}
+                 for p in self.cfg.calibration_files}
+        meta = {"instruction": self.cfg.instruction, "operator": self.cfg.operator, "fps": self.cfg.fps,
+                "cameras": {c: self.cfg.camera_serials.get(c, "") for c in self.cfg.cameras}, "calibration": calib,
+                "software_version": "posevla 0.1.0", "start_time_ns": time.time_ns()}
+        try:
+            self.writer = EpisodeWriter(self.cfg.root, self.cfg.task, meta,
+                                        {c: self.latest.info[c] for c in self.cfg.cameras})
+        except OSError as exc:
+            self.last_reason = str(exc)
+            return f"cannot start: {exc}"
+        self.state, self.episode_start, self.last_reason = "recording", time.monotonic(), ""
+        return f"recording episode {self.writer.index}"
+
+    def stop_and_save(self, success: bool = True) -> str:
+        if self.writer is None:
+            return "not recording"
+        w, self.writer = self.writer, None
+        self.last_duration_s = time.monotonic() - self.episode_start
+        try:
+            self.last_saved = w.finish(success)
+            msg = f"saved {self.last_saved.name} ({w.frames_written} frames, {self.last_duration_s:.1f} s)"
+        except OSError as exc:
+            msg = f"NOT saved: {exc}"
+            self.last_reason = msg
+        self.state, self.reset_until = "reset", time.monotonic() + self.cfg.reset_period_s
+        return msg
+
+    def abort(self, reason: str) -> str:
+        if self.writer is None:
+            return "not recording"
+        w, self.writer = self.writer, None
+        kept = w.abort(reason)
+        self.last_reason = f"episode stopped: {reason} (partial kept at {kept})"
+        self.state, self.reset_until = "reset", time.monotonic() + self.cfg.reset_period_s
+        return self.last_reason
+
+    def _move_aside(self, path: Path) -> Path:
+        dest = self.task_dir / ".discarded"
+        dest.mkdir(exist_ok=True)
+        target = dest / f"{path.stem}_{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"
+        os.replace(path, target)
+        return target
+
+    def discard(self) -> str:
+        if self.writer is not None:
+            w, self.writer = self.writer, None
+            kept = w.abort("discarded by the operator")
+            moved = self._move_aside(kept)
+            self.state = "idle"
+            return f"discarded the current episode (kept at {moved})"
+        return "not recording"
+
+    def rerecord_last(self) -> str:
+        if self.writer is not None:
+            return "stop the current episode first"
+        if self.last_saved is None or not self.last_saved.exists():
+            return "no episode saved in this session"
+        moved = self._move_aside(self.last_saved)
+        self.last_saved = None
+        self.reset_until = 0.0
+        return f"moved {moved.name} aside; " + self.start()
+
+    def mark(self, success: bool) -> str:
+        if self.last_saved is None or not self.last_saved.exists():
+            return "no saved episode to mark"
+        with h5py.File(self.last_saved, "r+") as h:
+            meta = json.loads(h.attrs["meta"])
+            meta["success"] = success
+            h.attrs["meta"] = json.dumps(meta)
+        return f"{self.last_saved.name} marked {'success' if success else 'failure'}"
+
+    # ------------------------------------------------------------------ the fixed-rate tick
+    def tick(self, now_ns: int) -> str | None:
+        """Record one frame if recording; returns a message when the episode had to stop."""
+        if self.state == "reset" and time.monotonic() >= self.reset_until:
+            self.state = "idle"
+        if self.state != "recording" or self.writer is None:
+            return None
+        stale = self.stale_streams(time.monotonic())
+        if stale:
+            return self.abort(f"stream(s) {stale} stopped for more than {self.cfg.stream_timeout_s} s")
+        if self.writer.error:
+            return self.abort(self.writer.error)
+        L = self.latest
+        arms = {}
+        for arm, (stamp, T) in L.tcp.items():
+            _, q, g = L.joints.get(arm, (stamp, np.full(6, np.nan), float("nan")))
+            arms[arm] = ArmState(T, q, g, stamp)
+        robot_stamp = max((a.stamp_ns for a in arms.values()), default=0)
+        action = L.action[1] if L.action is not None else np.full(F.QPOS_DIM, np.nan)
+        rec = FrameRecord(now_ns, {c: L.color[c][1] for c in self.cfg.cameras}, {c: L.depth[c][1] for c in self.cfg.cameras},
+                          {c: L.color[c][0] for c in self.cfg.cameras}, RobotState(arms, robot_stamp), action)
+        if not self.writer.add_frame(rec):
+            self.last_reason = f"writer behind: {self.writer.frames_rejected} frames could not be queued"
+            if self.writer.frames_rejected > self.cfg.fps:  # a second's worth: stop rather than record gaps
+                return self.abort(self.last_reason)
+        return None

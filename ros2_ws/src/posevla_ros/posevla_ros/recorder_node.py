@@ -1,0 +1,184 @@
+"""recorder_node: record demonstrations (plumbing around posevla.dataset.recorder).
+
+Subscribes the camera topics (rgb8 color, 16UC1 aligned depth, camera_info), /joint_states,
+/<arm>_arm/tcp_pose and the action /xtrainer/servo_joint_command; samples them at `fps` into crash-safe
+episodes. Services (std_srvs/Trigger): /recorder/start, /recorder/stop_and_save, /recorder/discard,
+/recorder/rerecord_last, /recorder/mark_success, /recorder/mark_failure. A status line (episode count,
+elapsed time, stream rates, disk space) is printed every second when stdout is a terminal, and logged
+every 10 s otherwise; /diagnostics carries the same figures.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_srvs.srv import Trigger
+
+from posevla.dataset.recorder import Recorder, RecorderConfig
+from posevla_ros.graph import config_dir
+from posevla_ros.msg_conv import msg_to_image, msg_to_intrinsics, ns_to_time, pose_to_T, time_to_ns
+from posevla_ros.params import declare_checked
+
+ARMS = ("left", "right")
+
+
+def joint_vector(msg: JointState) -> dict[str, tuple[np.ndarray, float]]:
+    idx = {n: i for i, n in enumerate(msg.name)}
+    out = {}
+    for arm in ARMS:
+        names = [f"{arm}_joint{i}" for i in range(1, 7)]
+        if all(n in idx for n in names):
+            g = float(msg.position[idx[f"{arm}_gripper"]]) if f"{arm}_gripper" in idx else float("nan")
+            out[arm] = (np.array([msg.position[idx[n]] for n in names]), g)
+    return out
+
+
+class RecorderNode(Node):
+    def __init__(self) -> None:
+        super().__init__("recorder")
+        p = declare_checked(self, {
+            "root": ("data", "dataset root folder", None),
+            "task": ("task", "task name (one folder per task)", None),
+            "instruction": ("", "language instruction stored with every episode", None),
+            "operator": ("", "operator name", None),
+            "cameras": (["head", "left_wrist", "right_wrist"], "cameras to record", None),
+            "fps": (30.0, "recording rate (Hz)", (1.0, 120.0)),
+            "stream_timeout_s": (0.5, "stop the episode when a stream is silent this long (s)", (0.05, 10.0)),
+            "target_episodes": (100, "episodes wanted for this task", (1, 100000)),
+            "reset_period_s": (5.0, "pause between episodes (s)", (0.0, 600.0)),
+            "calibration_dir": ("", "calibration files copied into each episode (default: calibration/)", None),
+        })
+        if not p["instruction"]:
+            raise ValueError("parameter instruction is empty: every episode needs its language instruction")
+        calib_dir = Path(p["calibration_dir"] or Path(config_dir()).parent / "calibration")
+        self.rec = Recorder(RecorderConfig(Path(p["root"]), p["task"], p["instruction"], tuple(p["cameras"]),
+                                           p["operator"], p["fps"], p["stream_timeout_s"], p["target_episodes"],
+                                           p["reset_period_s"], tuple(sorted(calib_dir.glob("*.yaml")))))
+        for path in self.rec.incomplete_on_start:
+            self.get_logger().warn(f"incomplete episode from an earlier run kept aside: {path}")
+        for cam in self.rec.cfg.cameras:
+            self.create_subscription(Image, f"/{cam}/color/image_raw", lambda m, c=cam: self._color(c, m), qos_profile_sensor_data)
+            self.create_subscription(Image, f"/{cam}/aligned_depth_to_color/image_raw", lambda m, c=cam: self._depth(c, m),
+                                     qos_profile_sensor_data)
+            self.create_subscription(CameraInfo, f"/{cam}/color/camera_info", lambda m, c=cam: self._info(c, m),
+                                     qos_profile_sensor_data)
+        for arm in ARMS:
+            self.create_subscription(PoseStamped, f"/{arm}_arm/tcp_pose", lambda m, a=arm: self._tcp(a, m), 50)
+        self.create_subscription(JointState, "/joint_states", self._joints, 50)
+        self.create_subscription(JointState, "/xtrainer/servo_joint_command", self._action, 50)
+        for name, fn in (("start", self.rec.start), ("stop_and_save", lambda: self.rec.stop_and_save(True)),
+                         ("discard", self.rec.discard), ("rerecord_last", self.rec.rerecord_last),
+                         ("mark_success", lambda: self.rec.mark(True)), ("mark_failure", lambda: self.rec.mark(False))):
+            self.create_service(Trigger, f"/recorder/{name}", lambda req, res, f=fn: self._srv(f, res))
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0 / p["fps"], self._tick)
+        self.create_timer(1.0, self._status)
+        self.tty = sys.stdout.isatty()
+        self._last_log = 0.0
+
+    def _srv(self, fn, res):
+        msg = fn()
+        res.success = not msg.startswith(("cannot", "not ", "no ", "NOT", "already", "stop the", "reset period"))
+        res.message = msg
+        (self.get_logger().info if res.success else self.get_logger().warn)(f"recorder: {msg}")
+        return res
+
+    def _color(self, cam: str, m: Image) -> None:
+        try:
+            img = msg_to_image(m, f"/{cam}/color/image_raw")
+            img = img if m.encoding == "rgb8" else img[..., ::-1]
+        except ValueError as exc:
+            self.get_logger().warn(str(exc), throttle_duration_sec=2.0)
+            return
+        self.rec.latest.color[cam] = (time_to_ns(m.header.stamp), np.array(img))
+        self.rec.note_arrival(f"{cam}/color")
+
+    def _depth(self, cam: str, m: Image) -> None:
+        topic = f"/{cam}/aligned_depth_to_color/image_raw"
+        try:
+            d = msg_to_image(m, topic)
+            if m.encoding == "16UC1":
+                d = np.array(d)  # raw millimetres, kept bit-exact
+            elif m.encoding == "32FC1":
+                d = np.where(np.isfinite(d) & (d > 0), np.round(d * 1000), 0).astype(np.uint16)
+            elif m.encoding != "16UC1":
+                raise ValueError(f"{topic}: depth encoding {m.encoding!r}, expected 16UC1 or 32FC1")
+        except ValueError as exc:
+            self.get_logger().warn(str(exc), throttle_duration_sec=2.0)
+            return
+        self.rec.latest.depth[cam] = (time_to_ns(m.header.stamp), d)
+        self.rec.note_arrival(f"{cam}/depth")
+
+    def _info(self, cam: str, m: CameraInfo) -> None:
+        try:
+            self.rec.latest.info[cam] = msg_to_intrinsics(m, f"/{cam}/color/camera_info")
+        except ValueError as exc:
+            self.get_logger().warn(str(exc), throttle_duration_sec=2.0)
+
+    def _tcp(self, arm: str, m: PoseStamped) -> None:
+        self.rec.latest.tcp[arm] = (time_to_ns(m.header.stamp), pose_to_T(m.pose))
+        self.rec.note_arrival("robot")
+
+    def _joints(self, m: JointState) -> None:
+        for arm, (q, g) in joint_vector(m).items():
+            self.rec.latest.joints[arm] = (time_to_ns(m.header.stamp), q, g)
+
+    def _action(self, m: JointState) -> None:
+        v = joint_vector(m)
+        if all(a in v for a in ARMS):
+            self.rec.latest.action = (time_to_ns(m.header.stamp),
+                                      np.concatenate([np.r_[v[a][0], v[a][1]] for a in ARMS]))
+
+    def _tick(self) -> None:
+        msg = self.rec.tick(self.get_clock().now().nanoseconds)
+        if msg:
+            self.get_logger().error(msg)
+
+    def _status(self) -> None:
+        line = self.rec.status_line()
+        if self.tty:
+            print("\r" + line[:160].ljust(160), end="", flush=True)
+        elif time.monotonic() - self._last_log > 10:
+            self.get_logger().info(line)
+            self._last_log = time.monotonic()
+        st = DiagnosticStatus(name="recorder", hardware_id=self.rec.cfg.task, message=line)
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in {
+            "state": self.rec.state, "episodes": self.rec.episodes_done, **{f"count_{k}": v for k, v in self.rec.counts.items()},
+            "frames_written": self.rec.writer.frames_written if self.rec.writer else 0}.items()]
+        msg = DiagnosticArray(status=[st])
+        msg.header.stamp = ns_to_time(self.get_clock().now().nanoseconds)
+        self.diag_pub.publish(msg)
+
+    def destroy_node(self) -> None:
+        if self.rec.writer is not None:
+            self.get_logger().warn(self.rec.abort("recorder shut down mid-episode"))
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    try:
+        node = RecorderNode()
+    except ValueError as exc:
+        print(f"recorder_node: {exc}", flush=True)
+        rclpy.try_shutdown()
+        raise SystemExit(2) from exc
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

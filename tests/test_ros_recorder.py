@@ -1,0 +1,125 @@
+"""recorder_node over real DDS: episodes recorded from another process read back frame-exactly; a stream
+that stops mid-episode stops the episode with a reason (kept aside, never published as complete)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from std_srvs.srv import Trigger  # noqa: E402
+
+from posevla.dataset import format as F  # noqa: E402
+from posevla.dataset.reader import EpisodeReader  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+PUBLISHER = textwrap.dedent("""
+    import sys, time, numpy as np, rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image, CameraInfo, JointState
+    from geometry_msgs.msg import PoseStamped
+    from posevla.geometry.intrinsics import CameraIntrinsics
+    from posevla.geometry import se3
+    from posevla_ros.msg_conv import image_to_msg, intrinsics_to_msg, T_to_pose_stamped, ns_to_time
+    rclpy.init()
+    node = rclpy.create_node("fake_robot_and_cameras")
+    cams = ["head", "left_wrist"]
+    pubs = {c: (node.create_publisher(Image, f"/{c}/color/image_raw", qos_profile_sensor_data),
+                node.create_publisher(Image, f"/{c}/aligned_depth_to_color/image_raw", qos_profile_sensor_data),
+                node.create_publisher(CameraInfo, f"/{c}/color/camera_info", qos_profile_sensor_data)) for c in cams}
+    tcp = {a: node.create_publisher(PoseStamped, f"/{a}_arm/tcp_pose", 10) for a in ("left", "right")}
+    js = node.create_publisher(JointState, "/joint_states", 10)
+    act = node.create_publisher(JointState, "/xtrainer/servo_joint_command", 10)
+    intr = CameraIntrinsics(60.0, 60.0, 31.5, 23.5, 64, 48)
+    names = [f"{a}_joint{i}" for a in ("left", "right") for i in range(1, 7)] + ["left_gripper", "right_gripper"]
+    seconds = float(sys.argv[1])
+    k = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        stamp = node.get_clock().now().nanoseconds
+        for c in cams:
+            color, d, info = pubs[c]
+            fid = f"{c}_camera_color_optical_frame"
+            info.publish(intrinsics_to_msg(intr, stamp, fid))
+            rgb = np.full((48, 64, 3), k % 256, np.uint8)
+            color.publish(image_to_msg(rgb, "rgb8", stamp, fid))
+            d.publish(image_to_msg(np.full((48, 64), 500 + k, np.uint16), "16UC1", stamp, fid))
+        for a in ("left", "right"):
+            tcp[a].publish(T_to_pose_stamped(se3.T_from_xyz_rpy([0.4, 0.3, 0.2 + 0.001 * k], [3.14, 0, 0]), stamp, "base_link"))
+        m = JointState(name=names, position=[0.01 * k] * 12 + [0.5, 0.5]); m.header.stamp = ns_to_time(stamp)
+        js.publish(m)
+        a = JointState(name=names, position=[0.01 * k + 0.005] * 12 + [0.4, 0.6]); a.header.stamp = ns_to_time(stamp)
+        act.publish(a)
+        k += 1
+        time.sleep(1 / 60)
+    """)
+
+
+def _call(node, ex, name: str) -> Trigger.Response:
+    cli = node.create_client(Trigger, name)
+    assert cli.wait_for_service(10.0), name
+    fut = cli.call_async(Trigger.Request())
+    end = time.monotonic() + 10
+    while not fut.done() and time.monotonic() < end:
+        ex.spin_once(timeout_sec=0.05)
+    return fut.result()
+
+
+def _spin(ex, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        ex.spin_once(timeout_sec=0.05)
+
+
+def test_record_read_back_and_stream_loss(tmp_path: Path, rclpy_context) -> None:
+    env = os.environ.copy()
+    rec = subprocess.Popen([sys.executable, "-m", "posevla_ros.recorder_node", "--ros-args", "-p", f"root:={tmp_path}",
+                            "-p", "task:=stack", "-p", "instruction:=stack the cups", "-p", "cameras:=[head, left_wrist]",
+                            "-p", "fps:=20.0", "-p", "reset_period_s:=0.0", "-p", "stream_timeout_s:=0.3"], env=env)
+    pub = subprocess.Popen([sys.executable, "-c", PUBLISHER, "12"], env=env)
+    node = rclpy.create_node("recorder_probe", context=rclpy_context)
+    ex = rclpy.executors.SingleThreadedExecutor(context=rclpy_context)
+    ex.add_node(node)
+    try:
+        _spin(ex, 4.0)
+        r = _call(node, ex, "/recorder/start")
+        assert r.success, r.message
+        _spin(ex, 2.0)
+        r = _call(node, ex, "/recorder/stop_and_save")
+        assert r.success and "saved episode_000000.h5" in r.message, r.message
+        assert _call(node, ex, "/recorder/mark_failure").success
+        assert _call(node, ex, "/recorder/start").success
+        pub.wait(20)  # the robot and cameras stop mid-episode
+        _spin(ex, 1.5)
+    finally:
+        pub.kill()
+        rec.terminate()
+        rec.wait(10)
+    task = tmp_path / "stack"
+    [ep_path] = F.list_episodes(task)
+    with EpisodeReader(ep_path) as ep:
+        assert 25 <= ep.num_frames <= 50  # 2 s at 20 Hz
+        assert ep.meta["instruction"] == "stack the cups" and ep.meta["success"] is False
+        assert ep.meta["calibration"]  # the calibration in force is copied
+        for i in range(ep.num_frames):
+            f = ep.frame(i)
+            k = int(ep.raw_depth("head", i)[0, 0]) - 500  # which published message was sampled
+            assert np.all(ep.raw_depth("head", i) == 500 + k)  # depth bit-exact
+            assert abs(int(f.cameras["head"].rgb[0, 0, 0]) - k % 256) <= 2
+            np.testing.assert_allclose(f.state.arms["left"].joints, 0.01 * k, atol=0.011)
+            assert f.cameras["head"].stamp_ns <= f.stamp_ns
+        stamps = ep.array("stamps/frame")
+        assert np.all(np.diff(stamps) > 0)
+    [partial] = F.list_incomplete(task)
+    with h5py.File(partial, "r") as h:
+        meta = json.loads(h.attrs["meta"])
+    assert not meta["complete"] and "stopped" in meta["aborted"]
