@@ -15,6 +15,8 @@ import queue
 import shutil
 import threading
 import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +80,8 @@ class EpisodeWriter:
         self.frames_rejected = 0
         self.encode_s = 0.0
         self.error: str | None = None
+        # per-camera JPEG and depth compression run in parallel (OpenCV and zlib release the GIL)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(cameras)), thread_name_prefix="episode-encode")
         self._worker = threading.Thread(target=self._work, name=f"episode-writer-{self.index}", daemon=True)
         self._worker.start()
 
@@ -153,20 +157,31 @@ class EpisodeWriter:
                 log.error("episode %d: writing failed: %s", self.index, self.error)
             self.encode_s += time.perf_counter() - t0
 
+    def _encode(self, name: str, rgb: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, bytes]:
+        """JPEG of the color image and the depth chunk as HDF5 stores it (shuffle + deflate level 1)."""
+        intr = self.cameras[name]
+        if rgb.shape != (intr.height, intr.width, 3) or depth.shape != (intr.height, intr.width):
+            raise ValueError(f"camera {name}: frame shapes {rgb.shape}/{depth.shape} differ from its camera_info "
+                             f"{intr.width}x{intr.height}")
+        ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [int(cv2.IMWRITE_JPEG_QUALITY), self.jpeg_quality])
+        if not ok:
+            raise ValueError(f"JPEG encoding of camera {name} failed")
+        if depth.dtype != np.uint16:  # metres -> raw units, invalid (NaN/inf/<=0) -> 0
+            depth = np.where(np.isfinite(depth) & (depth > 0), np.round(depth / self.depth_scale), 0).clip(0, 65535)
+        d = np.ascontiguousarray(depth, dtype="<u2")
+        shuffled = d.view(np.uint8).reshape(-1, 2).T.tobytes()
+        return np.frombuffer(jpg.tobytes(), np.uint8), zlib.compress(shuffled, 1)
+
     def _write(self, rec: FrameRecord) -> None:
         qpos, tcp, robot_stamp = robot_vectors(rec.state)
-        for name in self.cameras:
+        jobs = {name: self._pool.submit(self._encode, name, rec.rgb[name], rec.depth[name]) for name in self.cameras}
+        for name, job in jobs.items():
             key = F.CAMERA_KEYS.get(name, name)
-            rgb = rec.rgb[name]
-            ok, jpg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]),
-                                   [int(cv2.IMWRITE_JPEG_QUALITY), self.jpeg_quality])
-            if not ok:
-                raise ValueError(f"JPEG encoding of camera {name} failed")
-            self._append(f"observations/images/{key}", np.frombuffer(jpg.tobytes(), np.uint8))
-            d = rec.depth[name]
-            if d.dtype != np.uint16:  # metres -> raw units, invalid (NaN/inf/<=0) -> 0
-                d = np.where(np.isfinite(d) & (d > 0), np.round(d / self.depth_scale), 0).clip(0, 65535).astype(np.uint16)
-            self._append(f"observations/depth/{key}", d)
+            jpg, depth_chunk = job.result()
+            self._append(f"observations/images/{key}", jpg)
+            ds = self._h5[f"observations/depth/{key}"]
+            ds.resize(ds.shape[0] + 1, axis=0)
+            ds.id.write_direct_chunk((ds.shape[0] - 1, 0, 0), depth_chunk, filter_mask=0)
             self._append(f"stamps/{name}", rec.camera_stamps[name])
         self._append("observations/qpos", qpos)
         for arm in ARM_NAMES:
@@ -179,6 +194,7 @@ class EpisodeWriter:
     def _stop_worker(self, timeout_s: float = 60.0) -> None:
         self._q.put(None)
         self._worker.join(timeout_s)
+        self._pool.shutdown(wait=True)
 
     def finish(self, success: bool, extra_meta: dict | None = None) -> Path:
         """Flush, check and atomically publish the episode. Raises (leaving it in .incomplete/) on a problem."""
