@@ -26,3 +26,24 @@ def rclpy_context():
         yield ctx
     finally:
         ctx.try_shutdown()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config._posevla_exitstatus = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Leave without interpreter finalisation once the results are reported.
+
+    With rclpy/Fast DDS, librealsense and torch all loaded in one process, a C++ static destructor at
+    interpreter exit segfaults now and then (rc 139 after every test passed; no file alone reproduces it).
+    The exit status is pytest's own; set POSEVLA_TEST_CLEAN_EXIT=1 to see the crash while hunting it.
+    """
+    status = getattr(config, "_posevla_exitstatus", None)
+    if status is not None and os.environ.get("POSEVLA_TEST_CLEAN_EXIT") != "1":
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)

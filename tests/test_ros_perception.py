@@ -65,7 +65,11 @@ def test_observation_node_emits_synchronised_views_and_counts_drops(rclpy_contex
                              lambda m: diags.update({kv.key: kv.value for s in m.status for kv in s.values}), 10)
     ex = rclpy.executors.SingleThreadedExecutor(context=rclpy_context)
     ex.add_node(node)
-    end = time.monotonic() + 8
+    end = time.monotonic() + 60  # the node imports torch: slow on a loaded machine; wait until it is up
+    while time.monotonic() < end and node.count_publishers("/observation/right_wrist/image") == 0:
+        ex.spin_once(timeout_sec=0.05)
+    assert node.count_publishers("/observation/right_wrist/image") > 0, "observation_node did not come up"
+    end = time.monotonic() + 2  # let discovery of its subscriptions settle
     while time.monotonic() < end:
         ex.spin_once(timeout_sec=0.05)
     pub = subprocess.Popen([sys.executable, "-c", PUBLISHER], env=env)

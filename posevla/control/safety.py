@@ -134,12 +134,15 @@ class SafetyLimits:
         p = box.clamp(p_prev + v * dt)
         v = (p - p_prev) / dt
         # rotation: slerp toward the target, at most max_angular_speed * dt
-        angle = float(se3.rotation_angle(T_prev[:3, :3].T @ T_target[:3, :3]))
+        # (through unit quaternions, so a slightly non-orthonormal target, e.g. a blend, cannot add speed)
+        q0, q1 = se3.quat_from_matrix(T_prev[:3, :3]), se3.quat_from_matrix(T_target[:3, :3])
+        q0, q1 = q0 / np.linalg.norm(q0), q1 / np.linalg.norm(q1)
+        R_goal = se3.matrix_from_quat(q1)
+        angle = float(se3.rotation_angle(T_prev[:3, :3].T @ R_goal))
         max_angle = self.max_angular_speed * dt
         if angle <= max_angle or angle < 1e-12:
-            R = T_target[:3, :3]
+            R = R_goal
         else:
-            q0, q1 = se3.quat_from_matrix(T_prev[:3, :3]), se3.quat_from_matrix(T_target[:3, :3])
             R = se3.matrix_from_quat(se3.quat_slerp(q0, q1, max_angle / angle))
         return se3.make_T(R, p), v
 

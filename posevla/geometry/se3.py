@@ -97,9 +97,14 @@ def matrix_from_rot6d(x: np.ndarray, eps: float = 1e-9) -> np.ndarray:
 
 
 def rotation_angle(R: np.ndarray) -> np.ndarray:
-    """Angle (radians) of rotation matrices (...,3,3)."""
+    """Angle (radians, 0..pi) of rotation matrices (...,3,3).
+
+    atan2(2 sin, 2 cos) rather than arccos(cos): accurate for small angles, where arccos loses half the digits.
+    """
     R = np.asarray(R, dtype=float)
-    return np.arccos(np.clip((np.trace(R, axis1=-2, axis2=-1) - 1) / 2, -1.0, 1.0))
+    two_sin = np.linalg.norm(np.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0],
+                                       R[..., 1, 0] - R[..., 0, 1]], axis=-1), axis=-1)
+    return np.arctan2(two_sin, np.trace(R, axis1=-2, axis2=-1) - 1)
 
 
 def slerp_T(T0: np.ndarray, T1: np.ndarray, s: float | np.ndarray) -> np.ndarray:
@@ -142,8 +147,9 @@ def quat_slerp(q0: np.ndarray, q1: np.ndarray, s: float) -> np.ndarray:
     d = float(np.dot(q0, q1))
     if d < 0:
         q1, d = -q1, -d
-    if d > 0.9995:
+    # angle between the quaternions via atan2 (accurate when they are close, unlike arccos of the dot product)
+    theta = 2.0 * np.arctan2(np.linalg.norm(q1 - q0), np.linalg.norm(q1 + q0))
+    if theta < 1e-9:
         q = q0 + s * (q1 - q0)
         return q / np.linalg.norm(q)
-    theta = np.arccos(min(d, 1.0))
     return (np.sin((1 - s) * theta) * q0 + np.sin(s * theta) * q1) / np.sin(theta)

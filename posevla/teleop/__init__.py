@@ -1,0 +1,1 @@
+"""Teleoperation with GELLO-style leader arms (Dynamixel servos on USB serial)."""
