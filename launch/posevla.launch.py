@@ -4,12 +4,12 @@ Starts the Pose-VLA graph described in posevla_ros.graph (the same description t
 `run_graph` uses): setup:=robot (RealSense cameras + X-Trainer) or setup:=sim (replayed episode +
 the X-Trainer TCP simulator). Parameter defaults come from config/*.yaml.
 """
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-
 from posevla_ros.graph import graph
+
+from launch import LaunchDescription
 
 
 def _nodes(context, *args, **kwargs):

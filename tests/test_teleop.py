@@ -11,7 +11,13 @@ import yaml
 
 from posevla.teleop.controller import TeleopController, TeleopLimits
 from posevla.teleop.dxl_sim import DynamixelChainSim
-from posevla.teleop.gello import LeaderArm, LeaderConfig, LeaderReadError, LeaderReading, offsets_for_known_pose
+from posevla.teleop.gello import (
+    LeaderArm,
+    LeaderConfig,
+    LeaderReadError,
+    LeaderReading,
+    offsets_for_known_pose,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("dynamixel_sdk")
@@ -109,7 +115,7 @@ def test_safe_start_moves_slowly_then_mirrors():
     # 0.8 rad at 0.5 rad/s needs about 1.5 s (0.05 rad tolerance) -> ~75 steps at 50 Hz
     assert 70 <= steps_aligning <= 80
     # while mirroring, the followers track a moving leader
-    for k in range(10):
+    for _k in range(10):
         t += int(dt * 1e9)
         leader_q = leader_q + 0.01
         q, _ = ctrl.step({"left": _reading(leader_q, t)}, {"left": follower}, {"left": 0.0}, t, dt)["left"]
