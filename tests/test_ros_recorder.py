@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
+from sensor_msgs.msg import Joy  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from posevla.dataset import format as F  # noqa: E402
@@ -85,10 +86,17 @@ def test_record_read_back_and_stream_loss(tmp_path: Path, rclpy_context) -> None
     rec = subprocess.Popen([sys.executable, "-m", "posevla_ros.recorder_node", "--ros-args", "-p", f"root:={tmp_path}",
                             "-p", "task:=stack", "-p", "instruction:=stack the cups", "-p", "cameras:=[head, left_wrist]",
                             "-p", "fps:=20.0", "-p", "reset_period_s:=0.0", "-p", "stream_timeout_s:=0.3"], env=env)
-    pub = subprocess.Popen([sys.executable, "-c", PUBLISHER, "12"], env=env)
+    pub = subprocess.Popen([sys.executable, "-c", PUBLISHER, "16"], env=env)
     node = rclpy.create_node("recorder_probe", context=rclpy_context)
+    joy = node.create_publisher(Joy, "/teleop/buttons", 10)
     ex = rclpy.executors.SingleThreadedExecutor(context=rclpy_context)
     ex.add_node(node)
+
+    def press(button: int) -> None:  # one press and release of a leader-handle button
+        joy.publish(Joy(buttons=[int(i == button) for i in range(16)]))
+        _spin(ex, 0.3)
+        joy.publish(Joy(buttons=[0] * 16))
+        _spin(ex, 0.3)
     try:
         _spin(ex, 4.0)
         r = _call(node, ex, "/recorder/start")
@@ -97,6 +105,10 @@ def test_record_read_back_and_stream_loss(tmp_path: Path, rclpy_context) -> None
         r = _call(node, ex, "/recorder/stop_and_save")
         assert r.success and "saved episode_000000.h5" in r.message, r.message
         assert _call(node, ex, "/recorder/mark_failure").success
+        press(8)  # start/stop on the right handle: start
+        _spin(ex, 1.0)
+        press(0)  # start/stop on the left handle: stop and save
+        assert [p.name for p in F.list_episodes(tmp_path / "stack")] == ["episode_000000.h5", "episode_000001.h5"]
         assert _call(node, ex, "/recorder/start").success
         pub.wait(20)  # the robot and cameras stop mid-episode
         _spin(ex, 1.5)
@@ -105,7 +117,9 @@ def test_record_read_back_and_stream_loss(tmp_path: Path, rclpy_context) -> None
         rec.terminate()
         rec.wait(10)
     task = tmp_path / "stack"
-    [ep_path] = F.list_episodes(task)
+    ep_path, by_buttons = F.list_episodes(task)
+    with EpisodeReader(by_buttons) as ep:
+        assert 12 <= ep.num_frames <= 40 and ep.meta["success"] is True  # ~1.3-1.6 s at 20 Hz
     with EpisodeReader(ep_path) as ep:
         assert 25 <= ep.num_frames <= 50  # 2 s at 20 Hz
         assert ep.meta["instruction"] == "stack the cups" and ep.meta["success"] is False

@@ -132,7 +132,11 @@ class LeaderArm:
         self.name, self.cfg, self._dxl = name, cfg, dxl
         self.port = dxl.PortHandler(cfg.port)
         self.packet = dxl.PacketHandler(protocol)
-        if not self.port.openPort():
+        try:
+            opened = self.port.openPort()
+        except Exception as exc:  # noqa: BLE001 - pyserial raises SerialException for a missing device
+            raise LeaderReadError(f"{name} leader: cannot open serial port {cfg.port}: {exc}") from exc
+        if not opened:
             raise LeaderReadError(f"{name} leader: cannot open serial port {cfg.port}")
         if not self.port.setBaudRate(baudrate):
             self.port.closePort()
@@ -148,7 +152,8 @@ class LeaderArm:
         if missing:
             raise LeaderReadError(f"{self.name} leader on {self.cfg.port}: servo ids {missing} do not answer")
 
-    def read(self) -> LeaderReading:
+    def read_raw(self) -> tuple[np.ndarray, int]:
+        """Raw Present Position of every servo (joints then gripper, ticks, signed) and the buttons bit mask."""
         result = self.sync.txRxPacket()
         if result != self._dxl.COMM_SUCCESS:
             raise LeaderReadError(f"{self.name} leader on {self.cfg.port}: {self.packet.getTxRxResult(result)}")
@@ -165,7 +170,12 @@ class LeaderArm:
                 raise LeaderReadError(f"{self.name} leader buttons (id {self.cfg.buttons_id}): "
                                       f"{self.packet.getTxRxResult(result)}")
             buttons = int(value)
-        return LeaderReading(self.cfg.joints_from_ticks(np.array(ticks[:6])), self.cfg.gripper_from_ticks(ticks[6]),
+        return np.array(ticks, np.int64), buttons
+
+    def read(self) -> LeaderReading:
+        """Joints (radians, follower convention), gripper opening 0..1 and buttons."""
+        ticks, buttons = self.read_raw()
+        return LeaderReading(self.cfg.joints_from_ticks(ticks[:6]), self.cfg.gripper_from_ticks(int(ticks[6])),
                              buttons, time.monotonic_ns())
 
     def close(self) -> None:

@@ -3,7 +3,9 @@
 Subscribes the camera topics (rgb8 color, 16UC1 aligned depth, camera_info), /joint_states,
 /<arm>_arm/tcp_pose and the action /xtrainer/servo_joint_command; samples them at `fps` into crash-safe
 episodes. Services (std_srvs/Trigger): /recorder/start, /recorder/stop_and_save, /recorder/discard,
-/recorder/rerecord_last, /recorder/mark_success, /recorder/mark_failure. A status line (episode count,
+/recorder/rerecord_last, /recorder/mark_success, /recorder/mark_failure; the same actions from the leader
+handles' buttons on /teleop/buttons (sensor_msgs/Joy; bindings are parameters, see
+posevla.dataset.episode_buttons). Sound cues on start, save and error. A status line (episode count,
 elapsed time, stream rates, disk space) is printed every second when stdout is a terminal, and logged
 every 10 s otherwise; /diagnostics carries the same figures.
 """
@@ -19,9 +21,11 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState, Joy
 from std_srvs.srv import Trigger
 
+from posevla.dataset import cues
+from posevla.dataset.episode_buttons import ButtonActions, ButtonBindings
 from posevla.dataset.recorder import Recorder, RecorderConfig
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import msg_to_image, msg_to_intrinsics, ns_to_time, pose_to_T, time_to_ns
@@ -55,7 +59,15 @@ class RecorderNode(Node):
             "target_episodes": (100, "episodes wanted for this task", (1, 100000)),
             "reset_period_s": (5.0, "pause between episodes (s)", (0.0, 600.0)),
             "calibration_dir": ("", "calibration files copied into each episode (default: calibration/)", None),
+            "start_stop_buttons": ([0, 8], "button indices on /teleop/buttons that start / stop-and-save", None),
+            "discard_buttons": ([1, 9], "button indices that discard the current episode", None),
+            "mark_failure_buttons": ([2, 10], "button indices that mark the last episode failed", None),
+            "rerecord_buttons": ([3, 11], "button indices that move the last episode aside and record again", None),
+            "sound_cues": (True, "play a tone on start, save and error", None),
         })
+        self.sound = p["sound_cues"]
+        self.buttons = ButtonActions(ButtonBindings(list(p["start_stop_buttons"]), list(p["discard_buttons"]),
+                                                    list(p["mark_failure_buttons"]), list(p["rerecord_buttons"])))
         if not p["instruction"]:
             raise ValueError("parameter instruction is empty: every episode needs its language instruction")
         calib_dir = Path(p["calibration_dir"] or Path(config_dir()).parent / "calibration")
@@ -74,6 +86,7 @@ class RecorderNode(Node):
             self.create_subscription(PoseStamped, f"/{arm}_arm/tcp_pose", lambda m, a=arm: self._tcp(a, m), 50)
         self.create_subscription(JointState, "/joint_states", self._joints, 50)
         self.create_subscription(JointState, "/xtrainer/servo_joint_command", self._action, 50)
+        self.create_subscription(Joy, "/teleop/buttons", self._buttons, 10)
         for name, fn in (("start", self.rec.start), ("stop_and_save", lambda: self.rec.stop_and_save(True)),
                          ("discard", self.rec.discard), ("rerecord_last", self.rec.rerecord_last),
                          ("mark_success", lambda: self.rec.mark(True)), ("mark_failure", lambda: self.rec.mark(False))):
@@ -84,12 +97,25 @@ class RecorderNode(Node):
         self.tty = sys.stdout.isatty()
         self._last_log = 0.0
 
-    def _srv(self, fn, res):
+    def _do(self, fn) -> tuple[bool, str]:
         msg = fn()
-        res.success = not msg.startswith(("cannot", "not ", "no ", "NOT", "already", "stop the", "reset period"))
-        res.message = msg
-        (self.get_logger().info if res.success else self.get_logger().warn)(f"recorder: {msg}")
+        ok = not msg.startswith(("cannot", "not ", "no ", "NOT", "already", "stop the", "reset period"))
+        (self.get_logger().info if ok else self.get_logger().warn)(f"recorder: {msg}")
+        if self.sound:
+            cues.play("error" if not ok else "start" if self.rec.state == "recording" else "saved")
+        return ok, msg
+
+    def _srv(self, fn, res):
+        res.success, res.message = self._do(fn)
         return res
+
+    def _buttons(self, m: Joy) -> None:
+        actions = {"start_stop": lambda: self.rec.stop_and_save(True) if self.rec.state == "recording" else self.rec.start(),
+                   "discard": self.rec.discard, "mark_failure": lambda: self.rec.mark(False),
+                   "rerecord_last": self.rec.rerecord_last}
+        for name in self.buttons.update(list(m.buttons), time.monotonic()):
+            self.get_logger().info(f"button: {name}")
+            self._do(actions[name])
 
     def _color(self, cam: str, m: Image) -> None:
         try:
@@ -141,6 +167,8 @@ class RecorderNode(Node):
         msg = self.rec.tick(self.get_clock().now().nanoseconds)
         if msg:
             self.get_logger().error(msg)
+            if self.sound:
+                cues.play("error")
 
     def _status(self) -> None:
         line = self.rec.status_line()
