@@ -54,22 +54,37 @@ EXECUTABLES: dict[str, str] = {
 }
 
 
-def graph(setup: str, checkpoint: str = "", episode: str = "", instruction: str = "") -> list[NodeSpec]:
-    """Nodes for a setup: 'robot' (real cameras and arms), 'sim' (replayed cameras, simulated arms)."""
-    policy = NodeSpec("policy_node", "policy", ["policy.yaml"],
-                      {k: v for k, v in (("checkpoint", checkpoint), ("instruction", instruction)) if v})
-    executor = NodeSpec("executor_node", "executor", ["executor.yaml"] + (["xtrainer_sim.yaml"] if setup == "sim" else []))
-    if setup == "robot":
-        cams = [NodeSpec("camera_node", f"{c}_camera", ["camera_head.yaml" if c == "head" else "camera_wrist.yaml"],
-                         {"camera_name": c}) for c in CAMERAS]
-        driver = NodeSpec("xtrainer_driver_node", "xtrainer_driver", ["xtrainer.yaml"])
-        return [*cams, driver, policy, executor]
-    if setup == "sim":
-        return [
-            NodeSpec("xtrainer_sim", "xtrainer_sim", ["xtrainer_sim.yaml"]),
-            NodeSpec("xtrainer_driver_node", "xtrainer_driver", ["xtrainer.yaml", "xtrainer_sim.yaml"]),
-            NodeSpec("replay_node", "replay", ["replay.yaml"], {"episode": episode} if episode else {}),
-            policy,
-            executor,
-        ]
-    raise ValueError(f"unknown setup {setup!r} (expected 'robot' or 'sim')")
+SETUPS = ("robot", "sim", "collect", "collect_sim")
+
+
+def graph(setup: str, checkpoint: str = "", episode: str = "", instruction: str = "", task: str = "",
+          leader_dir: str = "") -> list[NodeSpec]:
+    """Nodes for a setup.
+
+    robot:       RealSense cameras, X-Trainer driver, policy, executor (trials on the robot)
+    sim:         replayed cameras, X-Trainer TCP simulator + driver, policy, executor
+    collect:     RealSense cameras, X-Trainer driver, teleop (leader arms), recorder (demonstrations)
+    collect_sim: replayed cameras, simulator + driver, teleop on simulated leaders (`posevla teleop sim-leaders`,
+                 ports <leader_dir>/<arm>), recorder -- a rehearsal of data collection without hardware
+    """
+    if setup not in SETUPS:
+        raise ValueError(f"unknown setup {setup!r} (expected one of {list(SETUPS)})")
+    sim = setup in ("sim", "collect_sim")
+    if sim:
+        nodes = [NodeSpec("xtrainer_sim", "xtrainer_sim", ["xtrainer_sim.yaml"]),
+                 NodeSpec("xtrainer_driver_node", "xtrainer_driver", ["xtrainer.yaml", "xtrainer_sim.yaml"]),
+                 NodeSpec("replay_node", "replay", ["replay.yaml"], {"episode": episode} if episode else {})]
+    else:
+        nodes = [NodeSpec("camera_node", f"{c}_camera", ["camera_head.yaml" if c == "head" else "camera_wrist.yaml"],
+                          {"camera_name": c}) for c in CAMERAS]
+        nodes.append(NodeSpec("xtrainer_driver_node", "xtrainer_driver", ["xtrainer.yaml"]))
+    if setup in ("robot", "sim"):
+        nodes.append(NodeSpec("policy_node", "policy", ["policy.yaml"],
+                              {k: v for k, v in (("checkpoint", checkpoint), ("instruction", instruction)) if v}))
+        nodes.append(NodeSpec("executor_node", "executor", ["executor.yaml"] + (["xtrainer_sim.yaml"] if sim else [])))
+        return nodes
+    ports = {f"{a}_port": f"{leader_dir}/{a}" for a in ("left", "right")} if leader_dir else {}
+    nodes.append(NodeSpec("teleop_node", "teleop", ["teleop.yaml"], ports))
+    nodes.append(NodeSpec("recorder_node", "recorder", ["recorder.yaml"],
+                          {k: v for k, v in (("task", task), ("instruction", instruction)) if v}))
+    return nodes

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from posevla_ros.graph import EXECUTABLES, NodeSpec, graph
+from posevla_ros.graph import EXECUTABLES, SETUPS, NodeSpec, graph
 
 
 def node_command(spec: NodeSpec) -> list[str]:
@@ -70,13 +70,15 @@ class GraphRunner:
 
 def main(args: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("setup", choices=["sim", "robot"], help="which graph to run")
+    parser.add_argument("setup", choices=SETUPS, help="which graph to run (see posevla_ros.graph.graph)")
     parser.add_argument("--checkpoint", default="", help="policy checkpoint directory")
     parser.add_argument("--episode", default="", help="recorded episode to replay as the cameras (sim)")
-    parser.add_argument("--instruction", default="", help="language instruction for the policy")
+    parser.add_argument("--instruction", default="", help="language instruction (policy, or recorder when collecting)")
+    parser.add_argument("--task", default="", help="task name of the recorded episodes (collect setups)")
+    parser.add_argument("--leader-dir", default="", help="folder of simulated leader ports (collect_sim)")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
     ns = parser.parse_args(args)
-    runner = GraphRunner(graph(ns.setup, ns.checkpoint, ns.episode, ns.instruction))
+    runner = GraphRunner(graph(ns.setup, ns.checkpoint, ns.episode, ns.instruction, ns.task, ns.leader_dir))
     runner.start()
     t_end = time.monotonic() + ns.duration if ns.duration > 0 else float("inf")
     rc = 0

@@ -1,0 +1,115 @@
+"""The data-collection graph without hardware (setup collect_sim): simulated leaders on pseudo-terminals
+(`posevla teleop sim-leaders`, real dynamixel_sdk in teleop_node) drive the simulated X-Trainer over TCP
+while replayed cameras play; the recorder writes an episode in which the followers track the leaders."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("dynamixel_sdk")
+from posevla_ros.graph import graph  # noqa: E402
+from posevla_ros.run_graph import GraphRunner  # noqa: E402
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from posevla.dataset import format as F  # noqa: E402
+from posevla.dataset.reader import EpisodeReader  # noqa: E402
+from posevla.tools.synthetic_episode import write_demo_episode  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_collect_sim_graph_records_teleoperated_episode(tmp_path: Path, rclpy_context) -> None:
+    cfg = yaml.safe_load((REPO / "config" / "xtrainer_sim_robot.yaml").read_text())
+    ports = _free_ports(6)
+    for i, arm in enumerate(("left", "right")):
+        cfg["arms"][arm].update(dashboard_port=ports[3 * i], motion_port=ports[3 * i + 1], feedback_port=ports[3 * i + 2])
+    robot = tmp_path / "robot.yaml"
+    robot.write_text(yaml.safe_dump(cfg))
+    source = write_demo_episode(tmp_path / "source", seconds=2.0, fps=15.0, width=160, height=120)
+    leaders = tmp_path / "leaders"
+    sim_leaders = subprocess.Popen([sys.executable, "-m", "posevla.cli", "teleop", "sim-leaders", "--link-dir",
+                                    str(leaders), "--amplitude", "8", "--period", "3"], stdout=subprocess.DEVNULL)
+    specs = graph("collect_sim", episode=str(source), instruction="wave both arms", task="wave",
+                  leader_dir=str(leaders))
+    assert [s.name for s in specs] == ["xtrainer_sim", "xtrainer_driver", "replay", "teleop", "recorder"]
+    for s in specs:
+        if s.name in ("xtrainer_sim", "xtrainer_driver"):
+            s.parameters["robot_config"] = str(robot)
+        if s.name == "recorder":
+            s.parameters.update(root=str(tmp_path / "data"), fps=15.0, reset_period_s=0.0)
+    node = rclpy.create_node("collect_probe", context=rclpy_context)
+    states: list[str] = []
+    latched = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+    node.create_subscription(String, "/teleop/state", lambda m: states.append(m.data), latched)
+    ex = rclpy.executors.SingleThreadedExecutor(context=rclpy_context)
+    ex.add_node(node)
+
+    def spin(seconds: float, until=None) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not (until and until()):
+            ex.spin_once(timeout_sec=0.02)
+
+    def call(name: str) -> Trigger.Response:
+        cli = node.create_client(Trigger, name)
+        assert cli.wait_for_service(20.0), name
+        fut = cli.call_async(Trigger.Request())
+        spin(10.0, until=fut.done)
+        return fut.result()
+
+    deadline = time.monotonic() + 30
+    while not all((leaders / a).exists() for a in ("left", "right")):
+        assert time.monotonic() < deadline, "sim-leaders did not start"
+        time.sleep(0.1)
+    runner = GraphRunner(specs)
+    try:
+        runner.start(delay_s=0.5)
+        spin(60.0, until=lambda: any(s.startswith("mirroring") for s in states))
+        assert any(s.startswith("mirroring") for s in states), (states, runner.dead())
+        deadline = time.monotonic() + 30
+        while not (r := call("/recorder/start")).success:  # waits until every stream has data
+            assert time.monotonic() < deadline, r.message
+            spin(0.5)
+        spin(4.0)
+        r = call("/recorder/stop_and_save")
+        assert r.success, r.message
+        assert not runner.dead(), runner.dead()
+    finally:
+        node.destroy_node()
+        runner.stop()
+        sim_leaders.terminate()
+        sim_leaders.wait(10)
+    [episode] = F.list_episodes(tmp_path / "data" / "wave")
+    with EpisodeReader(episode) as ep:
+        assert 45 <= ep.num_frames <= 75  # ~4 s at 15 Hz
+        assert ep.meta["instruction"] == "wave both arms" and ep.meta["calibration"]
+        action, qpos = ep.array("action"), ep.array("observations/qpos")
+        assert np.all(np.isfinite(action)) and np.all(np.isfinite(qpos))
+        # the leaders wave +-8 degrees: the commands and the followers both move that much ...
+        assert np.ptp(action[:, 0]) > np.deg2rad(8) and np.ptp(qpos[:, 0]) > np.deg2rad(8)
+        # ... and the followers track the commands (lag of a few control periods at <= 0.17 rad/s)
+        assert np.abs(qpos[:, :6] - action[:, :6]).max() < 0.05
+        assert np.abs(qpos[:, 7:13] - action[:, 7:13]).max() < 0.05
+        f = ep.frame(ep.num_frames - 1)
+        assert set(f.cameras) == {"head", "left_wrist", "right_wrist"}
+        assert f.cameras["head"].rgb.shape == (120, 160, 3)
