@@ -11,7 +11,7 @@ export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml ros2_ws/src/posevla_ros/setup.py scripts/bootstrap.sh
+$(STAMP): requirements.txt pyproject.toml ros2_ws/src/posevla_ros/setup.py ros2_ws/src/posevla_ros/posevla_ros/graph.py scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
 	touch $(STAMP)
 

@@ -91,8 +91,13 @@ def test_collect_sim_graph_records_teleoperated_episode(tmp_path: Path, rclpy_co
             assert time.monotonic() < deadline, r.message
             spin(0.5)
         spin(4.0)
-        r = call("/recorder/stop_and_save")
-        assert r.success, r.message
+        out = subprocess.run([sys.executable, "-m", "posevla_ros.trigger", "/recorder/stop_and_save"],
+                             capture_output=True, text=True, timeout=60)  # the operator's shell command
+        assert out.returncode == 0 and "/recorder/stop_and_save: ok: saved episode_000000.h5" in out.stdout, out
+        out = subprocess.run([sys.executable, "-m", "posevla_ros.trigger", "/recorder/mark_success", "/recorder/nope",
+                              "--timeout", "2"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and "marked success" in out.stdout, out
+        assert "/recorder/nope: service not available after 2.0 s" in out.stderr, out
         assert not runner.dead(), runner.dead()
     finally:
         node.destroy_node()
@@ -101,8 +106,8 @@ def test_collect_sim_graph_records_teleoperated_episode(tmp_path: Path, rclpy_co
         sim_leaders.wait(10)
     [episode] = F.list_episodes(tmp_path / "data" / "wave")
     with EpisodeReader(episode) as ep:
-        assert 45 <= ep.num_frames <= 75  # ~4 s at 15 Hz
-        assert ep.meta["instruction"] == "wave both arms" and ep.meta["calibration"]
+        assert 45 <= ep.num_frames <= 150  # 4 s at 15 Hz plus the trigger command's start-up
+        assert ep.meta["instruction"] == "wave both arms" and ep.meta["calibration"] and ep.meta["success"] is True
         action, qpos = ep.array("action"), ep.array("observations/qpos")
         assert np.all(np.isfinite(action)) and np.all(np.isfinite(qpos))
         # the leaders wave +-8 degrees: the commands and the followers both move that much ...

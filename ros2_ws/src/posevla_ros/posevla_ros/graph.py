@@ -51,6 +51,7 @@ EXECUTABLES: dict[str, str] = {
     "teleop_node": "posevla_ros.teleop_node",
     "recorder_node": "posevla_ros.recorder_node",
     "run_graph": "posevla_ros.run_graph",
+    "trigger": "posevla_ros.trigger",
 }
 
 
