@@ -1,7 +1,8 @@
 """Recorder logic (no ROS): sample the latest message of every stream at a fixed rate into an EpisodeWriter,
 with episode control and the checks that stop an episode with a reason instead of recording a short one.
 
-Nothing recorded is ever deleted: "discard" and "re-record" move episodes to `<task>/.discarded/`.
+Nothing recorded is ever deleted: "discard" and "re-record" move episodes to `<task>/.discarded/` (unique
+names), and the next episode takes the freed number, so a task folder stays numbered 0..N-1.
 """
 from __future__ import annotations
 
@@ -63,6 +64,9 @@ class Recorder:
         self.episode_start = 0.0
         self.reset_until = 0.0
         self.counts: dict[str, int] = {}
+        self.repeated: dict[str, int] = {}  # ticks of this episode that found no new frame from a camera
+        self._last_cam_stamp: dict[str, int] = {}
+        self._rate_snapshot: tuple[float, dict[str, int]] = (time.monotonic(), {})
         self.incomplete_on_start = F.list_incomplete(self.task_dir)
 
     # ------------------------------------------------------------------ status
@@ -80,13 +84,32 @@ class Recorder:
     def stale_streams(self, now: float) -> list[str]:
         return [s for s in self.streams() if now - self.latest.arrival.get(s, -1e9) > self.cfg.stream_timeout_s]
 
-    def status_line(self) -> str:
+    def stream_rates(self, now: float | None = None) -> dict[str, float]:
+        """Messages per second of every stream since the previous call (Hz)."""
+        now = time.monotonic() if now is None else now
+        t_prev, prev = self._rate_snapshot
+        self._rate_snapshot = (now, dict(self.counts))
+        dt = now - t_prev
+        return {s: (self.counts.get(s, 0) - prev.get(s, 0)) / dt if dt > 0 else 0.0 for s in self.streams()}
+
+    def status_line(self, now: float | None = None) -> str:
+        """One line for the operator: state, episodes/target, stream rates (Hz), repeated and rejected frames, disk."""
+        now = time.monotonic() if now is None else now
         free = shutil.disk_usage(self.task_dir).free / 1e9
-        rec = f"REC {time.monotonic() - self.episode_start:5.1f}s" if self.state == "recording" else self.state.upper()
-        extra = f" backlog {self.writer.backlog} rejected {self.writer.frames_rejected}" if self.writer else ""
-        return (f"[{self.cfg.task}] {rec} | episodes {self.episodes_done}/{self.cfg.target_episodes} | last "
-                f"{self.last_duration_s:.1f}s | disk {free:.1f} GB free{extra}"
-                + (f" | {self.last_reason}" if self.last_reason else ""))
+        rec = f"REC {now - self.episode_start:5.1f}s" if self.state == "recording" else self.state.upper()
+        done, target = self.episodes_done, self.cfg.target_episodes
+        rates = self.stream_rates(now)
+        hz = " ".join(f"{c} {rates[f'{c}/color']:.0f}/{rates[f'{c}/depth']:.0f}" for c in self.cfg.cameras)
+        parts = [f"[{self.cfg.task}] {rec}", f"episodes {done}/{target} ({100 * done / target:.0f}%)",
+                 f"last {self.last_duration_s:.1f}s", f"Hz {hz} robot {rates['robot']:.0f}",
+                 f"disk {free:.1f} GB free"]
+        repeated = sum(self.repeated.values())
+        if self.writer or repeated:
+            parts.append(f"repeated {repeated} rejected {self.writer.frames_rejected if self.writer else 0}"
+                         f" backlog {self.writer.backlog if self.writer else 0}")
+        if self.last_reason:
+            parts.append(self.last_reason)
+        return " | ".join(parts)
 
     # ------------------------------------------------------------------ control
     def start(self) -> str:
@@ -112,6 +135,7 @@ class Recorder:
             self.last_reason = str(exc)
             return f"cannot start: {exc}"
         self.state, self.episode_start, self.last_reason = "recording", time.monotonic(), ""
+        self.repeated, self._last_cam_stamp = {c: 0 for c in self.cfg.cameras}, {}
         return f"recording episode {self.writer.index}"
 
     def stop_and_save(self, success: bool = True) -> str:
@@ -140,7 +164,10 @@ class Recorder:
     def _move_aside(self, path: Path) -> Path:
         dest = self.task_dir / ".discarded"
         dest.mkdir(exist_ok=True)
-        target = dest / f"{path.stem}_{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"
+        stem = f"{path.stem}_{time.strftime('%Y%m%d-%H%M%S')}"
+        target, n = dest / f"{stem}{path.suffix}", 1
+        while target.exists():  # two in the same second: never overwrite one with the other
+            target, n = dest / f"{stem}-{n}{path.suffix}", n + 1
         os.replace(path, target)
         return target
 
@@ -185,6 +212,10 @@ class Recorder:
         if self.writer.error:
             return self.abort(self.writer.error)
         L = self.latest
+        for c in self.cfg.cameras:  # a camera slower than the recording rate: the same frame is stored again
+            if self._last_cam_stamp.get(c) == L.color[c][0]:
+                self.repeated[c] += 1
+            self._last_cam_stamp[c] = L.color[c][0]
         arms = {}
         for arm, (stamp, T) in L.tcp.items():
             _, q, g = L.joints.get(arm, (stamp, np.full(6, np.nan), float("nan")))

@@ -11,6 +11,7 @@ every 10 s otherwise; /diagnostics carries the same figures.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -173,13 +174,15 @@ class RecorderNode(Node):
     def _status(self) -> None:
         line = self.rec.status_line()
         if self.tty:
-            print("\r" + line[:160].ljust(160), end="", flush=True)
+            width = shutil.get_terminal_size((200, 20)).columns - 1
+            print("\r" + line[:width].ljust(width), end="", flush=True)
         elif time.monotonic() - self._last_log > 10:
             self.get_logger().info(line)
             self._last_log = time.monotonic()
         st = DiagnosticStatus(name="recorder", hardware_id=self.rec.cfg.task, message=line)
         st.values = [KeyValue(key=k, value=str(v)) for k, v in {
             "state": self.rec.state, "episodes": self.rec.episodes_done, **{f"count_{k}": v for k, v in self.rec.counts.items()},
+            **{f"repeated_{k}": v for k, v in self.rec.repeated.items()},
             "frames_written": self.rec.writer.frames_written if self.rec.writer else 0}.items()]
         msg = DiagnosticArray(status=[st])
         msg.header.stamp = ns_to_time(self.get_clock().now().nanoseconds)
