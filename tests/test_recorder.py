@@ -35,6 +35,7 @@ def _feed(rec: Recorder, k: int, new_image: bool = True) -> None:
         rec.latest.joints[arm] = (stamp, np.full(6, 0.1 * k), 0.5)
     rec.latest.action = (stamp, np.full(14, 0.1 * k + 0.05))
     rec.note_arrival("robot")
+    rec.note_arrival("action")
 
 
 def _record(rec: Recorder, first: int, n: int, repeat_at: int | None = None) -> None:
@@ -45,7 +46,7 @@ def _record(rec: Recorder, first: int, n: int, repeat_at: int | None = None) -> 
 
 def test_start_needs_every_stream_and_camera_info(tmp_path: Path) -> None:
     rec = Recorder(_cfg(tmp_path))
-    assert rec.start() == "cannot start: no data on ['head/color', 'head/depth', 'robot']"
+    assert rec.start() == "cannot start: no data on ['head/color', 'head/depth', 'robot', 'action']"
     _feed(rec, 0)
     rec.latest.info.clear()
     assert rec.start() == "cannot start: no camera_info for ['head']"
@@ -62,7 +63,7 @@ def test_episode_rates_repeats_and_marks(tmp_path: Path) -> None:
     _record(rec, 1, 12, repeat_at=5)  # the camera missed one tick: the same image is stored twice
     assert rec.repeated == {"head": 1}
     rates = rec.stream_rates(now=102.0)  # 12 ticks, 11 new images in 2 s
-    assert rates == {"head/color": 5.5, "head/depth": 5.5, "robot": 6.0}
+    assert rates == {"head/color": 5.5, "head/depth": 5.5, "robot": 6.0, "action": 6.0}
     line = rec.status_line()
     assert "REC" in line and "episodes 0/4 (0%)" in line and "repeated 1 rejected 0" in line
     msg = rec.stop_and_save()
@@ -88,7 +89,7 @@ def test_dead_stream_stops_the_episode_and_restart_reports_it(tmp_path: Path) ->
     _record(rec, 11, 3)
     time.sleep(0.35)  # the robot and the camera go silent
     msg = rec.tick(time.time_ns())
-    assert msg is not None and "['head/color', 'head/depth', 'robot'] stopped for more than 0.3 s" in msg
+    assert msg is not None and "['head/color', 'head/depth', 'robot', 'action'] stopped for more than 0.3 s" in msg
     assert rec.state == "reset" and rec.writer is None
     assert [p.name for p in F.list_episodes(rec.task_dir)] == ["episode_000000.h5"]
     [partial] = F.list_incomplete(rec.task_dir)

@@ -152,3 +152,27 @@ def test_leader_trouble_freezes_until_resume(trouble):
     t += int(dt * 1e9)
     assert ctrl.step({a: _reading(q0, t) for a in ("left", "right")}, {"left": q0, "right": q0}, {}, t, dt)
     assert ctrl.state in ("aligning", "mirroring")
+
+
+def test_missed_packets_hold_then_freeze_after_the_timeout():
+    """A leader read that fails leaves the previous reading in place (same stamp): the followers hold for that
+    cycle without freezing; only a reading older than leader_timeout_s freezes them."""
+    ctrl = TeleopController(("left",), TeleopLimits(leader_timeout_s=0.1))
+    q0 = np.zeros(6)
+    t, dt = 0, 0.02
+    for _ in range(3):
+        t += int(dt * 1e9)
+        last = _reading(q0, t)
+        ctrl.step({"left": last}, {"left": q0}, {}, t, dt)
+    assert ctrl.state == "mirroring"
+    for _ in range(4):  # 4 missed reads = 80 ms < 100 ms
+        t += int(dt * 1e9)
+        assert ctrl.step({"left": last}, {"left": q0}, {}, t, dt) == {}
+        assert ctrl.state == "mirroring"
+    t += int(dt * 1e9)
+    assert set(ctrl.step({"left": _reading(q0 + 0.01, t)}, {"left": q0}, {}, t, dt)) == {"left"}  # back
+    last = _reading(q0 + 0.01, t)
+    for _ in range(6):  # 120 ms without a new reading
+        t += int(dt * 1e9)
+        ctrl.step({"left": last}, {"left": q0}, {}, t, dt)
+    assert ctrl.state == "frozen" and "silent" in ctrl.reason

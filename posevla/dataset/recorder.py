@@ -35,6 +35,7 @@ class RecorderConfig:
     reset_period_s: float = 5.0
     calibration_files: tuple[Path, ...] = ()
     camera_serials: dict[str, str] = field(default_factory=dict)
+    require_action: bool = True  # the leader/command stream must be alive (teleoperation); False: observe only
 
 
 @dataclass
@@ -75,7 +76,8 @@ class Recorder:
         return len(F.list_episodes(self.task_dir))
 
     def streams(self) -> list[str]:
-        return [f"{c}/{k}" for c in self.cfg.cameras for k in ("color", "depth")] + ["robot"]
+        return ([f"{c}/{k}" for c in self.cfg.cameras for k in ("color", "depth")] + ["robot"]
+                + (["action"] if self.cfg.require_action else []))
 
     def note_arrival(self, stream: str) -> None:
         self.latest.arrival[stream] = time.monotonic()
@@ -101,7 +103,7 @@ class Recorder:
         rates = self.stream_rates(now)
         hz = " ".join(f"{c} {rates[f'{c}/color']:.0f}/{rates[f'{c}/depth']:.0f}" for c in self.cfg.cameras)
         parts = [f"[{self.cfg.task}] {rec}", f"episodes {done}/{target} ({100 * done / target:.0f}%)",
-                 f"last {self.last_duration_s:.1f}s", f"Hz {hz} robot {rates['robot']:.0f}",
+                 f"last {self.last_duration_s:.1f}s", f"Hz {hz} robot {rates['robot']:.0f}" + (f" action {rates['action']:.0f}" if "action" in rates else ""),
                  f"disk {free:.1f} GB free"]
         repeated = sum(self.repeated.values())
         if self.writer or repeated:

@@ -7,7 +7,8 @@ States, per robot (both arms together):
   mirroring - the followers track the leader, each step rate-limited to `max_speed` (rad/s).
 In both, a target never leads the measured follower joints by more than `max_lead` (rad), so a lagging
 follower is never handed a jump.
-  frozen    - the leader disconnected, went silent for `leader_timeout_s`, or jumped more than
+  frozen    - the leader's port went away, it gave no new reading for `leader_timeout_s` (a single missed
+              packet only holds the followers for that cycle), or it jumped more than
               `max_leader_jump` (rad) between two readings; nothing is sent (the follower controllers
               hold position) until `resume()`, which aligns slowly again.
 Angles in radians (follower joint convention), gripper opening 0..1.
@@ -74,7 +75,9 @@ class TeleopController:
                 self.freeze(f"{arm} leader reported non-finite joints")
                 return {}
             prev = self._last_leader.get(arm)
-            if prev is not None and r.stamp_ns != prev.stamp_ns:
+            if prev is not None and r.stamp_ns == prev.stamp_ns:
+                return {}  # no new reading this cycle (a missed packet): hold, freeze only after the timeout
+            if prev is not None:
                 jump = float(np.abs(r.q - prev.q).max())
                 if jump > self.limits.max_leader_jump:
                     self.freeze(f"{arm} leader jumped {jump:.2f} rad between readings (limit "

@@ -18,6 +18,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from posevla.perception.realsense import RealSenseCamera, RealSenseConfig
 from posevla_ros.msg_conv import image_to_msg, intrinsics_to_msg, ns_to_time
+from posevla_ros.node_main import spin_node
 from posevla_ros.params import declare_checked
 
 
@@ -100,20 +101,7 @@ class CameraNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = CameraNode()
-    except ValueError as exc:
-        print(f"camera_node: {exc}", flush=True)
-        rclpy.try_shutdown()
-        raise SystemExit(2) from exc
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(CameraNode, "camera_node", args)
 
 
 if __name__ == "__main__":

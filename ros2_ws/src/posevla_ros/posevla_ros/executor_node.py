@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
@@ -32,6 +31,7 @@ from posevla_ros.msg_conv import (
     servo_command_to_msg,
     time_to_ns,
 )
+from posevla_ros.node_main import spin_node
 from posevla_ros.params import declare_checked
 
 LATCHED = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
@@ -151,20 +151,7 @@ class ExecutorNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = ExecutorNode()
-    except ValueError as exc:
-        print(f"executor_node: {exc}", flush=True)
-        rclpy.try_shutdown()
-        raise SystemExit(2) from exc
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(ExecutorNode, "executor_node", args)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ capture time; drop and refusal counts go to /diagnostics.
 """
 from __future__ import annotations
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
 from posevla.types import VIEW_NAMES, Observation
 from posevla_ros.msg_conv import image_to_msg, intrinsics_to_msg, ns_to_time
+from posevla_ros.node_main import spin_node
 from posevla_ros.observation_source import ObservationSource
 from posevla_ros.params import declare_checked
 
@@ -51,20 +51,7 @@ class ObservationNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = ObservationNode()
-    except ValueError as exc:
-        print(f"observation_node: {exc}", flush=True)
-        rclpy.try_shutdown()
-        raise SystemExit(2) from exc
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(ObservationNode, "observation_node", args)
 
 
 if __name__ == "__main__":

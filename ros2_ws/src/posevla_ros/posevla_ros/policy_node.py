@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
@@ -23,6 +22,7 @@ from trajectory_msgs.msg import MultiDOFJointTrajectory
 from posevla.serving import AsyncPolicyRunner, ChunkTiming
 from posevla.types import ActionChunk, Observation
 from posevla_ros.msg_conv import chunk_to_msg, ns_to_time
+from posevla_ros.node_main import spin_node
 from posevla_ros.params import declare_checked
 
 MODALITIES = ("rgb", "rgb+ray", "rgb+depth", "full")
@@ -124,20 +124,7 @@ class PolicyNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = PolicyNode()
-    except ValueError as exc:
-        print(f"policy_node: {exc}", flush=True)
-        rclpy.try_shutdown()
-        raise SystemExit(2) from exc
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(PolicyNode, "policy_node", args)
 
 
 if __name__ == "__main__":

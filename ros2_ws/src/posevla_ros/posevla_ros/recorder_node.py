@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
@@ -30,6 +29,7 @@ from posevla.dataset.episode_buttons import ButtonActions, ButtonBindings
 from posevla.dataset.recorder import Recorder, RecorderConfig
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import msg_to_image, msg_to_intrinsics, ns_to_time, pose_to_T, time_to_ns
+from posevla_ros.node_main import spin_node
 from posevla_ros.params import declare_checked
 
 ARMS = ("left", "right")
@@ -60,6 +60,7 @@ class RecorderNode(Node):
             "target_episodes": (100, "episodes wanted for this task", (1, 100000)),
             "reset_period_s": (5.0, "pause between episodes (s)", (0.0, 600.0)),
             "calibration_dir": ("", "calibration files copied into each episode (default: calibration/)", None),
+            "require_action": (True, "the command stream /xtrainer/servo_joint_command must be alive", None),
             "start_stop_buttons": ([0, 8], "button indices on /teleop/buttons that start / stop-and-save", None),
             "discard_buttons": ([1, 9], "button indices that discard the current episode", None),
             "mark_failure_buttons": ([2, 10], "button indices that mark the last episode failed", None),
@@ -74,7 +75,8 @@ class RecorderNode(Node):
         calib_dir = Path(p["calibration_dir"] or Path(config_dir()).parent / "calibration")
         self.rec = Recorder(RecorderConfig(Path(p["root"]), p["task"], p["instruction"], tuple(p["cameras"]),
                                            p["operator"], p["fps"], p["stream_timeout_s"], p["target_episodes"],
-                                           p["reset_period_s"], tuple(sorted(calib_dir.glob("*.yaml")))))
+                                           p["reset_period_s"], tuple(sorted(calib_dir.glob("*.yaml"))),
+                                           require_action=p["require_action"]))
         for path in self.rec.incomplete_on_start:
             self.get_logger().warn(f"incomplete episode from an earlier run kept aside: {path}")
         for cam in self.rec.cfg.cameras:
@@ -163,6 +165,7 @@ class RecorderNode(Node):
         if all(a in v for a in ARMS):
             self.rec.latest.action = (time_to_ns(m.header.stamp),
                                       np.concatenate([np.r_[v[a][0], v[a][1]] for a in ARMS]))
+            self.rec.note_arrival("action")
 
     def _tick(self) -> None:
         msg = self.rec.tick(self.get_clock().now().nanoseconds)
@@ -195,20 +198,7 @@ class RecorderNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = RecorderNode()
-    except ValueError as exc:
-        print(f"recorder_node: {exc}", flush=True)
-        rclpy.try_shutdown()
-        raise SystemExit(2) from exc
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(RecorderNode, "recorder_node", args)
 
 
 if __name__ == "__main__":

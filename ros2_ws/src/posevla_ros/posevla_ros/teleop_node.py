@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
@@ -24,6 +23,7 @@ from posevla.teleop.controller import TeleopController, TeleopLimits
 from posevla.teleop.gello import LeaderArm, LeaderConfig, LeaderReadError, LeaderReading
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import ns_to_time
+from posevla_ros.node_main import spin_node
 from posevla_ros.params import declare_checked
 
 BUTTONS_PER_ARM = 8
@@ -100,13 +100,17 @@ class TeleopNode(Node):
                 return None
             try:
                 self.readings[name] = leader.read()
-            except (LeaderReadError, OSError) as exc:
+            except LeaderReadError as exc:  # no or garbled answer: the previous (aging) reading stands, and the
+                self.read_errors += 1        # controller freezes once it is older than leader_timeout_s
+                self.get_logger().error(str(exc), throttle_duration_sec=1.0)
+            except OSError as exc:  # the device node went away: freeze now, reopen later
                 self.read_errors += 1
                 self.get_logger().error(str(exc), throttle_duration_sec=1.0)
-                if isinstance(exc, OSError):  # the device node went away: reopen later
-                    leader.close()
-                    self.leaders[name] = None
+                leader.close()
+                self.leaders[name] = None
                 return None
+        if any(name not in self.readings for name in self.leaders):
+            return None
         return dict(self.readings)
 
     def _tick(self) -> None:
@@ -163,20 +167,7 @@ class TeleopNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = TeleopNode()
-    except ValueError as exc:
-        print(f"teleop_node: {exc}", flush=True)
-        rclpy.try_shutdown()
-        raise SystemExit(2) from exc
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(TeleopNode, "teleop_node", args)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from posevla.robot import protocol as P
 from posevla.robot.driver import XTrainerConfig, XTrainerDriver
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import T_to_pose_stamped, msg_to_servo_command, ns_to_time, time_to_ns
+from posevla_ros.node_main import spin_node
 from posevla_ros.params import declare_checked
 
 LATCHED = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
@@ -171,20 +172,7 @@ class XTrainerDriverNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = XTrainerDriverNode()
-    except (ValueError, ConnectionError) as exc:
-        print(f"xtrainer_driver_node: {exc}", flush=True)
-        rclpy.try_shutdown()
-        raise SystemExit(2) from exc
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(XTrainerDriverNode, "xtrainer_driver_node", args)
 
 
 if __name__ == "__main__":
