@@ -141,6 +141,25 @@ def test_depth_prior_handles_nan_inf_negative_and_range() -> None:
     np.testing.assert_allclose(depth_to_metres(raw, 0.001), [[0, 1.0, 65.535]], rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("given_out", [False, True])
+def test_depth_prior_equals_the_plain_masked_definition(dtype, given_out) -> None:
+    rng = np.random.default_rng(7)
+    d = rng.uniform(-1.0, 12.0, (37, 53)).astype(dtype)
+    special = rng.integers(0, 5, d.shape)
+    d[special == 0] = np.nan
+    d[special == 1] = np.inf
+    d[special == 2] = -np.inf
+    d[0, :3] = [0.05, 10.0, -0.0]  # the range ends are valid
+    out = np.full((37, 53, 2), 123.0, np.float32) if given_out else None
+    prior = depth_prior(d, min_m=0.05, max_m=10.0, out=out)
+    valid = (d >= 0.05) & (d <= 10.0)
+    np.testing.assert_array_equal(prior[..., 1], valid.astype(np.float32))
+    np.testing.assert_array_equal(prior[..., 0], np.where(valid, d, 0).astype(np.float32))
+    assert prior.dtype == np.float32 and (out is None or prior is out)
+    assert not np.signbit(prior[..., 0]).any()  # invalid pixels are +0.0, not -0.0
+
+
 def test_sparse_depth_keeps_requested_fraction_of_valid_pixels_only() -> None:
     rng = np.random.default_rng(2)
     d = rng.uniform(0.2, 3.0, (200, 200)).astype(np.float32)
