@@ -1,6 +1,15 @@
-"""replay_node: publish a recorded episode on the camera topics (realsense2_camera names), so the graph runs
-without cameras. Color rgb8, aligned depth 16UC1 (raw units, depth_scale from the episode; 1 mm = 1 for
-realsense2_camera compatibility) and camera_info per camera; optionally the recorded TCP poses and joints.
+"""replay_node: publish a recording on the camera topics (realsense2_camera names), so the graph runs without
+cameras.
+
+- An episode of the data-collection format (.h5): color rgb8, aligned depth 16UC1 (raw units, depth_scale from
+  the episode; 1 mm = 1 for realsense2_camera compatibility) and camera_info per camera; optionally the
+  recorded TCP poses and joints.
+- A rosbag2 recording (MCAP or SQLite3; a folder with metadata.yaml, or the .mcap/.db3 file in it): every
+  message of a supported type (Image, CameraInfo, JointState, PoseStamped) on its recorded topic, exactly as
+  recorded, at the recorded spacing; parameter `topics` restricts the set (remap names with --ros-args -r).
+
+stamp_mode original keeps the recorded header stamps; now shifts them all by one constant so the recording
+appears to happen now (relative timing, including inter-camera offsets, is kept).
 """
 from __future__ import annotations
 
@@ -8,31 +17,45 @@ import time
 
 import numpy as np
 import rclpy
-from geometry_msgs.msg import PoseStamped  # noqa: F401
+from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from posevla.dataset.reader import EpisodeReader
+from posevla.perception.bag_replay import BagSource, is_rosbag2
 from posevla.perception.replay import replay_schedule
-from posevla_ros.msg_conv import T_to_pose_stamped, image_to_msg, intrinsics_to_msg, ns_to_time
+from posevla_ros.msg_conv import T_to_pose_stamped, image_to_msg, intrinsics_to_msg, ns_to_time, time_to_ns
 from posevla_ros.params import declare_checked
+
+# rosbag2 message types the replay republishes, and their QoS (cameras: sensor data, like realsense2_camera)
+BAG_TYPES = {"sensor_msgs/msg/Image": (Image, qos_profile_sensor_data),
+             "sensor_msgs/msg/CameraInfo": (CameraInfo, qos_profile_sensor_data),
+             "sensor_msgs/msg/JointState": (JointState, 10),
+             "geometry_msgs/msg/PoseStamped": (PoseStamped, 10)}
 
 
 class ReplayNode(Node):
     def __init__(self) -> None:
         super().__init__("replay")
         p = declare_checked(self, {
-            "episode": ("", "episode file (.h5) to replay", None),
+            "episode": ("", "episode (.h5) or rosbag2 recording (folder, .mcap, .db3) to replay", None),
             "rate": (1.0, "playback speed factor", (0.01, 100.0)),
             "loop": (True, "start again at the end", None),
             "stamp_mode": ("now", "now: shift stamps to playback time; original: recorded stamps", ("now", "original")),
-            "publish_robot_state": (False, "also publish the recorded TCP poses and joints", None),
+            "publish_robot_state": (False, "also publish the recorded TCP poses and joints (.h5)", None),
+            "topics": ([""], "rosbag2: topics to republish (empty: every supported one)", None),
         })
         if not p["episode"]:
-            raise ValueError("parameter episode is empty: give the .h5 episode to replay")
-        self.reader = EpisodeReader(p["episode"])
+            raise ValueError("parameter episode is empty: give the .h5 episode or rosbag2 recording to replay")
         self.p = p
+        self.published = 0
+        if is_rosbag2(p["episode"]):
+            self._open_bag([t for t in p["topics"] if t])
+            return
+        self.bag = None
+        self.reader = EpisodeReader(p["episode"])
         self.pubs = {}
         for cam in self.reader.camera_names:
             self.pubs[cam] = (
@@ -42,11 +65,34 @@ class ReplayNode(Node):
         if p["publish_robot_state"]:
             self.tcp_pubs = {arm: self.create_publisher(PoseStamped, f"/{arm}_arm/tcp_pose", 10) for arm in ("left", "right")}
             self.joint_pub = self.create_publisher(JointState, "/joint_states", 10)
-        self.published = 0
         self.get_logger().info(f"replaying {p['episode']} ({self.reader.num_frames} frames, cameras "
                                f"{self.reader.camera_names}) at x{p['rate']}")
 
+    def _open_bag(self, topics: list[str]) -> None:
+        self.reader = None
+        self.bag = BagSource(self.p["episode"], topics or None)
+        unsupported = sorted(t for t, ty in self.bag.types.items() if ty not in BAG_TYPES and (not topics or t in topics))
+        if topics and unsupported:
+            raise ValueError(f"parameter topics: {unsupported} have types the replay cannot publish "
+                             f"(supported: {sorted(BAG_TYPES)})")
+        keep = [t for t, ty in self.bag.types.items() if ty in BAG_TYPES and (not topics or t in topics)]
+        if not keep:
+            raise ValueError(f"{self.p['episode']}: no topic of a supported type ({sorted(BAG_TYPES)})")
+        if unsupported:
+            self.get_logger().warn(f"not replayed (unsupported types): {unsupported}")
+        self.bag.close()
+        self.bag = BagSource(self.p["episode"], keep)
+        self.bag_pubs = {}
+        for t in keep:
+            cls, qos = BAG_TYPES[self.bag.types[t]]
+            self.bag_pubs[t] = (cls, self.create_publisher(cls, t, qos))
+        self.get_logger().info(f"replaying rosbag2 {self.p['episode']} ({self.bag.message_count} messages on "
+                               f"{keep}) at x{self.p['rate']}")
+
     def play_once(self) -> None:
+        if self.bag is not None:
+            self._play_bag_once()
+            return
         start_wall = time.monotonic()
         for item in replay_schedule(self.reader, self.get_clock().now().nanoseconds, self.p["rate"], self.p["stamp_mode"]):
             delay = item.due_s - (time.monotonic() - start_wall)
@@ -74,6 +120,23 @@ class ReplayNode(Node):
                 self.joint_pub.publish(js)
             self.published += 1
 
+    def _play_bag_once(self) -> None:
+        start_wall, shift = time.monotonic(), None
+        for due_s, m in self.bag.schedule(self.p["rate"]):
+            delay = due_s - (time.monotonic() - start_wall)
+            if delay > 0:
+                time.sleep(delay)
+            if not rclpy.ok():
+                return
+            cls, pub = self.bag_pubs[m.topic]
+            msg = deserialize_message(m.data, cls)
+            if self.p["stamp_mode"] == "now":
+                if shift is None:
+                    shift = self.get_clock().now().nanoseconds - m.log_time_ns
+                msg.header.stamp = ns_to_time(time_to_ns(msg.header.stamp) + shift)
+            pub.publish(msg)
+            self.published += 1
+
 
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
@@ -91,7 +154,7 @@ def main(args: list[str] | None = None) -> None:
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
     finally:
-        node.reader.close()
+        (node.bag or node.reader).close()
         node.destroy_node()
         rclpy.try_shutdown()
 
