@@ -62,3 +62,39 @@ def test_chunk_and_servo_round_trip() -> None:
     bad.joint_names = ["left_elbow"]
     with pytest.raises(ValueError, match="/xtrainer/servo_command.*left_elbow"):
         mc.msg_to_servo_command(bad)
+
+
+def test_static_transforms_of_the_shipped_calibration(rclpy_context) -> None:
+    """/tf_static content: mountings and hand-eye results with DESIGN.md frame names, values exact; without
+    tf2_ros (this machine) the node says so and carries on."""
+    import rclpy
+    from posevla_ros.graph import config_dir
+    from posevla_ros.static_tf import broadcast_static, static_transforms
+
+    from posevla.calibration.files import load_calibrations
+    from posevla.robot.driver import XTrainerConfig
+
+    calibs = load_calibrations(config_dir().parent / "calibration")
+    robot = XTrainerConfig.from_yaml(config_dir() / "xtrainer_sim_robot.yaml")
+    tfs = static_transforms(calibs, {a: c.T_base_armbase for a, c in robot.arms.items()}, 123_000_000_456)
+    pairs = {(t.header.frame_id, t.child_frame_id): t for t in tfs}
+    assert set(pairs) == {("base_link", "left_arm_base"), ("base_link", "right_arm_base"),
+                          ("base_link", "head_camera_color_optical_frame"),
+                          ("left_tcp", "left_wrist_camera_color_optical_frame"),
+                          ("right_tcp", "right_wrist_camera_color_optical_frame")}
+    for c in calibs.values():
+        t = pairs[(c.parent_frame, c.child_frame)]
+        np.testing.assert_allclose(mc.transform_to_T(t.transform), c.T_parent_child, atol=1e-12)
+        assert mc.time_to_ns(t.header.stamp) == 123_000_000_456
+    np.testing.assert_allclose(mc.transform_to_T(pairs[("base_link", "right_arm_base")].transform),
+                               robot.arms["right"].T_base_armbase, atol=1e-12)
+    node = rclpy.create_node("static_tf_probe", context=rclpy_context)
+    try:
+        try:
+            import tf2_ros  # noqa: F401
+            has_tf2 = True
+        except ImportError:
+            has_tf2 = False
+        assert broadcast_static(node, tfs) is has_tf2
+    finally:
+        node.destroy_node()

@@ -33,6 +33,7 @@ from posevla_ros.msg_conv import (
 )
 from posevla_ros.node_main import spin_node
 from posevla_ros.params import declare_checked
+from posevla_ros.static_tf import broadcast_static, static_transforms
 
 LATCHED = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -55,7 +56,10 @@ class ExecutorNode(Node):
         self.robot = XTrainerConfig.from_yaml(robot_path)
         calib_dir = p["calibration_dir"] or str(config_dir().parent / "calibration")
         self.histories = {arm: PoseHistory() for arm in self.robot.arms}
-        self.transform = CameraToBase(load_calibrations(calib_dir), self.histories)
+        calibrations = load_calibrations(calib_dir)
+        self.transform = CameraToBase(calibrations, self.histories)
+        broadcast_static(self, static_transforms(calibrations, {a: c.T_base_armbase for a, c in self.robot.arms.items()},
+                                                 self.get_clock().now().nanoseconds))
         self.chunks = ChunkExecutor(ExecutorConfig(
             rate_hz=p["rate_hz"], watchdog_s=p["watchdog_s"], max_chunk_age_s=p["max_chunk_age_s"], blend=p["blend"],
             ensemble_k=p["ensemble_k"], rtc_freeze_s=p["rtc_freeze_s"], rtc_blend_s=p["rtc_blend_s"]), self.robot.safety)
