@@ -9,6 +9,7 @@ calibration/SCHEMA.md.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,11 @@ class HandEyeCalibration:
                 "residuals": dict(self.residuals)}
 
     def save(self, path: str | Path) -> Path:
+        """Write atomically (temporary file, then rename): a crash never leaves a half-written calibration."""
         path = Path(path)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        os.replace(tmp, path)
         return path
 
     @classmethod
