@@ -10,6 +10,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("posevla.tools.demo", "run the whole ROS graph on this machine: replay cameras -> policy -> executor -> simulated X-Trainer"),
     "bench": ("posevla.tools.bench", "run the benchmarks and print figures"),
     "dataset": ("posevla.dataset.cli", "inspect and check recorded datasets (dataset check|info)"),
+    "train": ("posevla.training.train", "flow-matching post-training on recorded episodes (torchrun for several processes)"),
     "calibrate": ("posevla.calibration.cli", "hand-eye calibration from a recorded episode (calibrate handeye|board)"),
     "teleop": ("posevla.teleop.cli", "leader arms: read, calibrate offsets, run simulated leaders (teleop read|calibrate|sim-leaders)"),
     "xtrainer-sim": ("posevla.robot.simulator", "run the X-Trainer TCP simulator on loopback"),

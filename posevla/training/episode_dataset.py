@@ -1,0 +1,149 @@
+"""Recorded episodes -> training samples for flow-matching post-training.
+
+Sample (episode e, frame t): the observation is built from the recorded frames by the same
+ObservationBuilder the ROS observation node uses, with camera poses from the calibration copied into the
+episode (so a later re-calibration never silently changes old data). The target is the chunk of future TCP
+poses at t_obs + k * control_dt, k = 0..chunk_length-1, interpolated from the recorded feedback (slerp) and
+expressed in the reference camera's optical frame, T_ref_tcp = inv(T_base_ref) @ T_base_tcp, plus the
+gripper opening; past the end of the episode the last pose is held (the arm is at rest).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from posevla.calibration.files import HandEyeCalibration
+from posevla.calibration.transforms import CameraToBase, PoseHistory
+from posevla.dataset import format as F
+from posevla.dataset.reader import EpisodeReader
+from posevla.geometry import se3
+from posevla.model.batching import TrainingSample
+from posevla.model.config import PoseVLAConfig
+from posevla.model.io_transforms import XTrainerInputs, XTrainerOutputs
+from posevla.perception.observation_builder import BuilderConfig, ObservationBuilder
+
+
+def episode_calibrations(ep: EpisodeReader) -> dict[str, HandEyeCalibration]:
+    """The calibration in force when the episode was recorded (copied into its metadata), keyed by frame."""
+    out = {}
+    for name, entry in (ep.meta.get("calibration") or {}).items():
+        if "yaml" not in entry:
+            raise ValueError(f"episode {ep.path}: calibration {name} has no YAML copy")
+        calib = HandEyeCalibration.from_dict(yaml.safe_load(entry["yaml"]), f"{ep.path}:meta.calibration.{name}")
+        out[calib.child_frame] = calib
+    if not out:
+        raise ValueError(f"episode {ep.path}: no calibration recorded (meta.calibration is empty)")
+    return out
+
+
+def find_episodes(paths: list[str | Path]) -> list[Path]:
+    """Episode files from files and task folders (complete episodes only)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            found = F.list_episodes(p) or [e for d in sorted(p.iterdir()) if d.is_dir() for e in F.list_episodes(d)]
+            out += found
+        else:
+            raise ValueError(f"{p}: no such episode or folder")
+    if not out:
+        raise ValueError(f"no episodes under {[str(p) for p in paths]}")
+    return out
+
+
+@dataclass
+class _Episode:
+    path: Path
+    num_frames: int
+    histories: dict[str, PoseHistory]
+    grippers: dict[str, tuple[np.ndarray, np.ndarray]]  # arm -> (stamps, opening)
+    builder: ObservationBuilder
+    instruction: str
+
+
+class EpisodeChunkDataset:
+    """Indexable training samples over several episodes (one per frame, every `stride` frames)."""
+
+    def __init__(self, episodes: list[str | Path], cfg: PoseVLAConfig, stride: int = 1) -> None:
+        self.cfg, self.stride = cfg, stride
+        self.inputs, self.outputs = XTrainerInputs(cfg), XTrainerOutputs(cfg)
+        self._episodes: list[_Episode] = []
+        self.index: list[tuple[int, int]] = []
+        self._readers: dict[int, EpisodeReader] = {}
+        for path in map(Path, episodes):
+            with EpisodeReader(path) as ep:
+                missing = [v for v in cfg.views if v not in ep.camera_names]
+                if cfg.reference_view in missing:
+                    raise ValueError(f"episode {path}: no {cfg.reference_view!r} camera (the model's reference view)")
+                robot_stamps = ep.array("stamps/robot")
+                histories, grippers = {}, {}
+                qpos = ep.array("observations/qpos")
+                for k, arm in enumerate(("left", "right")):
+                    if arm not in cfg.arms:
+                        continue
+                    tcp = ep.array(f"observations/tcp_pose/{arm}")
+                    if not np.all(np.isfinite(tcp)):
+                        raise ValueError(f"episode {path}: observations/tcp_pose/{arm} has NaN poses")
+                    h = PoseHistory(max_len=len(tcp) + 1, tolerance_ns=10**18)  # holds the ends
+                    for s, row in zip(robot_stamps, tcp):
+                        h.add(int(s), se3.T_from_pos_quat(row[:3], row[3:]))
+                    histories[arm] = h
+                    grippers[arm] = (robot_stamps.astype(np.int64), qpos[:, k * 7 + 6])
+                builder = ObservationBuilder(BuilderConfig(image_size=cfg.image_size, max_age_s=1e9, slop_s=1e9,
+                                                           reference_view=cfg.reference_view),
+                                             CameraToBase(episode_calibrations(ep), histories))
+                e = len(self._episodes)
+                self._episodes.append(_Episode(path, ep.num_frames, histories, grippers, builder,
+                                               str(ep.meta.get("instruction", ""))))
+                self.index += [(e, t) for t in range(0, ep.num_frames, stride)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _reader(self, e: int) -> EpisodeReader:
+        r = self._readers.get(e)
+        if r is None:  # opened lazily, per process (safe with DataLoader workers)
+            r = self._readers[e] = EpisodeReader(self._episodes[e].path)
+        return r
+
+    def target(self, e: int, t_obs_ns: int, T_base_ref: np.ndarray) -> np.ndarray:
+        """(chunk_length, action_dim) future TCP poses in the reference frame and grippers."""
+        ep = self._episodes[e]
+        times = t_obs_ns + np.round(np.arange(self.cfg.chunk_length) * self.cfg.control_dt * 1e9).astype(np.int64)
+        T_ref_base = se3.invert_T(T_base_ref)
+        poses, grip = {}, {}
+        for arm in self.cfg.arms:
+            poses[arm] = np.stack([T_ref_base @ ep.histories[arm].at(int(s)) for s in times])
+            stamps, g = ep.grippers[arm]
+            grip[arm] = np.interp(times, stamps, g)
+        return self.outputs.target_vector(poses, grip)
+
+    def __getitem__(self, i: int) -> TrainingSample:
+        e, t = self.index[i]
+        ep = self._episodes[e]
+        frame = self._reader(e).frame(t)
+        cams = {n: c for n, c in frame.cameras.items() if n in self.cfg.views}
+        obs = ep.builder.build(cams, frame.state, ep.instruction, frame.stamp_ns)
+        T_base_ref = self.inputs.reference_pose(obs)
+        return TrainingSample(obs, actions=self.target(e, obs.stamp_ns, T_base_ref))
+
+    def state_and_action_rows(self, max_samples: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """States and target chunks of up to max_samples samples (for normalisation statistics)."""
+        rng = np.random.default_rng(seed)
+        pick = rng.permutation(len(self))[:max_samples]
+        states, actions = [], []
+        for i in sorted(pick):
+            s = self[int(i)]
+            T_base_ref = self.inputs.reference_pose(s.observation)
+            states.append(self.inputs.state_vector(s.observation.state, T_base_ref))
+            actions.append(s.actions)
+        return np.asarray(states), np.asarray(actions)
+
+    def close(self) -> None:
+        for r in self._readers.values():
+            r.close()
+        self._readers.clear()

@@ -1,0 +1,106 @@
+"""Offline training: episode -> samples with the shared observation code, single-process training that
+saves a loadable checkpoint with fitted normalisation, and torchrun DDP on two CPU processes."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from posevla.calibration.files import HandEyeCalibration
+from posevla.cli import main
+from posevla.dataset.reader import EpisodeReader
+from posevla.model.config import PoseVLAConfig
+from posevla.model.io_transforms import XTrainerInputs
+from posevla.model.policy import PoseVLAPolicy
+from posevla.tools.synthetic_episode import write_demo_episode
+from posevla.training.episode_dataset import EpisodeChunkDataset, find_episodes
+from posevla.training.train import lr_at
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = PoseVLAConfig.from_dict(yaml.safe_load((REPO / "models" / "tiny.yaml").read_text()))
+
+
+@pytest.fixture(scope="module")
+def episode(tmp_path_factory) -> Path:
+    return write_demo_episode(tmp_path_factory.mktemp("train") / "data", seconds=2.0, fps=15.0, width=160, height=120)
+
+
+def test_samples_are_built_with_the_episode_calibration(episode: Path) -> None:
+    data = EpisodeChunkDataset([episode], CFG)
+    assert len(data) == 30 and len(EpisodeChunkDataset([episode], CFG, stride=4)) == 8
+    inputs = XTrainerInputs(CFG)
+    with EpisodeReader(episode) as ep:
+        head = HandEyeCalibration.from_dict(yaml.safe_load(ep.meta["calibration"]["head_camera.yaml"]["yaml"]))
+        tcp_last = ep.array("observations/tcp_pose/left")[-1]
+    for i in (0, 10, 29):
+        s = data[i]
+        assert s.actions.shape == (CFG.chunk_length, CFG.action_dim) and np.all(np.isfinite(s.actions))
+        T_base_ref = inputs.reference_pose(s.observation)
+        np.testing.assert_allclose(T_base_ref, head.T_parent_child, atol=1e-12)  # the calibration of the episode
+        state = inputs.state_vector(s.observation.state, T_base_ref)
+        np.testing.assert_allclose(s.actions[0], state, atol=2e-3)  # the chunk starts where the arm is
+        assert s.observation.views["head"].rgb.shape == (CFG.image_size, CFG.image_size, 3)
+    # past the end of the episode the chunk holds the last recorded pose
+    last = data[29].actions[-1, :3]
+    T_ref_base = np.linalg.inv(head.T_parent_child)
+    np.testing.assert_allclose(last, (T_ref_base @ np.r_[tcp_last[:3], 1.0])[:3], atol=1e-9)
+    data.close()
+
+
+def test_learning_rate_schedule() -> None:
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(99, 100, 10, 1.0) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_train_saves_a_checkpoint_the_policy_loads(episode: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(episode.parent), "--steps", "12", "--batch-size", "3", "--warmup", "3",
+                 "--lr", "1e-3", "--out", str(out), "--save-every", "6"]) == 0
+    assert "1 episode(s), 30 samples, 1 process(es) on cpu" in capsys.readouterr().out
+    with open(out / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and all(np.isfinite(float(r["loss"])) for r in rows)
+    assert (out / "loss.png").stat().st_size > 5000 and (out / "checkpoint_6").is_dir()
+    trained = PoseVLAPolicy.from_pretrained(out / "checkpoint", device="cpu")
+    fresh = PoseVLAPolicy.from_config(REPO / "models" / "tiny.yaml", seed=0, device="cpu")
+    changed = [n for (n, a), (_, b) in zip(trained.model.named_parameters(), fresh.model.named_parameters())
+               if not np.array_equal(a.detach().numpy(), b.detach().numpy())]
+    assert len(changed) > 10  # training moved the weights
+    data = EpisodeChunkDataset([episode], CFG)
+    states, _ = data.state_and_action_rows()
+    np.testing.assert_allclose(trained.norm.state_mean, states.mean(0), atol=1e-6)  # fitted on the data
+    chunk = trained.predict(data[5].observation, noise_seed=0)
+    assert chunk.frame_id == "head_camera_color_optical_frame" and chunk.arms["left"].T.shape == (50, 4, 4)
+    assert np.all(np.isfinite(chunk.arms["left"].T))
+    data.close()
+
+
+def test_bad_training_input_is_named(tmp_path: Path, episode: Path, capsys) -> None:
+    assert main(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
+    assert "nothing: no such episode or folder" in capsys.readouterr().err
+    assert main(["train", "--data", str(episode), "--batch-size", "64", "--out", str(tmp_path / "r")]) == 2
+    assert "30 samples in 1 episode(s), fewer than --batch-size 64" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no episodes under"):
+        find_episodes([tmp_path])
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_processes(episode: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "posevla.training.train", "--data", str(episode), "--steps", "5",
+                           "--batch-size", "2", "--warmup", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es) on cpu" in proc.stdout
+    assert "2 ranks agree on the weights" in proc.stdout, proc.stdout
+    assert PoseVLAPolicy.from_pretrained(out / "checkpoint", device="cpu").config.chunk_length == 50
