@@ -35,6 +35,9 @@ PUBLISHER = textwrap.dedent("""
     rgb = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
     depth = np.full((240, 320), 800, np.uint16)
     depth[:20] = 0
+    end = time.monotonic() + 30  # start once the observation node is matched on every topic (discovery lag)
+    while time.monotonic() < end and not all(p.get_subscription_count() > 0 for ps in pubs.values() for p in ps):
+        time.sleep(0.05)
     for k in range(90):
         base = node.get_clock().now().nanoseconds
         for c in cams:
@@ -74,7 +77,7 @@ def test_observation_node_emits_synchronised_views_and_counts_drops(rclpy_contex
         ex.spin_once(timeout_sec=0.05)
     pub = subprocess.Popen([sys.executable, "-c", PUBLISHER], env=env)
     try:
-        end = time.monotonic() + 30
+        end = time.monotonic() + 60
         while time.monotonic() < end and pub.poll() is None:
             ex.spin_once(timeout_sec=0.05)
         end = time.monotonic() + 3
