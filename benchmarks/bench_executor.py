@@ -12,6 +12,7 @@ from posevla.calibration.transforms import CameraToBase
 from posevla.control.executor import ChunkExecutor, ExecutorConfig
 from posevla.geometry import se3
 from posevla.robot.driver import XTrainerConfig
+from posevla.tools.latency_plot import save_latency_plot
 from posevla.types import ActionChunk, ArmChunk
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +55,10 @@ def main() -> None:
           f"p99 {np.percentile(np.abs(jitter), 99):.3f} ms, max {np.abs(jitter).max():.3f} ms")
     print(f"executor tick CPU (2 arms): p50 {np.median(cpu_tick) * 1e3:.3f} ms  p99 {np.percentile(cpu_tick, 99) * 1e3:.3f} ms")
     print(f"chunk transform to base_link (2 arms x 50 points): p50 {np.median(cpu_transform) * 1e3:.3f} ms")
+    path = save_latency_plot({"50 Hz period error (signed)": jitter, "executor tick CPU": np.asarray(cpu_tick) * 1e3,
+                              "chunk transform CPU": np.asarray(cpu_transform) * 1e3}, "executor",
+                             "executor at 50 Hz, two arms")
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from posevla.model.policy import PoseVLAPolicy
+from posevla.tools.latency_plot import save_latency_plot
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +32,7 @@ def main() -> None:
           f"{policy.config.tokens_per_view} tokens/view, chunk {policy.config.chunk_length}, "
           f"{policy.config.flow_steps} flow steps, device {policy.device}")
     full = policy.synthetic_observation("pick up the red cube")
+    series = {}
     for views in (("head",), ("head", "left_wrist", "right_wrist")):
         obs = policy.synthetic_observation("pick up the red cube")
         obs.views = {k: v for k, v in full.views.items() if k in views}
@@ -38,9 +40,11 @@ def main() -> None:
         for reuse in (True, False):
             ms = _time(lambda o=obs, r=reuse: policy.predict(o, noise_seed=0, reuse_prefix_cache=r), 20)
             rows[reuse] = ms
+            series[f"{len(views)} view(s), KV reuse {'on' if reuse else 'off'}"] = ms
             print(f"  {len(views)} view(s), KV reuse {'on ' if reuse else 'off'}: p50 {np.median(ms):7.1f} ms  "
                   f"p99 {np.percentile(ms, 99):7.1f} ms")
         print(f"  -> reuse speed-up {np.median(rows[False]) / np.median(rows[True]):.2f}x")
+    print(f"plot: {save_latency_plot(series, 'model', f'tiny Pose-VLA predict on {policy.device}')}")
 
 
 if __name__ == "__main__":

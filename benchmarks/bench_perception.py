@@ -9,6 +9,7 @@ import numpy as np
 from posevla.geometry.intrinsics import CameraIntrinsics
 from posevla.perception.observation_builder import BuilderConfig, ObservationBuilder
 from posevla.perception.sync import ApproximateTimeSync
+from posevla.tools.latency_plot import save_latency_plot
 from posevla.types import CameraFrame
 
 VIEWS = ("head", "left_wrist", "right_wrist")
@@ -49,6 +50,9 @@ def main() -> None:
     print(f"observation builder alone (3 views): p50 {np.median(ms(build_times)):.2f} ms  p99 {np.percentile(ms(build_times), 99):.2f} ms")
     print(f"raw-copy floor (3 x RGB + depth copies): p50 {np.median(ms(copy_times)):.2f} ms")
     print(f"builder / floor: {np.median(build_times) / np.median(copy_times):.1f}x")
+    path = save_latency_plot({"last input -> observation": ms(latencies), "builder alone": ms(build_times),
+                              "raw-copy floor": ms(copy_times)}, "perception", "three 640x480 RGB-D views")
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":
