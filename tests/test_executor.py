@@ -167,3 +167,46 @@ def test_property_no_command_outside_box_or_limits(points, blend, stamp_offset_m
             v = (cmd.T_base_tcp[:3, 3] - prev[arm][:3, 3]) / dt
             assert np.linalg.norm(v - v_prev[arm]) <= LIMITS.max_linear_accel * dt + 1e-9
             prev[arm], v_prev[arm] = cmd.T_base_tcp, v
+
+
+def test_motion_resumes_from_the_last_command_after_a_hold() -> None:
+    """Chunks run out (hold), the arm is where it was sent (lagging a little): the next set-point continues
+    from the last command, not from the lagging measured pose, so the driver sees one continuous stream."""
+    ex = ChunkExecutor(ExecutorConfig(blend="replace", watchdog_s=1.0), LIMITS)
+    t0 = 10_000 * MS
+    ex.submit(_line_chunk(t0, [0.40, 0.3, 0.25], [0.42, 0.3, 0.25]), t0)
+    measured = {"left": (T_HOME, 0.5)}
+    last = None
+    t = t0
+    while True:
+        out = ex.tick(t, measured)
+        if isinstance(out, Hold):
+            break
+        last = out["left"].T_base_tcp
+        lagging = last.copy()
+        lagging[0, 3] -= 0.02  # the measured pose trails the commands (within max_tracking_error_m)
+        measured = {"left": (lagging, 0.5)}
+        t += 20 * MS
+    ex.submit(_line_chunk(t + 20 * MS, [0.43, 0.3, 0.25], [0.45, 0.3, 0.25]), t + 20 * MS)
+    nxt = ex.tick(t + 40 * MS, measured)["left"].T_base_tcp
+    assert np.linalg.norm(nxt[:3, 3] - last[:3, 3]) <= 0.25 * 0.02 + 1e-9  # one step from the last command
+    assert nxt[0, 3] >= last[0, 3]
+
+
+def test_late_feedback_along_the_path_is_not_a_tracking_failure_but_a_stuck_arm_is() -> None:
+    ex = ChunkExecutor(ExecutorConfig(blend="replace", watchdog_s=5.0), LIMITS)
+    t0 = 10_000 * MS
+    ex.submit(_line_chunk(t0, [0.40, 0.3, 0.25], [0.79, 0.3, 0.25], n=100), t0)  # 0.2 m/s
+    sent = []
+    measured = {"left": (T_HOME, 0.5)}
+    for i in range(60):
+        out = ex.tick(t0 + i * 20 * MS, measured)
+        sent.append(out["left"].T_base_tcp)
+        late = sent[max(0, len(sent) - 12)]  # feedback 0.24 s behind: up to 6 cm behind the newest command
+        measured = {"left": (late, 0.5)}
+    assert ex.resyncs == 0
+    assert np.linalg.norm(sent[-1][:3, 3] - sent[-13][:3, 3]) > ex.cfg.max_tracking_error_m  # really that far
+    stuck = {"left": (sent[20], 0.5)}  # the arm stopped 40 ticks ago (commands refused downstream)
+    out = ex.tick(t0 + 60 * 20 * MS, stuck)
+    assert ex.resyncs == 1
+    assert np.linalg.norm(out["left"].T_base_tcp[:3, 3] - sent[20][:3, 3]) <= 0.25 * 0.02 + 1e-9  # re-planned from it

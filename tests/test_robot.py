@@ -207,3 +207,26 @@ def test_unreachable_controller_gives_clear_error() -> None:
         XTrainerDriver(cfg).connect()
     with pytest.raises(ValueError, match="arms.left"):
         XTrainerConfig.from_dict({"arms": {"left": {"host": "x"}}, "safety": {"workspace": {}}})
+
+
+def test_a_stream_replanned_from_the_real_arm_pose_is_accepted(rig) -> None:
+    """After the last set-point, a new one far from it but one safe step from where the arm really is
+    (the executor re-planned from the measured pose) is sent; one far from both is refused."""
+    sim, driver = rig
+    T0 = driver.arm_state("left").T_base_tcp
+    T_goal = T0.copy()
+    T_goal[:3, 3] += [0.03, 0.0, 0.0]
+    _drive_to(driver, "left", T_goal)
+    T_arm = _settle(driver, "left", T_goal)
+    # the last set-point stays T_goal; the arm is there. A point 4 mm from the arm but 2.6 cm from the last
+    # set-point along another axis...
+    near_arm = T_arm.copy()
+    near_arm[:3, 3] += [0.0, 0.004, 0.0]
+    with driver._lock:  # pretend the stream had been at a different place (executor re-planned)
+        stale = T_goal.copy()
+        stale[:3, 3] += [0.0, -0.022, 0.0]
+        driver._last_sent["left"] = (time.time() - 0.02, stale)  # sent 20 ms ago
+    assert driver.servo_pose("left", near_arm, stamp_ns=time.time_ns()) is None
+    far = T_arm.copy()
+    far[:3, 3] += [0.0, 0.0, 0.03]
+    assert "speed" in driver.servo_pose("left", far, stamp_ns=time.time_ns())

@@ -10,11 +10,13 @@ Plain Python (the executor node only feeds it). Per control tick at time `now`:
 3. safety: workspace box, maximum linear/angular speed and linear acceleration (SafetyLimits.limit_step),
    gripper range and rate; NaN or non-rigid chunks are refused on submit;
 4. hold (no command) when no fresh chunk arrived within `watchdog_s`, when the chunks are used up, or when
-   the e-stop is latched (until reset). After a hold, motion restarts from the measured TCP pose.
+   the e-stop is latched (until reset). After a hold, motion restarts from the last commanded pose if the
+   arm is there, else (and after an e-stop) from the measured TCP pose.
 Times are integer nanoseconds; poses are T_base_tcp (metres).
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +39,8 @@ class ExecutorConfig:
     rtc_freeze_s: float = 0.1
     rtc_blend_s: float = 0.2
     max_gripper_speed: float = 2.0  # opening per second
-    max_tracking_error_m: float = 0.03  # commanded vs measured TCP beyond this: restart from the measured pose
+    max_tracking_error_m: float = 0.03  # measured TCP this far from every recent command: restart from it
+    tracking_window_s: float = 0.3  # recent commands the (delayed, lagging) feedback is compared with
 
     def __post_init__(self) -> None:
         if self.blend not in BLEND_MODES:
@@ -71,6 +74,7 @@ class _ArmMotion:
     T: np.ndarray | None = None
     v: np.ndarray = field(default_factory=lambda: np.zeros(3))
     gripper: float | None = None
+    recent: deque = field(default_factory=lambda: deque(maxlen=64))  # positions of recent commands (m)
 
 
 def validate_chunk(chunk: ActionChunk) -> str | None:
@@ -130,7 +134,15 @@ class ChunkExecutor:
         self._reset_motion()
 
     def _reset_motion(self) -> None:
+        """Forget the commanded poses: the next motion starts from the measured TCP (after an e-stop)."""
         self.motion.clear()
+
+    def _stop_motion(self) -> None:
+        """Hold: velocity to zero, but remember the last commanded pose. Motion resumes from it when the arm is
+        there (within max_tracking_error_m), so the first new set-point continues the stream the driver saw;
+        otherwise from the measured pose."""
+        for m in self.motion.values():
+            m.v = np.zeros(3)
 
     # ------------------------------------------------------------------ control tick
     def _end_ns(self, a: _Active) -> int:
@@ -171,7 +183,7 @@ class ChunkExecutor:
                                                                      1e-3, 2.0 * nominal))
         self._last_tick_ns = now_ns
         if hold:
-            self._reset_motion()
+            self._stop_motion()
             self.last_hold = hold
             return Hold(hold)
         out: dict[str, ArmCommand] = {}
@@ -180,10 +192,10 @@ class ChunkExecutor:
             if target is None:
                 continue
             m = self.motion.setdefault(arm, _ArmMotion())
-            if m.T is not None and arm in measured and np.linalg.norm(
-                    m.T[:3, 3] - np.asarray(measured[arm][0])[:3, 3]) > self.cfg.max_tracking_error_m:
+            if m.T is not None and arm in measured and self._tracking_error(m, measured[arm][0]) > self.cfg.max_tracking_error_m:
                 self.resyncs += 1  # the arm did not follow (commands refused downstream, or blocked): re-plan from it
                 m.T = None
+                m.recent.clear()
             if m.T is None:
                 if arm not in measured:
                     continue  # no feedback for this arm yet: do not move it
@@ -193,14 +205,27 @@ class ChunkExecutor:
             g_goal = self.limits.clamp_gripper(target[1])
             dg = float(np.clip(g_goal - m.gripper, -self.cfg.max_gripper_speed * dt, self.cfg.max_gripper_speed * dt))
             m.T, m.gripper = T_cmd, m.gripper + dg
+            window = max(1, int(round(self.cfg.tracking_window_s / nominal)))
+            while len(m.recent) >= window:
+                m.recent.popleft()
+            m.recent.append(T_cmd[:3, 3].copy())
             out[arm] = ArmCommand(T_cmd, m.gripper)
         if not out:
-            self._reset_motion()
+            self._stop_motion()
             self.last_hold = "chunks used up"
             return Hold(self.last_hold)
         self.active = [a for a in self.active if self._end_ns(a) >= now_ns]
         self.last_hold = ""
         return out
+
+    @staticmethod
+    def _tracking_error(m: _ArmMotion, T_measured: np.ndarray) -> float:
+        """Distance (m) from the measured TCP to the nearest of the recent commands: feedback arrives late and
+        the arm lags its set-points, so it is following as long as it is near the recent path."""
+        p = np.asarray(T_measured)[:3, 3]
+        if not m.recent:
+            return float(np.linalg.norm(m.T[:3, 3] - p))
+        return float(np.min(np.linalg.norm(np.asarray(m.recent) - p, axis=1)))
 
     def _hold_reason(self, now_ns: int) -> str:
         if self.estopped:

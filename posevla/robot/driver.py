@@ -223,6 +223,12 @@ class XTrainerDriver:
             else:  # first command, or after a pause/reconnect: judge against where the arm really is
                 T_prev, dt = self.cfg.arms[arm].T_base_armbase @ fb.T_armbase_tcp, self.cfg.servo_t
             why = self.cfg.safety.check_command(arm, T_base_tcp, gripper, T_prev, dt, tol=1e-4)
+            if why and last is not None:
+                # also safe: one step at the speed limits from where the arm really is (the stream was
+                # re-planned from the measured pose after the arm fell behind or stood still)
+                T_meas = self.cfg.arms[arm].T_base_armbase @ fb.T_armbase_tcp
+                if self.cfg.safety.check_command(arm, T_base_tcp, gripper, T_meas, self.cfg.servo_t, tol=1e-4) is None:
+                    why = None
             if why:
                 return self._refuse(arm, why)
             pose = units.pose_to_controller(self.T_armbase_base[arm] @ np.asarray(T_base_tcp, float))

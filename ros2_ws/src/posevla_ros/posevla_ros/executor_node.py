@@ -107,7 +107,7 @@ class ExecutorNode(Node):
     def _refuse(self, why: str) -> None:
         self.stats["refused"] += 1
         self.last_refusal = why
-        self.get_logger().warn(f"chunk refused, arms hold: {why}", throttle_duration_sec=1.0)
+        self.get_logger().warning(f"chunk refused, arms hold: {why}", throttle_duration_sec=1.0)
 
     def _tick(self) -> None:
         t0 = time.perf_counter()

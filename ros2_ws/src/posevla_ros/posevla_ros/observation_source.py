@@ -74,7 +74,7 @@ class ObservationSource:
 
     def _error(self, topic: str, why: str) -> None:
         self.errors[topic] += 1
-        self.node.get_logger().warn(f"{topic}: {why}", throttle_duration_sec=2.0)
+        self.node.get_logger().warning(f"{topic}: {why}", throttle_duration_sec=2.0)
 
     def _on_info(self, cam: str, msg: CameraInfo) -> None:
         topic = f"/{cam}/color/camera_info"
@@ -143,7 +143,7 @@ class ObservationSource:
             state = self._robot_state(ref.stamp_ns) if self.need_state else None
             obs = self.builder.build(frames, state, "", now)
         except StaleObservation as exc:
-            self.node.get_logger().warn(f"observation refused: {exc}", throttle_duration_sec=2.0)
+            self.node.get_logger().warning(f"observation refused: {exc}", throttle_duration_sec=2.0)
             return
         self.callback(obs)
 

@@ -90,7 +90,7 @@ class PolicyNode(Node):
 
     def _on_observation(self, obs: Observation) -> None:
         if not self.instruction:
-            self.get_logger().warn("no instruction yet (parameter instruction or /policy/instruction)",
+            self.get_logger().warning("no instruction yet (parameter instruction or /policy/instruction)",
                                    throttle_duration_sec=5.0)
             return
         obs.instruction = self.instruction

@@ -78,7 +78,7 @@ class RecorderNode(Node):
                                            p["reset_period_s"], tuple(sorted(calib_dir.glob("*.yaml"))),
                                            require_action=p["require_action"]))
         for path in self.rec.incomplete_on_start:
-            self.get_logger().warn(f"incomplete episode from an earlier run kept aside: {path}")
+            self.get_logger().warning(f"incomplete episode from an earlier run kept aside: {path}")
         for cam in self.rec.cfg.cameras:
             self.create_subscription(Image, f"/{cam}/color/image_raw", lambda m, c=cam: self._color(c, m), qos_profile_sensor_data)
             self.create_subscription(Image, f"/{cam}/aligned_depth_to_color/image_raw", lambda m, c=cam: self._depth(c, m),
@@ -125,7 +125,7 @@ class RecorderNode(Node):
             img = msg_to_image(m, f"/{cam}/color/image_raw")
             img = img if m.encoding == "rgb8" else img[..., ::-1]
         except ValueError as exc:
-            self.get_logger().warn(str(exc), throttle_duration_sec=2.0)
+            self.get_logger().warning(str(exc), throttle_duration_sec=2.0)
             return
         self.rec.latest.color[cam] = (time_to_ns(m.header.stamp), np.array(img))
         self.rec.note_arrival(f"{cam}/color")
@@ -141,7 +141,7 @@ class RecorderNode(Node):
             elif m.encoding != "16UC1":
                 raise ValueError(f"{topic}: depth encoding {m.encoding!r}, expected 16UC1 or 32FC1")
         except ValueError as exc:
-            self.get_logger().warn(str(exc), throttle_duration_sec=2.0)
+            self.get_logger().warning(str(exc), throttle_duration_sec=2.0)
             return
         self.rec.latest.depth[cam] = (time_to_ns(m.header.stamp), d)
         self.rec.note_arrival(f"{cam}/depth")
@@ -150,7 +150,7 @@ class RecorderNode(Node):
         try:
             self.rec.latest.info[cam] = msg_to_intrinsics(m, f"/{cam}/color/camera_info")
         except ValueError as exc:
-            self.get_logger().warn(str(exc), throttle_duration_sec=2.0)
+            self.get_logger().warning(str(exc), throttle_duration_sec=2.0)
 
     def _tcp(self, arm: str, m: PoseStamped) -> None:
         self.rec.latest.tcp[arm] = (time_to_ns(m.header.stamp), pose_to_T(m.pose))
@@ -193,7 +193,7 @@ class RecorderNode(Node):
 
     def destroy_node(self) -> None:
         if self.rec.writer is not None:
-            self.get_logger().warn(self.rec.abort("recorder shut down mid-episode"))
+            self.get_logger().warning(self.rec.abort("recorder shut down mid-episode"))
         super().destroy_node()
 
 

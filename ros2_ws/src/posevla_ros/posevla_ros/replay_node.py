@@ -79,7 +79,7 @@ class ReplayNode(Node):
         if not keep:
             raise ValueError(f"{self.p['episode']}: no topic of a supported type ({sorted(BAG_TYPES)})")
         if unsupported:
-            self.get_logger().warn(f"not replayed (unsupported types): {unsupported}")
+            self.get_logger().warning(f"not replayed (unsupported types): {unsupported}")
         self.bag.close()
         self.bag = BagSource(self.p["episode"], keep)
         self.bag_pubs = {}

@@ -51,7 +51,7 @@ class XTrainerDriverNode(Node):
             except ConnectionError as exc:
                 if self.get_clock().now().nanoseconds > deadline:
                     raise
-                self.get_logger().warn(f"{exc}; retrying", throttle_duration_sec=2.0)
+                self.get_logger().warning(f"{exc}; retrying", throttle_duration_sec=2.0)
                 rclpy.spin_once(self, timeout_sec=0.5)
         self.get_logger().info(f"connected to {', '.join(f'{a}@{c.host}' for a, c in self.driver.clients.items())}")
         self.joint_pub = self.create_publisher(JointState, "/joint_states", 10)
@@ -86,7 +86,7 @@ class XTrainerDriverNode(Node):
             why = self.driver.servo_pose(arm, T, grippers.get(arm), stamp_ns=stamp)
             if why:
                 self.rejected += 1
-                self.get_logger().warn(f"{arm} arm holds: {why}", throttle_duration_sec=1.0)
+                self.get_logger().warning(f"{arm} arm holds: {why}", throttle_duration_sec=1.0)
 
     def _on_joint_command(self, msg: JointState) -> None:
         idx = {n: i for i, n in enumerate(msg.name)}
@@ -99,7 +99,7 @@ class XTrainerDriverNode(Node):
             why = self.driver.servo_joints(arm, q, g, stamp_ns=time_to_ns(msg.header.stamp))
             if why:
                 self.rejected += 1
-                self.get_logger().warn(f"{arm} arm holds: {why}", throttle_duration_sec=1.0)
+                self.get_logger().warning(f"{arm} arm holds: {why}", throttle_duration_sec=1.0)
 
     def _on_estop(self, msg: Bool) -> None:
         if msg.data:
