@@ -3,7 +3,6 @@
 while replayed cameras play; the recorder writes an episode in which the followers track the leaders."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -11,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("dynamixel_sdk")
 from posevla_ros.graph import graph  # noqa: E402
 from posevla_ros.run_graph import GraphRunner  # noqa: E402
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy  # noqa: E402
+from sim_robot import sim_robot_yaml  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
@@ -29,23 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
 
 def test_collect_sim_graph_records_teleoperated_episode(tmp_path: Path, rclpy_context) -> None:
-    cfg = yaml.safe_load((REPO / "config" / "xtrainer_sim_robot.yaml").read_text())
-    ports = _free_ports(6)
-    for i, arm in enumerate(("left", "right")):
-        cfg["arms"][arm].update(dashboard_port=ports[3 * i], motion_port=ports[3 * i + 1], feedback_port=ports[3 * i + 2])
-    robot = tmp_path / "robot.yaml"
-    robot.write_text(yaml.safe_dump(cfg))
+    robot = sim_robot_yaml(tmp_path)
     source = write_demo_episode(tmp_path / "source", seconds=2.0, fps=15.0, width=160, height=120)
     leaders = tmp_path / "leaders"
     sim_leaders = subprocess.Popen([sys.executable, "-m", "posevla.cli", "teleop", "sim-leaders", "--link-dir",

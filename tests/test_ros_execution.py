@@ -1,13 +1,11 @@
 """The execution graph over real DDS and real sockets: executor_node -> xtrainer_driver_node -> simulator."""
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 rclpy = pytest.importorskip("rclpy")
 from geometry_msgs.msg import PoseStamped  # noqa: E402
@@ -15,6 +13,7 @@ from posevla_ros.graph import NodeSpec  # noqa: E402
 from posevla_ros.msg_conv import chunk_to_msg, pose_to_T  # noqa: E402
 from posevla_ros.run_graph import GraphRunner  # noqa: E402
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy  # noqa: E402
+from sim_robot import sim_robot_yaml  # noqa: E402
 from std_msgs.msg import Bool  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import MultiDOFJointTrajectory  # noqa: E402
@@ -28,24 +27,10 @@ pytestmark = pytest.mark.slow
 LATCHED = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    cfg = yaml.safe_load((REPO / "config" / "xtrainer_sim_robot.yaml").read_text())
-    ports = _free_ports(6)
-    for i, arm in enumerate(("left", "right")):
-        cfg["arms"][arm].update(dashboard_port=ports[3 * i], motion_port=ports[3 * i + 1], feedback_port=ports[3 * i + 2])
-    path = tmp_path_factory.mktemp("robot") / "robot.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = sim_robot_yaml(tmp_path_factory.mktemp("robot"))
     specs = [NodeSpec("xtrainer_sim", "xtrainer_sim", [], {"robot_config": str(path)}),
              NodeSpec("xtrainer_driver_node", "xtrainer_driver", ["xtrainer.yaml"], {"robot_config": str(path)}),
              NodeSpec("executor_node", "executor", ["executor.yaml"], {"robot_config": str(path), "watchdog_s": 0.3})]

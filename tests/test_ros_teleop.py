@@ -3,13 +3,11 @@ real dynamixel_sdk in teleop_node) drives the simulated followers through xtrain
 unplugging the leader freezes the followers."""
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("dynamixel_sdk")
@@ -17,6 +15,7 @@ from posevla_ros.graph import NodeSpec  # noqa: E402
 from posevla_ros.run_graph import GraphRunner  # noqa: E402
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import JointState, Joy  # noqa: E402
+from sim_robot import sim_robot_yaml  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
@@ -28,15 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 ARMS = ("left", "right")
 
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Leader:
@@ -96,12 +86,7 @@ class Probe:
 
 
 def test_leader_drives_followers_with_safe_start_and_unplug_freezes(tmp_path, rclpy_context) -> None:
-    cfg = yaml.safe_load((REPO / "config" / "xtrainer_sim_robot.yaml").read_text())
-    ports = _free_ports(6)
-    for i, arm in enumerate(ARMS):
-        cfg["arms"][arm].update(dashboard_port=ports[3 * i], motion_port=ports[3 * i + 1], feedback_port=ports[3 * i + 2])
-    robot = tmp_path / "robot.yaml"
-    robot.write_text(yaml.safe_dump(cfg))
+    robot = sim_robot_yaml(tmp_path)
     home = ArmKinematics().home()
     offset = np.array([0.5, -0.3, 0.3, 0.0, 0.2, -0.4])  # the leader starts away from the followers
     leader = Leader()
