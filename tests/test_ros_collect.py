@@ -16,9 +16,8 @@ pytest.importorskip("dynamixel_sdk")
 from posevla_ros.graph import graph  # noqa: E402
 from posevla_ros.run_graph import GraphRunner  # noqa: E402
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy  # noqa: E402
-from sim_robot import sim_robot_yaml  # noqa: E402
+from ros_helpers import call_trigger, sim_robot_yaml, spin  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
 
 from posevla.dataset import format as F  # noqa: E402
 from posevla.dataset.reader import EpisodeReader  # noqa: E402
@@ -50,18 +49,6 @@ def test_collect_sim_graph_records_teleoperated_episode(tmp_path: Path, rclpy_co
     ex = rclpy.executors.SingleThreadedExecutor(context=rclpy_context)
     ex.add_node(node)
 
-    def spin(seconds: float, until=None) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end and not (until and until()):
-            ex.spin_once(timeout_sec=0.02)
-
-    def call(name: str) -> Trigger.Response:
-        cli = node.create_client(Trigger, name)
-        assert cli.wait_for_service(20.0), name
-        fut = cli.call_async(Trigger.Request())
-        spin(10.0, until=fut.done)
-        return fut.result()
-
     deadline = time.monotonic() + 30
     while not all((leaders / a).exists() for a in ("left", "right")):
         assert time.monotonic() < deadline, "sim-leaders did not start"
@@ -69,13 +56,13 @@ def test_collect_sim_graph_records_teleoperated_episode(tmp_path: Path, rclpy_co
     runner = GraphRunner(specs)
     try:
         runner.start(delay_s=0.5)
-        spin(60.0, until=lambda: any(s.startswith("mirroring") for s in states))
+        spin(ex, 60.0, until=lambda: any(s.startswith("mirroring") for s in states))
         assert any(s.startswith("mirroring") for s in states), (states, runner.dead())
         deadline = time.monotonic() + 30
-        while not (r := call("/recorder/start")).success:  # waits until every stream has data
+        while not (r := call_trigger(node, ex, "/recorder/start", 20.0)).success:  # waits until every stream has data
             assert time.monotonic() < deadline, r.message
-            spin(0.5)
-        spin(4.0)
+            spin(ex, 0.5)
+        spin(ex, 4.0)
         out = subprocess.run([sys.executable, "-m", "posevla_ros.trigger", "/recorder/stop_and_save"],
                              capture_output=True, text=True, timeout=60)  # the operator's shell command
         assert out.returncode == 0 and "/recorder/stop_and_save: ok: saved episode_000000.h5" in out.stdout, out

@@ -13,9 +13,8 @@ from posevla_ros.graph import NodeSpec  # noqa: E402
 from posevla_ros.msg_conv import chunk_to_msg, pose_to_T  # noqa: E402
 from posevla_ros.run_graph import GraphRunner  # noqa: E402
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy  # noqa: E402
-from sim_robot import sim_robot_yaml  # noqa: E402
+from ros_helpers import call_trigger, sim_robot_yaml, spin  # noqa: E402
 from std_msgs.msg import Bool  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import MultiDOFJointTrajectory  # noqa: E402
 
 from posevla.calibration.files import HandEyeCalibration  # noqa: E402
@@ -56,18 +55,11 @@ class Probe:
         self.ex.add_node(self.node)
 
     def spin(self, seconds: float, until=None) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.ex.spin_once(timeout_sec=0.01)
-            if until is not None and until():
-                return
+        spin(self.ex, seconds, until, step_s=0.01)
 
     def call(self, name: str) -> None:
-        cli = self.node.create_client(Trigger, name)
-        assert cli.wait_for_service(5.0), f"service {name} not available"
-        fut = cli.call_async(Trigger.Request())
-        self.spin(5.0, until=fut.done)
-        assert fut.done() and fut.result().success
+        res = call_trigger(self.node, self.ex, name, 5.0)
+        assert res is not None and res.success
 
 
 def test_head_frame_chunk_ends_at_expected_base_pose_then_watchdog_and_estop(graph, rclpy_context) -> None:

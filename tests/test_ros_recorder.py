@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import h5py
@@ -15,8 +14,8 @@ import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
+from ros_helpers import call_trigger, spin  # noqa: E402
 from sensor_msgs.msg import Joy  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
 
 from posevla.dataset import format as F  # noqa: E402
 from posevla.dataset.reader import EpisodeReader  # noqa: E402
@@ -65,22 +64,6 @@ PUBLISHER = textwrap.dedent("""
     """)
 
 
-def _call(node, ex, name: str) -> Trigger.Response:
-    cli = node.create_client(Trigger, name)
-    assert cli.wait_for_service(10.0), name
-    fut = cli.call_async(Trigger.Request())
-    end = time.monotonic() + 10
-    while not fut.done() and time.monotonic() < end:
-        ex.spin_once(timeout_sec=0.05)
-    return fut.result()
-
-
-def _spin(ex, seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        ex.spin_once(timeout_sec=0.05)
-
-
 def test_record_read_back_and_stream_loss(tmp_path: Path, rclpy_context) -> None:
     env = os.environ.copy()
     rec = subprocess.Popen([sys.executable, "-m", "posevla_ros.recorder_node", "--ros-args", "-p", f"root:={tmp_path}",
@@ -94,24 +77,24 @@ def test_record_read_back_and_stream_loss(tmp_path: Path, rclpy_context) -> None
 
     def press(button: int) -> None:  # one press and release of a leader-handle button
         joy.publish(Joy(buttons=[int(i == button) for i in range(16)]))
-        _spin(ex, 0.3)
+        spin(ex, 0.3)
         joy.publish(Joy(buttons=[0] * 16))
-        _spin(ex, 0.3)
+        spin(ex, 0.3)
     try:
-        _spin(ex, 4.0)
-        r = _call(node, ex, "/recorder/start")
+        spin(ex, 4.0)
+        r = call_trigger(node, ex, "/recorder/start")
         assert r.success, r.message
-        _spin(ex, 2.0)
-        r = _call(node, ex, "/recorder/stop_and_save")
+        spin(ex, 2.0)
+        r = call_trigger(node, ex, "/recorder/stop_and_save")
         assert r.success and "saved episode_000000.h5" in r.message, r.message
-        assert _call(node, ex, "/recorder/mark_failure").success
+        assert call_trigger(node, ex, "/recorder/mark_failure").success
         press(8)  # start/stop on the right handle: start
-        _spin(ex, 1.0)
+        spin(ex, 1.0)
         press(0)  # start/stop on the left handle: stop and save
         assert [p.name for p in F.list_episodes(tmp_path / "stack")] == ["episode_000000.h5", "episode_000001.h5"]
-        assert _call(node, ex, "/recorder/start").success
+        assert call_trigger(node, ex, "/recorder/start").success
         pub.wait(20)  # the robot and cameras stop mid-episode
-        _spin(ex, 1.5)
+        spin(ex, 1.5)
     finally:
         pub.kill()
         rec.terminate()

@@ -3,7 +3,6 @@ real dynamixel_sdk in teleop_node) drives the simulated followers through xtrain
 unplugging the leader freezes the followers."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,9 @@ pytest.importorskip("dynamixel_sdk")
 from posevla_ros.graph import NodeSpec  # noqa: E402
 from posevla_ros.run_graph import GraphRunner  # noqa: E402
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy  # noqa: E402
+from ros_helpers import call_trigger, sim_robot_yaml, spin  # noqa: E402
 from sensor_msgs.msg import JointState, Joy  # noqa: E402
-from sim_robot import sim_robot_yaml  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
 
 from posevla.robot.kinematics import ArmKinematics  # noqa: E402
 from posevla.teleop.dxl_sim import DynamixelChainSim  # noqa: E402
@@ -70,19 +68,12 @@ class Probe:
                                   np.array([m.position[idx[f"{a}_joint{i}"]] for i in range(1, 7)])))
 
     def spin(self, seconds: float, until=None) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.ex.spin_once(timeout_sec=0.01)
-            if until is not None and until():
-                return
+        spin(self.ex, seconds, until, step_s=0.01)
 
     def call(self, name: str) -> str:
-        cli = self.node.create_client(Trigger, name)
-        assert cli.wait_for_service(5.0), f"service {name} not available"
-        fut = cli.call_async(Trigger.Request())
-        self.spin(5.0, until=fut.done)
-        assert fut.done() and fut.result().success
-        return fut.result().message
+        res = call_trigger(self.node, self.ex, name, 5.0)
+        assert res is not None and res.success
+        return res.message
 
 
 def test_leader_drives_followers_with_safe_start_and_unplug_freezes(tmp_path, rclpy_context) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from posevla.geometry import se3
+from posevla.yaml_file import read_yaml
 
 SCHEMA_VERSION = 1
 KINDS = ("eye_to_hand", "eye_in_hand")
@@ -71,12 +72,7 @@ class HandEyeCalibration:
     @classmethod
     def load(cls, path: str | Path, expected_serial: str | None = None) -> HandEyeCalibration:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError as exc:
-            raise ValueError(f"calibration file {path} does not exist") from exc
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"calibration file {path} cannot be read: {exc}") from exc
+        data = read_yaml(path, "calibration file")
         calib = cls.from_dict(data, str(path))
         calib.path = path
         if expected_serial is not None and str(expected_serial) != calib.camera_serial:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from posevla.geometry import se3
+from posevla.yaml_file import read_yaml
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,7 @@ class SafetyLimits:
     @classmethod
     def from_yaml(cls, path: str | Path, key: str | None = "safety") -> SafetyLimits:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"cannot read safety limits {path}: {exc}") from exc
+        data = read_yaml(path, "safety limits file")
         if key is not None:
             data = (data or {}).get(key)
         if not isinstance(data, dict):

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from posevla.yaml_file import read_yaml
+
 ARM_ACTION_DIM = 10  # position (3, metres) + rotation 6D (6) + gripper opening (1, 0..1)
 FUSION_POINTS = ("siglip_output",)
 MODALITIES = ("rgb", "rgb+ray", "rgb+depth", "full")
@@ -87,10 +89,7 @@ class PoseVLAConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> PoseVLAConfig:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"cannot read model config {path}: {exc}") from exc
+        data = read_yaml(path, "model config")
         if not isinstance(data, dict):
             raise ValueError(f"model config {path} must be a mapping")
         return cls.from_dict(data, str(path))

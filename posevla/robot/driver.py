@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from posevla.control.safety import SafetyLimits
 from posevla.geometry import se3
@@ -23,6 +22,7 @@ from posevla.robot import protocol as P
 from posevla.robot import units
 from posevla.robot.client import DobotArmClient, Feedback
 from posevla.types import ArmState, RobotState
+from posevla.yaml_file import read_yaml
 
 
 @dataclass
@@ -47,10 +47,7 @@ class XTrainerConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> XTrainerConfig:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"cannot read robot config {path}: {exc}") from exc
+        data = read_yaml(path, "robot config")
         return cls.from_dict(data, str(path))
 
     @classmethod

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+from posevla.yaml_file import read_yaml
 
 TICKS_PER_REV = 4096
 ADDR_PRESENT_POSITION = 132
@@ -70,10 +71,7 @@ class LeaderConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> LeaderConfig:
         path = Path(path)
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"{path}: cannot read leader configuration: {exc}") from exc
+        doc = read_yaml(path, "leader configuration")
         if not isinstance(doc, dict) or not isinstance(doc.get("arms"), dict) or not doc["arms"]:
             raise ValueError(f"{path}: expected a mapping with a non-empty 'arms' section")
         arms = {}
