@@ -11,7 +11,7 @@ import numpy as np
 
 from posevla.dataset import format as F
 from posevla.dataset.reader import EpisodeReader
-from posevla.dataset.recorder import Recorder, RecorderConfig
+from posevla.dataset.recorder import Recorder, RecorderConfig, Refusal
 from posevla.geometry import se3
 from posevla.geometry.intrinsics import CameraIntrinsics
 
@@ -51,8 +51,11 @@ def test_start_needs_every_stream_and_camera_info(tmp_path: Path) -> None:
     rec.latest.info.clear()
     assert rec.start() == "cannot start: no camera_info for ['head']"
     _feed(rec, 0)
-    assert rec.start() == "recording episode 0"
-    assert rec.start() == "already recording"
+    started = rec.start()
+    assert started == "recording episode 0" and not isinstance(started, Refusal)
+    again = rec.start()
+    assert again == "already recording" and isinstance(again, Refusal)  # the node answers success=False
+    assert rec.toggle().startswith("saved episode_000000.h5")  # the start/stop button
 
 
 def test_episode_rates_repeats_and_marks(tmp_path: Path) -> None:

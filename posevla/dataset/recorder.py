@@ -22,6 +22,10 @@ from posevla.geometry.intrinsics import CameraIntrinsics
 from posevla.types import ArmState, RobotState
 
 
+class Refusal(str):
+    """The answer to a control request the recorder declined; the text says why (a plain str means done)."""
+
+
 @dataclass
 class RecorderConfig:
     root: Path
@@ -116,15 +120,15 @@ class Recorder:
     # ------------------------------------------------------------------ control
     def start(self) -> str:
         if self.state == "recording":
-            return "already recording"
+            return Refusal("already recording")
         if time.monotonic() < self.reset_until:
-            return f"reset period: wait {self.reset_until - time.monotonic():.1f} s"
+            return Refusal(f"reset period: wait {self.reset_until - time.monotonic():.1f} s")
         stale = self.stale_streams(time.monotonic())
         if stale:
-            return f"cannot start: no data on {stale}"
+            return Refusal(f"cannot start: no data on {stale}")
         missing = [c for c in self.cfg.cameras if c not in self.latest.info]
         if missing:
-            return f"cannot start: no camera_info for {missing}"
+            return Refusal(f"cannot start: no camera_info for {missing}")
         calib = {p.name: {"sha256": __import__("hashlib").sha256(p.read_bytes()).hexdigest(), "yaml": p.read_text()}
                  for p in self.cfg.calibration_files}
         meta = {"instruction": self.cfg.instruction, "operator": self.cfg.operator, "fps": self.cfg.fps,
@@ -135,28 +139,32 @@ class Recorder:
                                         {c: self.latest.info[c] for c in self.cfg.cameras})
         except OSError as exc:
             self.last_reason = str(exc)
-            return f"cannot start: {exc}"
+            return Refusal(f"cannot start: {exc}")
         self.state, self.episode_start, self.last_reason = "recording", time.monotonic(), ""
         self.repeated, self._last_cam_stamp = {c: 0 for c in self.cfg.cameras}, {}
         return f"recording episode {self.writer.index}"
 
     def stop_and_save(self, success: bool = True) -> str:
         if self.writer is None:
-            return "not recording"
+            return Refusal("not recording")
         w, self.writer = self.writer, None
         self.last_duration_s = time.monotonic() - self.episode_start
         try:
             self.last_saved = w.finish(success)
             msg = f"saved {self.last_saved.name} ({w.frames_written} frames, {self.last_duration_s:.1f} s)"
         except OSError as exc:
-            msg = f"NOT saved: {exc}"
+            msg = Refusal(f"NOT saved: {exc}")
             self.last_reason = msg
         self.state, self.reset_until = "reset", time.monotonic() + self.cfg.reset_period_s
         return msg
 
+    def toggle(self) -> str:
+        """Start/stop button: stop and save when recording, else start."""
+        return self.stop_and_save(True) if self.state == "recording" else self.start()
+
     def abort(self, reason: str) -> str:
         if self.writer is None:
-            return "not recording"
+            return Refusal("not recording")
         w, self.writer = self.writer, None
         kept = w.abort(reason)
         self.last_reason = f"episode stopped: {reason} (partial kept at {kept})"
@@ -180,21 +188,23 @@ class Recorder:
             moved = self._move_aside(kept)
             self.state = "idle"
             return f"discarded the current episode (kept at {moved})"
-        return "not recording"
+        return Refusal("not recording")
 
     def rerecord_last(self) -> str:
         if self.writer is not None:
-            return "stop the current episode first"
+            return Refusal("stop the current episode first")
         if self.last_saved is None or not self.last_saved.exists():
-            return "no episode saved in this session"
+            return Refusal("no episode saved in this session")
         moved = self._move_aside(self.last_saved)
         self.last_saved = None
         self.reset_until = 0.0
-        return f"moved {moved.name} aside; " + self.start()
+        started = self.start()
+        msg = f"moved {moved.name} aside; {started}"
+        return Refusal(msg) if isinstance(started, Refusal) else msg
 
     def mark(self, success: bool) -> str:
         if self.last_saved is None or not self.last_saved.exists():
-            return "no saved episode to mark"
+            return Refusal("no saved episode to mark")
         with h5py.File(self.last_saved, "r+") as h:
             meta = json.loads(h.attrs["meta"])
             meta["success"] = success

@@ -26,7 +26,7 @@ from std_srvs.srv import Trigger
 
 from posevla.dataset import cues
 from posevla.dataset.episode_buttons import ButtonActions, ButtonBindings
-from posevla.dataset.recorder import Recorder, RecorderConfig
+from posevla.dataset.recorder import Recorder, RecorderConfig, Refusal
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import msg_to_image, msg_to_intrinsics, ns_to_time, pose_to_T, time_to_ns
 from posevla_ros.node_main import spin_node
@@ -102,8 +102,8 @@ class RecorderNode(Node):
 
     def _do(self, fn) -> tuple[bool, str]:
         msg = fn()
-        ok = not msg.startswith(("cannot", "not ", "no ", "NOT", "already", "stop the", "reset period"))
-        (self.get_logger().info if ok else self.get_logger().warn)(f"recorder: {msg}")
+        ok = not isinstance(msg, Refusal)
+        (self.get_logger().info if ok else self.get_logger().warning)(f"recorder: {msg}")
         if self.sound:
             cues.play("error" if not ok else "start" if self.rec.state == "recording" else "saved")
         return ok, msg
@@ -113,7 +113,7 @@ class RecorderNode(Node):
         return res
 
     def _buttons(self, m: Joy) -> None:
-        actions = {"start_stop": lambda: self.rec.stop_and_save(True) if self.rec.state == "recording" else self.rec.start(),
+        actions = {"start_stop": self.rec.toggle,
                    "discard": self.rec.discard, "mark_failure": lambda: self.rec.mark(False),
                    "rerecord_last": self.rec.rerecord_last}
         for name in self.buttons.update(list(m.buttons), time.monotonic()):
