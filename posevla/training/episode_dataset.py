@@ -24,6 +24,7 @@ from posevla.model.batching import TrainingSample
 from posevla.model.config import PoseVLAConfig
 from posevla.model.io_transforms import XTrainerInputs, XTrainerOutputs
 from posevla.perception.observation_builder import BuilderConfig, ObservationBuilder
+from posevla.types import ArmState, RobotState, optical_frame
 
 
 def episode_calibrations(ep: EpisodeReader) -> dict[str, HandEyeCalibration]:
@@ -63,6 +64,9 @@ class _Episode:
     grippers: dict[str, tuple[np.ndarray, np.ndarray]]  # arm -> (stamps, opening)
     builder: ObservationBuilder
     instruction: str
+    ref_stamps: np.ndarray  # reference camera capture stamps per frame (ns)
+    robot_stamps: np.ndarray
+    tcp: dict[str, np.ndarray]  # arm -> (T, 4, 4) T_base_tcp per frame
 
 
 class EpisodeChunkDataset:
@@ -80,7 +84,7 @@ class EpisodeChunkDataset:
                 if cfg.reference_view in missing:
                     raise ValueError(f"episode {path}: no {cfg.reference_view!r} camera (the model's reference view)")
                 robot_stamps = ep.array("stamps/robot")
-                histories, grippers = {}, {}
+                histories, grippers, tcp_T = {}, {}, {}
                 qpos = ep.array("observations/qpos")
                 for k, arm in enumerate(("left", "right")):
                     if arm not in cfg.arms:
@@ -89,8 +93,9 @@ class EpisodeChunkDataset:
                     if not np.all(np.isfinite(tcp)):
                         raise ValueError(f"episode {path}: observations/tcp_pose/{arm} has NaN poses")
                     h = PoseHistory(max_len=len(tcp) + 1, tolerance_ns=10**18)  # holds the ends
-                    for s, row in zip(robot_stamps, tcp):
-                        h.add(int(s), se3.T_from_pos_quat(row[:3], row[3:]))
+                    tcp_T[arm] = np.stack([se3.T_from_pos_quat(row[:3], row[3:]) for row in tcp])
+                    for s, T in zip(robot_stamps, tcp_T[arm]):
+                        h.add(int(s), T)
                     histories[arm] = h
                     grippers[arm] = (robot_stamps.astype(np.int64), qpos[:, k * 7 + 6])
                 builder = ObservationBuilder(BuilderConfig(image_size=cfg.image_size, max_age_s=1e9, slop_s=1e9,
@@ -98,7 +103,9 @@ class EpisodeChunkDataset:
                                              CameraToBase(episode_calibrations(ep), histories))
                 e = len(self._episodes)
                 self._episodes.append(_Episode(path, ep.num_frames, histories, grippers, builder,
-                                               str(ep.meta.get("instruction", ""))))
+                                               str(ep.meta.get("instruction", "")),
+                                               ep.camera_stamps(cfg.reference_view), robot_stamps.astype(np.int64),
+                                               tcp_T))
                 self.index += [(e, t) for t in range(0, ep.num_frames, stride)]
 
     def __len__(self) -> int:
@@ -132,15 +139,21 @@ class EpisodeChunkDataset:
         return TrainingSample(obs, actions=self.target(e, obs.stamp_ns, T_base_ref))
 
     def state_and_action_rows(self, max_samples: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """States and target chunks of up to max_samples samples (for normalisation statistics)."""
+        """States and target chunks of up to max_samples samples, for normalisation statistics.
+
+        The same numbers as __getitem__ gives, computed from the recorded poses only (no image is decoded)."""
         rng = np.random.default_rng(seed)
-        pick = rng.permutation(len(self))[:max_samples]
+        pick = sorted(int(i) for i in rng.permutation(len(self))[:max_samples])
         states, actions = [], []
-        for i in sorted(pick):
-            s = self[int(i)]
-            T_base_ref = self.inputs.reference_pose(s.observation)
-            states.append(self.inputs.state_vector(s.observation.state, T_base_ref))
-            actions.append(s.actions)
+        for i in pick:
+            e, t = self.index[i]
+            ep = self._episodes[e]
+            stamp = int(ep.ref_stamps[t])
+            T_base_ref = ep.builder.camera_to_base.T_base_cam(optical_frame(self.cfg.reference_view), stamp)
+            arms = {a: ArmState(ep.tcp[a][t], np.zeros(6), float(ep.grippers[a][1][t]), int(ep.robot_stamps[t]))
+                    for a in self.cfg.arms}
+            states.append(self.inputs.state_vector(RobotState(arms, int(ep.robot_stamps[t])), T_base_ref))
+            actions.append(self.target(e, stamp, T_base_ref))
         return np.asarray(states), np.asarray(actions)
 
     def close(self) -> None:
