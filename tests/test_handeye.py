@@ -155,7 +155,7 @@ def test_still_frames_skip_motion() -> None:
     T = [se3.T_from_xyz_rpy([0.3, 0, 0.2], [np.pi, 0, 0])] * 6 + \
         [se3.T_from_xyz_rpy([0.3 + 0.01 * i, 0, 0.2], [np.pi, 0, 0]) for i in range(1, 4)] + \
         [se3.T_from_xyz_rpy([0.34, 0, 0.2], [np.pi, 0, 0])] * 6
-    idx = still_frames(np.arange(len(T)), np.stack(T))
+    idx = still_frames(np.stack(T))
     assert list(idx) == [2, 3, 11, 12]
 
 

@@ -65,7 +65,7 @@ def _samples(args: argparse.Namespace, board: CharucoBoard, arm: str):
         if not np.all(np.isfinite(tcp)):
             raise ValueError(f"{args.episode}: observations/tcp_pose/{arm} has missing (NaN) poses")
         T_base_tcp = np.stack([se3.T_from_pos_quat(r[:3], r[3:]) for r in tcp])
-        idx = one_per_pose(still_frames(ep.array("stamps/frame"), T_base_tcp), T_base_tcp)
+        idx = one_per_pose(still_frames(T_base_tcp), T_base_tcp)
         serial = args.serial if args.serial is not None else str(ep.meta.get("cameras", {}).get(args.camera, ""))
         intr = ep.intrinsics[args.camera]
         robot, board_poses, used = [], [], []

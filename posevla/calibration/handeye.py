@@ -147,8 +147,7 @@ def solve_hand_eye(kind: str, T_base_tcp: list[np.ndarray], T_cam_target: list[n
     return best
 
 
-def still_frames(stamps_ns: np.ndarray, T_base_tcp: np.ndarray, window: int = 2, max_mm: float = 0.5,
-                 max_deg: float = 0.1) -> np.ndarray:
+def still_frames(T_base_tcp: np.ndarray, window: int = 2, max_mm: float = 0.5, max_deg: float = 0.1) -> np.ndarray:
     """Indices of frames where the TCP moved less than max_mm / max_deg over +-window frames.
 
     Calibration samples must come from a robot at rest: the camera and the robot feedback are not sampled at
