@@ -39,11 +39,19 @@ def spin(ex, seconds: float, until=None, step_s: float = 0.02) -> None:
         ex.spin_once(timeout_sec=step_s)
 
 
+_CLIENTS: dict = {}
+
+
 def call_trigger(node, ex, name: str, timeout_s: float = 10.0):
     """Call a std_srvs/Trigger service and return its response (None if it did not answer in time)."""
     from std_srvs.srv import Trigger
 
-    cli = node.create_client(Trigger, name)
+    # one client per node and service: a client created just before the call can lose the reply while the
+    # server is still discovering it (the request arrives, the response has nowhere to go)
+    key = (id(node), name)
+    cli = _CLIENTS.get(key)
+    if cli is None:
+        cli = _CLIENTS[key] = node.create_client(Trigger, name)
     assert cli.wait_for_service(timeout_s), f"service {name} not available"
     fut = cli.call_async(Trigger.Request())
     spin(ex, timeout_s, until=fut.done)

@@ -178,8 +178,8 @@ def test_dropped_connection_recovers_without_a_jump(rig) -> None:
     sim.controllers["left"].drop_clients()
     time.sleep(0.1)
     assert "not connected" in driver.servo_pose("left", T_goal) or "stale" in driver.servo_pose("left", T_goal)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not driver.clients["left"].connected:
+    deadline = time.monotonic() + 5  # until the driver has noticed the drop and reconnected
+    while time.monotonic() < deadline and not (driver.clients["left"].connected and driver.reconnects["left"] >= 1):
         time.sleep(0.05)
     assert driver.clients["left"].connected and driver.reconnects["left"] >= 1
     time.sleep(0.1)

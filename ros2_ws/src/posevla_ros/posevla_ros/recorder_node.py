@@ -103,7 +103,10 @@ class RecorderNode(Node):
     def _do(self, fn) -> tuple[bool, str]:
         msg = fn()
         ok = not isinstance(msg, Refusal)
-        (self.get_logger().info if ok else self.get_logger().warning)(f"recorder: {msg}")
+        if ok:  # two call sites: rclpy refuses one call site logging at two severities
+            self.get_logger().info(f"recorder: {msg}")
+        else:
+            self.get_logger().warning(f"recorder: {msg}")
         if self.sound:
             cues.play("error" if not ok else "start" if self.rec.state == "recording" else "saved")
         return ok, msg
