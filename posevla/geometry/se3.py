@@ -60,8 +60,20 @@ def pos_quat_from_T(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def euler_from_matrix(R: np.ndarray) -> np.ndarray:
+    """(...,3,3) -> extrinsic xyz Euler angles (...,3) [roll, pitch, yaw] in radians, scipy's convention
+    (R = Rz(yaw) Ry(pitch) Rx(roll); pitch in [-pi/2, pi/2]).
+
+    Pitch from atan2 (not asin), yaw from the first column, then roll from what is left: near gimbal lock
+    yaw is ill-defined, but roll absorbs its error, so the angles rebuild R to machine precision (scipy's
+    as_euler is off by ~1e-8 there)."""
     R = np.asarray(R, dtype=float)
-    return Rotation.from_matrix(R.reshape(-1, 3, 3)).as_euler(EULER_SEQ).reshape(R.shape[:-2] + (3,))
+    pitch = np.arctan2(-R[..., 2, 0], np.hypot(R[..., 0, 0], R[..., 1, 0]))
+    yaw = np.arctan2(R[..., 1, 0], R[..., 0, 0])
+    cy, sy, cp, sp = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch)
+    m01 = cy * R[..., 0, 1] + sy * R[..., 1, 1]  # (Rz(yaw)^T R)[0, 1]
+    m11 = -sy * R[..., 0, 1] + cy * R[..., 1, 1]
+    roll = np.arctan2(sp * m01 + cp * R[..., 2, 1], m11)  # (Ry(pitch)^T Rz(yaw)^T R) = Rx(roll)
+    return np.stack([roll, pitch, yaw], axis=-1)
 
 
 def matrix_from_euler(e: np.ndarray) -> np.ndarray:
