@@ -1,7 +1,27 @@
-"""Kinematics of a Nova-like 6-DoF arm for the simulator: standard DH chain, forward kinematics, and
-damped-least-squares inverse kinematics with joint limits. Frames: arm base -> TCP (flange), metres, radians.
-The DH values approximate a Dobot Nova 5 (reach about 0.85 m); they are simulator parameters, not a
-calibrated model of the real arm.
+"""Kinematics of the X-Trainer's 6-DoF Dobot Nova arms: standard DH chain, tool frame, forward kinematics,
+and damped-least-squares inverse kinematics with joint limits. Frames: arm base -> flange -> tool (TCP);
+metres, radians. Joint angles are the controller's (``q_actual`` in degrees on the wire, radians here).
+
+Vendor models (`ArmKinematics.nova`), DH values from the X-Trainer's own code
+(github.com/Dobot-Arm/dobot_xtrainer, ``dobot_function/manipulate_utils.py``, ``forward_kinematics``, commit
+04cbec5f57aee6355b70c3933d84962376029f1d): standard DH rows (theta offset, d, a, alpha)
+
+    Nova 2: (0, 0.2234, 0, pi/2) (-pi/2, 0, -0.280, 0) (0, 0, -0.225, 0) (-pi/2, 0.1175, 0, pi/2)
+            (0, 0.120, 0, -pi/2) (0, 0.088, 0, 0)
+    Nova 5: d1 0.240, a2 -0.400, a3 -0.330, d4 0.135, d5 0.120, d6 0.088, same offsets and alphas.
+
+The X-Trainer ships Nova 2 by default (``mainCode.py``: ``which_robot_type = "Nova 2"``; it also accepts
+Nova 5). Joint limits are the vendor URDF's (github.com/Dobot-Arm/DOBOT_6Axis_ROS2_V4,
+``dobot_rviz/urdf/nova2_robot.urdf``, commit a1eabefdfc340bcb4bd1554d0d96df25e72f0d48): J1, J4-J6 +-6.28 rad,
+J2 +-3.14, J3 +-2.79. The URDF's joint origins chain to the same flange pose as the DH table to 0.02 mm for
+Nova 2 (tests/test_kinematics_vendor.py); the Nova 5 URDF is CAD-derived and differs from the DH by up to
+0.33 mm in the tested poses (d6 88.328 vs 88 mm). The tool frame is the vendor's ``SetTool(1, {0, 0, 197, 0, 0, 0})``: 197 mm
+along the flange z axis; its true value for a given gripper must be measured (docs/robot_vendor_facts.md).
+Home of the vendor model: the X-Trainer's leader start joints (``settings/dobot_config/dobot_settings.ini``:
+left -90, 0, -90, 0, 90, 90 deg; right mirrored), tool pointing down.
+
+The default-constructed `ArmKinematics()` keeps the earlier Nova-like approximation (no tool offset) that the
+simulator and tests were tuned on; the vendor model is `ArmKinematics.nova(...)`.
 """
 from __future__ import annotations
 
@@ -11,6 +31,22 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from posevla.geometry import se3
+from posevla.robot import units
+
+NOVA_DH: dict[str, dict[str, tuple[float, ...]]] = {
+    "nova2": {"d": (0.2234, 0.0, 0.0, 0.1175, 0.120, 0.088), "a": (0.0, -0.280, -0.225, 0.0, 0.0, 0.0)},
+    "nova5": {"d": (0.240, 0.0, 0.0, 0.135, 0.120, 0.088), "a": (0.0, -0.400, -0.330, 0.0, 0.0, 0.0)},
+}
+NOVA_ALPHA = (np.pi / 2, 0.0, 0.0, np.pi / 2, -np.pi / 2, 0.0)
+NOVA_THETA_OFFSET = (0.0, -np.pi / 2, 0.0, -np.pi / 2, 0.0, 0.0)
+NOVA_Q_LIMIT = (6.28, 3.14, 2.79, 6.28, 6.28, 6.28)  # radians, symmetric, from the vendor URDF
+XTRAINER_TOOL_Z_M = 0.197  # SetTool(1, {0, 0, 197, 0, 0, 0}) in dobot_control/robots/dobot.py
+XTRAINER_START_DEG = {"left": (-90.0, 0.0, -90.0, 0.0, 90.0, 90.0), "right": (90.0, 0.0, 90.0, 0.0, -90.0, -90.0)}
+
+
+def tool_from_controller(tool_mm_deg: np.ndarray) -> np.ndarray:
+    """SetTool's {x, y, z mm, rx, ry, rz deg} -> T_flange_tool (metres), same angle convention as poses."""
+    return units.pose_from_controller(np.asarray(tool_mm_deg, dtype=np.float64))
 
 
 @dataclass
@@ -20,28 +56,63 @@ class ArmKinematics:
     alpha: np.ndarray = field(default_factory=lambda: np.array([np.pi / 2, 0.0, 0.0, np.pi / 2, -np.pi / 2, 0.0]))
     q_min: np.ndarray = field(default_factory=lambda: np.deg2rad([-360, -360, -160, -360, -360, -360.0]))
     q_max: np.ndarray = field(default_factory=lambda: np.deg2rad([360, 360, 160, 360, 360, 360.0]))
+    theta_offset: np.ndarray = field(default_factory=lambda: np.zeros(6))  # DH theta = q + offset
+    T_flange_tool: np.ndarray = field(default_factory=lambda: np.eye(4))  # tool (TCP) frame on the flange
+    q_home: np.ndarray = field(default_factory=lambda: np.deg2rad([0.0, -60.0, 100.0, -130.0, -90.0, 0.0]))
+    model: str = "nova-like approximation"
 
-    def fk(self, q: np.ndarray) -> np.ndarray:
-        """T_armbase_tcp for joint angles q (6,) radians."""
+    @classmethod
+    def nova(cls, model: str = "nova2", T_flange_tool: np.ndarray | None = None,
+             tool_z_m: float = XTRAINER_TOOL_Z_M, arm: str = "left") -> ArmKinematics:
+        """The vendor's Nova 2 / Nova 5 model with a tool frame (default: the X-Trainer's 197 mm along flange z)
+        and the X-Trainer's start pose of the given arm ('left' or 'right') as home."""
+        if model not in NOVA_DH:
+            raise ValueError(f"unknown Nova model {model!r}; expected one of {sorted(NOVA_DH)}")
+        if arm not in XTRAINER_START_DEG:
+            raise ValueError(f"unknown arm {arm!r}; expected 'left' or 'right'")
+        if T_flange_tool is None:
+            T_flange_tool = se3.make_T(np.eye(3), np.array([0.0, 0.0, float(tool_z_m)]))
+        T_flange_tool = np.asarray(T_flange_tool, dtype=np.float64)
+        if T_flange_tool.shape != (4, 4) or not np.all(np.isfinite(T_flange_tool)):
+            raise ValueError("T_flange_tool must be a finite 4x4 matrix")
+        lim = np.asarray(NOVA_Q_LIMIT)
+        return cls(d=np.array(NOVA_DH[model]["d"]), a=np.array(NOVA_DH[model]["a"]), alpha=np.array(NOVA_ALPHA),
+                   q_min=-lim, q_max=lim.copy(), theta_offset=np.array(NOVA_THETA_OFFSET),
+                   T_flange_tool=T_flange_tool, q_home=np.deg2rad(XTRAINER_START_DEG[arm]), model=model)
+
+    def fk_flange(self, q: np.ndarray) -> np.ndarray:
+        """T_armbase_flange for joint angles q (6,) radians."""
         T = np.eye(4)
-        for qi, d, a, al in zip(np.asarray(q, float), self.d, self.a, self.alpha):
-            ct, st, ca, sa = np.cos(qi), np.sin(qi), np.cos(al), np.sin(al)
+        for qi, off, d, a, al in zip(np.asarray(q, float), self.theta_offset, self.d, self.a, self.alpha):
+            th = qi + off
+            ct, st, ca, sa = np.cos(th), np.sin(th), np.cos(al), np.sin(al)
             T = T @ np.array([[ct, -st * ca, st * sa, a * ct], [st, ct * ca, -ct * sa, a * st],
                               [0.0, sa, ca, d], [0.0, 0.0, 0.0, 1.0]])
         return T
 
+    def fk(self, q: np.ndarray) -> np.ndarray:
+        """T_armbase_tcp for joint angles q (6,) radians (flange pose times the tool frame)."""
+        return self.fk_flange(q) @ self.T_flange_tool
+
     def within_limits(self, q: np.ndarray) -> bool:
         return bool(np.all(q >= self.q_min - 1e-9) and np.all(q <= self.q_max + 1e-9))
 
+    def reach_m(self) -> float:
+        """Upper bound of the wrist centre's distance from the shoulder (metres)."""
+        return float(abs(self.a[1]) + abs(self.a[2]) + abs(self.d[3]) + abs(self.d[4]))
+
     def ik(self, T_target: np.ndarray, q_seed: np.ndarray, max_iter: int = 200, tol_pos: float = 1e-6,
            tol_rot: float = 1e-6, damping: float = 1e-3) -> np.ndarray | None:
-        """Joint angles reaching T_target, near q_seed; None when unreachable (or outside joint limits)."""
+        """Joint angles putting the TCP at T_target (arm base frame), near q_seed; None when unreachable
+        (or outside joint limits)."""
         q = np.array(q_seed, dtype=float)
+        if not np.all(np.isfinite(T_target)) or not np.all(np.isfinite(q)):
+            return None
         # quick reject: the wrist centre must be within the shoulder's reach
-        wrist = T_target[:3, 3] - T_target[:3, :3] @ np.array([0.0, 0.0, self.d[5]])
+        T_flange = T_target @ se3.invert_T(self.T_flange_tool)
+        wrist = T_flange[:3, 3] - T_flange[:3, :3] @ np.array([0.0, 0.0, self.d[5]])
         shoulder = np.array([0.0, 0.0, self.d[0]])
-        reach = abs(self.a[1]) + abs(self.a[2]) + abs(self.d[3]) + abs(self.d[4])
-        if np.linalg.norm(wrist - shoulder) > reach:
+        if np.linalg.norm(wrist - shoulder) > self.reach_m():
             return None
         for _ in range(max_iter):
             err = self._error(T_target, self.fk(q))
@@ -71,7 +142,7 @@ class ArmKinematics:
 
     def home(self) -> np.ndarray:
         """A comfortable start configuration: TCP in front of the base, tool pointing down."""
-        return np.deg2rad([0.0, -60.0, 100.0, -130.0, -90.0, 0.0])
+        return np.array(self.q_home, dtype=float)
 
 
 def T_tool_down(xyz: np.ndarray, yaw: float = 0.0) -> np.ndarray:
