@@ -1,0 +1,340 @@
+"""Pose-VLA's flow sampler written against a static, preallocated KV cache: the graph-friendly inference path.
+
+The eager reference is `PoseVLAModel.sample_actions` (transformers' dynamic cache: `torch.cat` on every
+update, `crop` after every flow step). Here every tensor has a shape fixed by `StaticShape` (batch, number
+of present views, prompt bucket), so the same code runs eagerly on the CPU, is captured as CUDA graphs
+(`torch_graphs` engine) and is exported to ONNX (`onnxruntime` engine). It reads the weights of the
+transformers modules inside `PoseVLAModel` (no copy, no hook in network.py) and re-states only their
+forward passes:
+
+  prefix:  views -> SigLIP (+ geometry priors) -> projector -> [image | prompt] -> Gemma layers; each layer's
+           keys/values (after RoPE) are written into the cache slots [0, prefix_len). The last layer's
+           attention and MLP are skipped: nothing reads the prefix's final hidden states when sampling.
+  expert:  [state | noisy actions + time] -> expert Gemma layers; each layer writes its keys/values into the
+           cache slots [prefix_len, prefix_len + 1 + chunk) and attends over the whole cache with a fixed
+           mask (prefix bidirectional over valid keys; the state token sees prefix + itself; action tokens
+           see everything), exactly pi0's block mask.
+  sample:  Euler from t=1 to t=0 with the time grid and step sizes as tensors (graph inputs), x kept in fp32.
+
+Numerics: RoPE inverse frequencies and the sinusoidal time frequencies are computed here in fp32 from the
+transformers config (the same functions transformers uses), so a bf16 model never rounds them.
+
+Absent views are dropped rather than masked: the eager path gives their tokens mask 0, so they neither
+attend nor are attended to nor advance positions; removing them gives the same result with fewer tokens.
+A prompt is right-padded to its bucket with mask 0, which leaves positions and attention of the real
+tokens unchanged.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers.models.gemma.modeling_gemma import GemmaRotaryEmbedding
+from transformers.models.pi0.modeling_pi0 import PI0TimestepEmbeddings
+
+from posevla.model.network import PoseVLAModel
+
+KV_ALIGN = 16  # cache length is rounded up to this many slots (aligned rows for fused attention kernels)
+PROMPT_BUCKET = 16  # prompt lengths are padded to a multiple of this many tokens
+
+
+def round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def prompt_bucket(prompt_tokens: int, max_prompt_tokens: int) -> int:
+    """Smallest multiple of PROMPT_BUCKET holding `prompt_tokens` (capped at the config's maximum, rounded up)."""
+    if prompt_tokens < 1:
+        raise ValueError(f"prompt has {prompt_tokens} tokens; at least <bos> is needed")
+    cap = round_up(max_prompt_tokens, PROMPT_BUCKET)
+    if prompt_tokens > cap:
+        raise ValueError(f"prompt has {prompt_tokens} tokens, more than max_prompt_tokens={max_prompt_tokens}")
+    return min(round_up(prompt_tokens, PROMPT_BUCKET), cap)
+
+
+@dataclass(frozen=True)
+class StaticShape:
+    """Every size of one static instance. views = views present (1..len(config.views)); prompt = bucket."""
+
+    batch: int
+    views: int
+    prompt: int
+    tokens_per_view: int
+    chunk: int
+
+    @property
+    def image_tokens(self) -> int:
+        return self.views * self.tokens_per_view
+
+    @property
+    def prefix_len(self) -> int:
+        return self.image_tokens + self.prompt
+
+    @property
+    def suffix_len(self) -> int:
+        return 1 + self.chunk  # state token + action tokens
+
+    @property
+    def kv_len(self) -> int:
+        return round_up(self.prefix_len + self.suffix_len, KV_ALIGN)
+
+
+def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pad the last dimension to `width` (no-op when already that wide)."""
+    extra = width - x.shape[-1]
+    return F.pad(x, (0, extra)) if extra > 0 else x
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, L, D); cos/sin (B, L, D) already in x's dtype (as transformers' Gemma)."""
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+
+class StaticPi0(nn.Module):
+    """Prefix / expert step / sampler of a PoseVLAModel over a static KV cache. Holds no weights of its own."""
+
+    def __init__(self, model: PoseVLAModel) -> None:
+        super().__init__()
+        self.model = model
+        pi0 = model.pi0
+        self.vlm_layers = model.vlm.language_model.layers
+        self.expert = pi0.model.dit
+        self.time_embed = pi0.embed_action_time
+        self.action_out = pi0.action_out_proj
+        text_cfg = model.vlm.language_model.config
+        self.n_layers = text_cfg.num_hidden_layers
+        self.n_heads = text_cfg.num_attention_heads
+        self.n_kv = text_cfg.num_key_value_heads
+        self.head_dim = text_cfg.head_dim
+        self.chunk = model.cfg.chunk_length
+        # the expert's state/action projections may be wider than the robot's vectors (zero-padded in, cut out)
+        self.action_dim = model.cfg.action_dim
+        self.io_state = self.time_embed.state_proj.in_features
+        self.io_action = self.action_out.out_features
+        # fp32 frequencies from the same functions transformers uses (one source of truth), never cast to bf16
+        self.register_buffer("rope_freq_prefix", self._rope_freq(text_cfg), persistent=False)
+        self.register_buffer("rope_freq_expert", self._rope_freq(self.expert.config), persistent=False)
+        self.register_buffer("time_freq", PI0TimestepEmbeddings.compute_freqs(pi0.config).float(), persistent=False)
+
+    @staticmethod
+    def _rope_freq(cfg) -> torch.Tensor:
+        if cfg.rope_parameters.get("rope_type", "default") != "default":
+            raise ValueError(f"rope_type={cfg.rope_parameters['rope_type']!r}: the static engine implements 'default'")
+        inv_freq, scaling = GemmaRotaryEmbedding.compute_default_rope_parameters(cfg)
+        if scaling != 1.0:
+            raise ValueError(f"RoPE attention scaling {scaling} != 1 is not implemented")
+        return inv_freq.float()
+
+    def _apply(self, fn, recurse=True):
+        # keep the frequency buffers fp32 through .to(dtype)/.half()/.bfloat16(): only move their device
+        frozen = {n: getattr(self, n) for n in ("rope_freq_prefix", "rope_freq_expert", "time_freq")}
+        super()._apply(fn, recurse)
+        for n, t in frozen.items():
+            moved = fn(t)
+            setattr(self, n, t.to(moved.device))
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.action_out.weight.dtype
+
+    def shape(self, batch: int, views: int, prompt: int) -> StaticShape:
+        return StaticShape(batch, views, prompt, self.model.cfg.tokens_per_view, self.chunk)
+
+    def new_cache(self, shape: StaticShape, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preallocated keys and values, (layers, B, kv_heads, kv_len, head_dim) each, zero-filled."""
+        size = (self.n_layers, shape.batch, self.n_kv, shape.kv_len, self.head_dim)
+        return (torch.zeros(size, dtype=self.dtype, device=device), torch.zeros(size, dtype=self.dtype, device=device))
+
+    # ------------------------------------------------------------------ building blocks
+    def _rope(self, positions: torch.Tensor, freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = positions[..., None].float() * freq  # fp32
+        emb = torch.cat((angles, angles), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+        """q (B, H, Lq, D), k/v (B, H_kv, Lk, D), additive bias broadcastable to (B, H, Lq, Lk) -> (B, Lq, H*D)."""
+        b, h_kv, lk, d = k.shape
+        rep = self.n_heads // h_kv
+        if rep > 1:
+            k = k[:, :, None].expand(b, h_kv, rep, lk, d).reshape(b, h_kv * rep, lk, d)
+            v = v[:, :, None].expand(b, h_kv, rep, lk, d).reshape(b, h_kv * rep, lk, d)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
+    def _qkv(self, layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        attn = layer.self_attn
+        b, n, _ = h.shape
+        q = attn.q_proj(h).view(b, n, -1, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(b, n, -1, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(b, n, -1, self.head_dim).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _finish_layer(self, layer: nn.Module, residual: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        h = residual + layer.self_attn.o_proj(attn_out)
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    # ------------------------------------------------------------------ prefix
+    def prefix_embeddings(self, pixels: torch.Tensor, raymaps: torch.Tensor, depth: torch.Tensor,
+                          keep: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """(B, V, ...) present views only, keep (2,) = [ray, depth] factors in {0, 1}, prompt (B, P) -> (B, Lp, D)."""
+        m = self.model
+        b, nv = pixels.shape[:2]
+        dtype = self.dtype
+        vis = m.vlm.vision_tower(pixels.flatten(0, 1).to(dtype)).last_hidden_state
+        keep = keep.to(dtype)
+        vis = vis + m.geometry(raymaps.flatten(0, 1).to(dtype) * keep[0], depth.flatten(0, 1).to(dtype) * keep[1])
+        img = m.vlm.multi_modal_projector(vis)
+        img = img.reshape(b, nv * img.shape[1], img.shape[2])
+        txt = m.vlm.get_input_embeddings()(prompt_ids).to(dtype)
+        return torch.cat([img, txt], dim=1)
+
+    def prefix_kv(self, embeds: torch.Tensor, key_valid: torch.Tensor,
+                  write: Callable[[int, torch.Tensor, torch.Tensor], None]) -> None:
+        """Run the VLM layers over the prefix; `write(layer, k, v)` stores each layer's keys/values (B, H_kv, Lp, D)."""
+        dtype = embeds.dtype
+        positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
+        cos, sin = self._rope(positions, self.rope_freq_prefix, dtype)
+        bias = torch.where(key_valid[:, None, None, :], 0.0, torch.finfo(dtype).min).to(dtype)
+        h = embeds
+        last = self.n_layers - 1
+        for i, layer in enumerate(self.vlm_layers):
+            x = layer.input_layernorm(h)
+            q, k, v = self._qkv(layer, x, cos, sin)
+            write(i, k, v)
+            if i == last:
+                break  # the prefix's last hidden states are never read
+            h = self._finish_layer(layer, h, self._attend(q, k, v, bias, layer.self_attn.scaling))
+
+    # ------------------------------------------------------------------ expert
+    def suffix_layout(self, key_valid: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (B, 1+chunk) and additive bias (B, 1, 1+chunk, kv_len) of the expert's tokens."""
+        b, lp = key_valid.shape
+        dev, dtype = key_valid.device, self.dtype
+        n_valid = key_valid.long().sum(-1, keepdim=True)
+        positions = n_valid + torch.arange(1 + self.chunk, device=dev)[None]
+        prefix_ok = key_valid[:, None, :].expand(b, 1 + self.chunk, lp)
+        rows = torch.arange(1 + self.chunk, device=dev)
+        cols = torch.arange(1 + self.chunk, device=dev)
+        # the state token (row 0) sees itself only; action tokens (rows >= 1) see the state and all actions
+        suffix_ok = ((rows[:, None] >= 1) | (cols[None, :] == 0))[None].expand(b, -1, -1)
+        pad_ok = torch.zeros(b, 1 + self.chunk, kv_len - lp - 1 - self.chunk, dtype=torch.bool, device=dev)
+        ok = torch.cat([prefix_ok, suffix_ok, pad_ok], dim=-1)
+        bias = torch.where(ok[:, None], 0.0, torch.finfo(dtype).min).to(dtype)
+        return positions, bias
+
+    def suffix_embeddings(self, state: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """pi0's [state | action + time] embeddings with fp32 time frequencies. state (B, S), x (B, chunk, A), t (B,)."""
+        te = self.time_embed
+        dtype = self.dtype
+        state_emb = te.state_proj(_pad_to(state, self.io_state).to(dtype))
+        act_emb = te.action_in_proj(x.to(dtype))
+        ang = self.time_freq[None, :] * t.float()[:, None]
+        t_emb = torch.cat([ang.sin(), ang.cos()], dim=1)[:, None, :].expand_as(act_emb).to(dtype)
+        at = te.action_time_mlp_out(F.silu(te.action_time_mlp_in(torch.cat([act_emb, t_emb], dim=2))))
+        return torch.cat([state_emb[:, None, :], at], dim=1)
+
+    def expert_velocity(self, state: torch.Tensor, x: torch.Tensor, t: torch.Tensor, positions: torch.Tensor,
+                        bias: torch.Tensor,
+                        kv: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One flow step's velocity (B, chunk, A), fp32. `kv(layer, k_suffix, v_suffix)` returns the layer's full
+        keys/values (prefix + suffix + padding, length kv_len) - the static cache writes the suffix in place."""
+        h = self.suffix_embeddings(state, x, t)
+        cos, sin = self._rope(positions, self.rope_freq_expert, h.dtype)
+        for i, layer in enumerate(self.expert.layers):
+            xn = layer.input_layernorm(h)
+            q, k, v = self._qkv(layer, xn, cos, sin)
+            k_all, v_all = kv(i, k, v)
+            h = self._finish_layer(layer, h, self._attend(q, k_all, v_all, bias, layer.self_attn.scaling))
+        h = self.expert.norm(h)
+        return self.action_out(h[:, -self.chunk:]).float()
+
+    def euler(self, state: torch.Tensor, noise: torch.Tensor, times: torch.Tensor, dts: torch.Tensor,
+              positions: torch.Tensor, bias: torch.Tensor, kv) -> torch.Tensor:
+        """x <- x + dt_k * v(x, t_k) for k = 0..steps-1 (times/dts (steps,) fp32), x zero-padded to the expert's
+        action width. Returns fp32 actions (B, chunk, action_dim)."""
+        x = _pad_to(noise.float(), self.io_action)
+        b = x.shape[0]
+        for k in range(times.shape[0]):
+            v = self.expert_velocity(state, x, times[k].expand(b), positions, bias, kv)
+            x = x + dts[k] * v
+        return x[..., :self.action_dim]
+
+
+def euler_grid(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """pi0's time grid t_k = 1 - k/steps and constant step -1/steps, fp32, as the eager sampler computes them."""
+    dt = -1.0 / steps
+    times = torch.tensor([1.0 + k * dt for k in range(steps)], dtype=torch.float32)
+    return times, torch.full((steps,), dt, dtype=torch.float32)
+
+
+class StaticSampler:
+    """Static buffers + the three phases for one StaticShape on one device; `run()` is what gets graph-captured.
+
+    Inputs are written into `self.inputs[...]` (in place), outputs read from `self.actions`. Nothing in
+    `prefix()` / `denoise()` allocates a tensor whose address must survive between calls except these buffers.
+    """
+
+    def __init__(self, core: StaticPi0, shape: StaticShape, steps: int, device: torch.device) -> None:
+        self.core, self.shape, self.steps, self.device = core, shape, steps, device
+        cfg = core.model.cfg
+        s, b, nv = cfg.image_size, shape.batch, shape.views
+        f32 = dict(dtype=torch.float32, device=device)
+        times, dts = euler_grid(steps)
+        self.inputs: dict[str, torch.Tensor] = {
+            "pixel_values": torch.zeros(b, nv, 3, s, s, **f32),
+            "raymaps": torch.zeros(b, nv, 3, s, s, **f32),
+            "depth_priors": torch.zeros(b, nv, 2, s, s, **f32),
+            "keep": torch.ones(2, **f32),
+            "prompt_ids": torch.zeros(b, shape.prompt, dtype=torch.long, device=device),
+            "prompt_mask": torch.zeros(b, shape.prompt, dtype=torch.bool, device=device),
+            "state": torch.zeros(b, cfg.state_dim, **f32),
+            "noise": torch.zeros(b, shape.chunk, cfg.action_dim, **f32),
+            "times": times.to(device),
+            "dts": dts.to(device),
+        }
+        self.k_cache, self.v_cache = core.new_cache(shape, device)
+        self.positions = torch.zeros(b, shape.suffix_len, dtype=torch.long, device=device)
+        self.bias = torch.zeros(b, 1, shape.suffix_len, shape.kv_len, dtype=core.dtype, device=device)
+        self.actions = torch.zeros(b, shape.chunk, cfg.action_dim, **f32)
+
+    def _write_prefix(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        lp = self.shape.prefix_len
+        self.k_cache[i, :, :, :lp].copy_(k)
+        self.v_cache[i, :, :, :lp].copy_(v)
+
+    def _suffix_kv(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lp, ls = self.shape.prefix_len, self.shape.suffix_len
+        self.k_cache[i, :, :, lp:lp + ls].copy_(k)
+        self.v_cache[i, :, :, lp:lp + ls].copy_(v)
+        return self.k_cache[i], self.v_cache[i]
+
+    def prefix(self) -> None:
+        inp = self.inputs
+        embeds = self.core.prefix_embeddings(inp["pixel_values"], inp["raymaps"], inp["depth_priors"], inp["keep"],
+                                             inp["prompt_ids"])
+        b, ni = self.shape.batch, self.shape.image_tokens
+        key_valid = torch.cat([torch.ones(b, ni, dtype=torch.bool, device=self.device), inp["prompt_mask"]], dim=1)
+        self.core.prefix_kv(embeds, key_valid, self._write_prefix)
+        positions, bias = self.core.suffix_layout(key_valid, self.shape.kv_len)
+        self.positions.copy_(positions)
+        self.bias.copy_(bias)
+
+    def denoise(self) -> None:
+        inp = self.inputs
+        out = self.core.euler(inp["state"], inp["noise"], inp["times"], inp["dts"], self.positions, self.bias,
+                              self._suffix_kv)
+        self.actions.copy_(out)
+
+    def run(self) -> torch.Tensor:
+        self.prefix()
+        self.denoise()
+        return self.actions

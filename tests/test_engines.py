@@ -1,0 +1,160 @@
+"""Inference engines against the eager reference (PoseVLAModel.sample_actions) on the tiny config, on the CPU.
+
+Tolerance: the static-cache path and the ONNX graphs compute the same fp32 arithmetic in a different order
+(SDPA over a preallocated cache vs transformers' dynamic cache; absent views dropped instead of masked),
+so the normalised actions (|a| ~ 1-4) agree to ATOL = 1e-4 (measured ~5e-7).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from posevla.model.engines import ENGINES, make_engine
+from posevla.model.engines.static_kv import KV_ALIGN, StaticPi0, StaticSampler, prompt_bucket
+from posevla.model.policy import PoseVLAPolicy
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "models" / "tiny.yaml"
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def policy() -> PoseVLAPolicy:
+    torch.set_num_threads(1)
+    pol = PoseVLAPolicy.from_config(TINY, seed=3, device="cpu")
+    # geometry's output projections start at zero; give them weights so the modalities change the answer
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for lin in (pol.model.geometry.ray.out, pol.model.geometry.depth.out):
+            lin.weight.copy_(0.05 * torch.randn(lin.weight.shape, generator=gen))
+    return pol
+
+
+def _arrays(policy, views=None, instruction="pick up the red cube"):
+    obs = policy.synthetic_observation(instruction)
+    if views is not None:
+        obs.views = {k: v for k, v in obs.views.items() if k in views}
+    return obs, policy.batcher.observation_arrays([obs])
+
+
+@pytest.fixture(scope="module")
+def eager(policy):
+    return make_engine(policy, "torch")
+
+
+@pytest.fixture(scope="module")
+def graphs(policy):
+    return make_engine(policy, "torch_graphs")
+
+
+@pytest.mark.parametrize("views,modalities", [(None, "full"), (None, "rgb"), (("head", "right_wrist"), "rgb+depth"),
+                                              (("head",), "rgb+ray")])
+def test_static_cache_matches_eager(policy, eager, graphs, views, modalities):
+    _, arrays = _arrays(policy, views)
+    noise = eager.noise(11)
+    ref = eager.sample(arrays, noise, modalities)
+    got = graphs.sample(arrays, noise, modalities)
+    assert got.shape == (policy.config.chunk_length, policy.config.action_dim)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=ATOL)
+    # the comparison is not vacuous: another modality or noise gives another answer
+    other = eager.sample(arrays, noise, "rgb" if modalities != "rgb" else "full")
+    assert np.abs(other - ref).max() > 100 * ATOL
+    assert np.abs(graphs.sample(arrays, eager.noise(12), modalities) - ref).max() > 100 * ATOL
+
+
+def test_prompt_buckets_and_padding(policy, eager, graphs):
+    short = policy.batcher.observation_arrays([policy.synthetic_observation("go")])
+    long = policy.batcher.observation_arrays([policy.synthetic_observation("pick up the red cube and place it "
+                                                                           "in the blue bowl on the left")])
+    n_short, n_long = short["prompt_ids"].shape[1], long["prompt_ids"].shape[1]
+    assert prompt_bucket(n_short, 48) == 16 and n_short < 16  # padded inside the bucket
+    assert prompt_bucket(n_long, 48) > 16
+    noise = eager.noise(5)
+    for arrays in (short, long):
+        np.testing.assert_allclose(graphs.sample(arrays, noise), eager.sample(arrays, noise), rtol=0, atol=ATOL)
+    assert prompt_bucket(1, 48) == 16 and prompt_bucket(17, 48) == 32 and prompt_bucket(48, 48) == 48
+    assert prompt_bucket(60, 64) == 64
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        prompt_bucket(49, 48)
+    with pytest.raises(ValueError, match="at least"):
+        prompt_bucket(0, 48)
+
+
+def test_static_buffers_never_move(policy):
+    """The cache and every input/output keep their storage across calls (what CUDA graph replay relies on)."""
+    core = StaticPi0(policy.model)
+    shape = core.shape(1, 3, 32)
+    assert shape.kv_len % KV_ALIGN == 0 and shape.kv_len >= shape.prefix_len + 1 + policy.config.chunk_length
+    sampler = StaticSampler(core, shape, policy.config.flow_steps, torch.device("cpu"))
+    ptrs = {k: v.data_ptr() for k, v in sampler.inputs.items()}
+    ptrs.update(k=sampler.k_cache.data_ptr(), v=sampler.v_cache.data_ptr(), out=sampler.actions.data_ptr())
+    with torch.inference_mode():
+        gen = torch.Generator().manual_seed(0)
+        for name in ("pixel_values", "raymaps", "depth_priors", "noise", "state"):
+            sampler.inputs[name].copy_(torch.randn(sampler.inputs[name].shape, generator=gen))
+        sampler.inputs["prompt_mask"][:, :20] = True
+        first = sampler.run().clone()
+        sampler.inputs["noise"].mul_(-1)
+        second = sampler.run().clone()
+    after = {k: v.data_ptr() for k, v in sampler.inputs.items()}
+    after.update(k=sampler.k_cache.data_ptr(), v=sampler.v_cache.data_ptr(), out=sampler.actions.data_ptr())
+    assert after == ptrs
+    assert not torch.allclose(first, second)
+    # padding slots past prefix + suffix are never written
+    end = shape.prefix_len + shape.suffix_len
+    assert torch.count_nonzero(sampler.k_cache[:, :, :, end:]) == 0
+
+
+def test_frequencies_stay_fp32_under_bf16(policy):
+    model = copy.deepcopy(policy.model)
+    core = StaticPi0(model).to(torch.bfloat16)
+    assert core.action_out.weight.dtype == torch.bfloat16
+    for name in ("rope_freq_prefix", "rope_freq_expert", "time_freq"):
+        assert getattr(core, name).dtype == torch.float32
+    ref = 1.0 / (10000.0 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))  # tiny head_dim 16, theta 1e4
+    torch.testing.assert_close(core.rope_freq_prefix, ref, rtol=0, atol=0)
+    # a bf16-rounded frequency would be off by up to 2**-9 relative
+    assert (core.time_freq.to(torch.bfloat16).float() != core.time_freq).any()
+
+
+def test_onnxruntime_matches_eager(policy, eager, tmp_path):
+    pytest.importorskip("onnxruntime")
+    engine = make_engine(policy, "onnxruntime", onnx_dir=tmp_path, intra_op_threads=1)
+    for views, modalities in ((None, "full"), (("head", "left_wrist"), "rgb+ray")):
+        _, arrays = _arrays(policy, views)
+        noise = eager.noise(21)
+        np.testing.assert_allclose(engine.sample(arrays, noise, modalities), eager.sample(arrays, noise, modalities),
+                                   rtol=0, atol=ATOL)
+    assert sorted(p.name for p in (tmp_path / "v3_p32_float32").iterdir()) == ["prefix.onnx", "sampler.onnx"]
+    engine.close()
+
+
+def test_engine_predict_matches_policy(policy, graphs):
+    obs, _ = _arrays(policy)
+    ref = policy.predict(obs, noise_seed=4)
+    got = graphs.predict(obs, noise_seed=4)
+    for arm in policy.config.arms:
+        np.testing.assert_allclose(got.arms[arm].T, ref.arms[arm].T, atol=1e-4)
+        np.testing.assert_allclose(got.arms[arm].gripper, ref.arms[arm].gripper, atol=1e-4)
+    assert got.frame_id == ref.frame_id and got.stamp_ns == ref.stamp_ns
+    assert set(graphs.last_timing) == {"preprocess_s", "model_s", "postprocess_s"}
+    assert all(v >= 0 for v in graphs.last_timing.values())
+
+
+def test_engine_errors(policy):
+    with pytest.raises(ValueError, match="must be one of"):
+        make_engine(policy, "tensorflow")
+    with pytest.raises(ValueError, match="invalid options"):
+        make_engine(policy, "torch_graphs", warp_speed=True)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        make_engine(policy, "torch_graphs", cuda_graphs=True)
+    with pytest.raises(ValueError, match="modalities"):
+        make_engine(policy, "torch_graphs").predict(policy.synthetic_observation(), modalities="lidar")
+    if "onnxruntime" in ENGINES:
+        pytest.importorskip("onnxruntime")
+        with pytest.raises(ValueError, match="provider"):
+            make_engine(policy, "onnxruntime", provider="quantum")
