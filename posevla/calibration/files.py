@@ -24,6 +24,7 @@ SCHEMA_VERSION = 1
 KINDS = ("eye_to_hand", "eye_in_hand")
 ARM_FRAMES = ("left", "right")
 EYE_TO_HAND_PARENTS = ("base_link", "left_arm_base", "right_arm_base")
+UNCERTAINTY_KEYS = ("translation_mm", "rotation_deg")  # optional uncertainty_1sigma block: parent-frame x, y, z
 
 
 def expected_child(parent: str, kind: str) -> set[str]:
@@ -46,6 +47,9 @@ class HandEyeCalibration:
     date: str = ""
     residuals: dict[str, float] = field(default_factory=dict)
     path: Path | None = None
+    # 1-sigma of the transform along/about the PARENT frame's x, y, z (optional; written by the solver):
+    # {"translation_mm": [x, y, z], "rotation_deg": [x, y, z]}
+    uncertainty: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def arm(self) -> str | None:
@@ -59,7 +63,9 @@ class HandEyeCalibration:
                 "date": self.date,
                 "transform": {"matrix": np.round(self.T_parent_child, 12).tolist(), "xyz": p.tolist(),
                               "quaternion_xyzw": q.tolist()},
-                "residuals": dict(self.residuals)}
+                "residuals": dict(self.residuals),
+                **({"uncertainty_1sigma": {k: [float(x) for x in v] for k, v in self.uncertainty.items()}}
+                   if self.uncertainty else {})}
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary file, then rename): a crash never leaves a half-written calibration."""
@@ -120,8 +126,26 @@ class HandEyeCalibration:
         res = data.get("residuals") or {}
         if not isinstance(res, dict):
             raise bad("residuals", "must be a mapping")
+        try:
+            res = {str(k): float(v) for k, v in res.items()}
+        except (TypeError, ValueError) as exc:
+            raise bad("residuals", f"values must be numbers: {exc}") from exc
+        unc = data.get("uncertainty_1sigma") or {}
+        if not isinstance(unc, dict):
+            raise bad("uncertainty_1sigma", "must be a mapping with translation_mm and rotation_deg")
+        unknown = set(unc) - set(UNCERTAINTY_KEYS)
+        if unknown:
+            raise bad(f"uncertainty_1sigma.{sorted(unknown)[0]}", f"is unknown (expected {list(UNCERTAINTY_KEYS)})")
+        for k in UNCERTAINTY_KEYS if unc else ():
+            v = unc.get(k)
+            try:
+                arr = np.asarray(v, dtype=float)
+            except (TypeError, ValueError):
+                arr = np.zeros(0)
+            if arr.shape != (3,) or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+                raise bad(f"uncertainty_1sigma.{k}", f"is {v!r}, expected 3 finite non-negative numbers (x, y, z)")
         return cls(kind, parent, child, T, str(serial), str(data.get("method", "")), str(data.get("date", "")),
-                   {k: float(v) for k, v in res.items()})
+                   res, uncertainty={k: [float(x) for x in unc[k]] for k in UNCERTAINTY_KEYS if unc})
 
 
 def file_sha256(path: str | Path) -> str:

@@ -7,7 +7,10 @@ Frames: T_base_tcp (robot feedback, base_link), T_cam_target (board seen by the 
   T_tcp_target = inv(T_base_tcp_i) @ X @ T_cam_target_i is the same for every sample.
 Residuals are the spread of that constant transform over the samples (translation in mm, rotation in deg):
 what a user can read as "how far apart would the board be, seen through each sample".
-OpenCV's four classical solvers are run and the one with the smallest median residual is kept.
+OpenCV's four classical solvers are run and the one with the smallest median residual is kept, after the
+motions were checked to determine X at all (`posevla.calibration.observability`); singular or non-finite
+solver results are refusals. `posevla.calibration.pipeline` adds per-view checks, outlier trimming, a joint
+reprojection-error refinement and the uncertainty of the result.
 """
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from posevla.calibration.observability import Observability, check_motions
+from posevla.calibration.refine import constant_part
+from posevla.calibration.views import MIN_CORNERS, BoardView, ViewChecks, detect_corners, solve_view
 from posevla.geometry import se3
 from posevla.geometry.intrinsics import CameraIntrinsics
 
@@ -66,23 +72,20 @@ class CharucoBoard:
         return self.cv_board().generateImage(size, marginSize=margin_px)
 
 
-def detect_board(rgb: np.ndarray, intr: CameraIntrinsics, board: CharucoBoard, min_corners: int = 6
+def detect_board(rgb: np.ndarray, intr: CameraIntrinsics, board: CharucoBoard, min_corners: int = MIN_CORNERS
                  ) -> np.ndarray | None:
-    """T_cam_target (4x4, metres) of the board in an RGB image, or None when too few corners are seen."""
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    cvb = board.cv_board()
-    corners, ids, _, _ = cv2.aruco.CharucoDetector(cvb).detectBoard(gray)
-    if ids is None or len(ids) < min_corners:
-        return None
-    obj, img = cvb.matchImagePoints(corners, ids)
-    if len(obj) < min_corners:
-        return None
-    dist = np.asarray(intr.distortion, float) if intr.distortion_model in ("plumb_bob", "rational_polynomial") \
-        else np.zeros(5)  # RealSense color streams report (near) zero Brown-Conrady/inverse coefficients
-    ok, rvec, tvec = cv2.solvePnP(obj, img, intr.K, dist, flags=cv2.SOLVEPNP_ITERATIVE)
-    if not ok:
-        return None
-    return se3.make_T(cv2.Rodrigues(rvec)[0], tvec.ravel())
+    """T_cam_target (4x4, metres) of the board in an RGB image, or None when the view fails a check of
+    `posevla.calibration.views` (too few corners, collinear or tiny coverage, high reprojection error,
+    ambiguous PnP). `detect_view` gives the reason."""
+    v = detect_view(rgb, intr, board, ViewChecks(min_corners=min_corners))
+    return v.T_cam_target if v.ok else None
+
+
+def detect_view(rgb: np.ndarray, intr: CameraIntrinsics, board: CharucoBoard, checks: ViewChecks = ViewChecks()
+                ) -> BoardView:
+    """Corners, board pose and the per-view checks of one RGB image (never raises on a bad view)."""
+    obj, img, ids = detect_corners(rgb, board)
+    return solve_view(obj, img, ids, intr, board, checks)
 
 
 @dataclass(frozen=True)
@@ -99,16 +102,10 @@ class HandEyeResult:
                 "samples": int(self.translation_mm.size)}
 
 
-def _constant_part(kind: str, T_base_tcp: np.ndarray, X: np.ndarray, T_cam_target: np.ndarray) -> np.ndarray:
-    if kind == "eye_in_hand":
-        return T_base_tcp @ X @ T_cam_target  # T_base_target
-    return se3.invert_T(T_base_tcp) @ X @ T_cam_target  # T_tcp_target
-
-
 def residuals(kind: str, T_base_tcp: list[np.ndarray], T_cam_target: list[np.ndarray], X: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample translation (mm) and rotation (deg) distance of the constant transform from its mean."""
-    consts = np.stack([_constant_part(kind, a, X, b) for a, b in zip(T_base_tcp, T_cam_target)])
+    consts = np.stack([constant_part(kind, a, X, b) for a, b in zip(T_base_tcp, T_cam_target)])
     mean_t = consts[:, :3, 3].mean(0)
     mean_R = Rotation.from_matrix(consts[:, :3, :3]).mean()
     dt = np.linalg.norm(consts[:, :3, 3] - mean_t, axis=1) * 1e3
@@ -116,8 +113,7 @@ def residuals(kind: str, T_base_tcp: list[np.ndarray], T_cam_target: list[np.nda
     return dt, dr
 
 
-def solve_hand_eye(kind: str, T_base_tcp: list[np.ndarray], T_cam_target: list[np.ndarray]) -> HandEyeResult:
-    """X from >= 3 pose pairs with rotations about different axes; see the module docstring for frames."""
+def _check_inputs(kind: str, T_base_tcp: list[np.ndarray], T_cam_target: list[np.ndarray]) -> None:
     if kind not in ("eye_in_hand", "eye_to_hand"):
         raise ValueError(f"kind {kind!r} must be eye_in_hand or eye_to_hand")
     if len(T_base_tcp) != len(T_cam_target):
@@ -125,25 +121,72 @@ def solve_hand_eye(kind: str, T_base_tcp: list[np.ndarray], T_cam_target: list[n
     if len(T_base_tcp) < MIN_SAMPLES:
         raise ValueError(f"{len(T_base_tcp)} samples: hand-eye calibration needs at least {MIN_SAMPLES} "
                          "(in practice 15+, with large rotations about different axes)")
-    robot = T_base_tcp if kind == "eye_in_hand" else [se3.invert_T(T) for T in T_base_tcp]
+    for name, Ts in (("TCP pose", T_base_tcp), ("board pose", T_cam_target)):
+        for i, T in enumerate(Ts):
+            T = np.asarray(T, float)
+            if T.shape != (4, 4) or not np.all(np.isfinite(T)) or not se3.is_rigid(T, 1e-6):
+                raise ValueError(f"sample {i}: {name} is not a finite rigid 4x4 transform")
+
+
+def robot_side(kind: str, T_base_tcp: list[np.ndarray]) -> list[np.ndarray]:
+    """The 'gripper' poses handed to the solvers: T_base_tcp eye-in-hand, inv(T_base_tcp) eye-to-hand."""
+    return list(T_base_tcp) if kind == "eye_in_hand" else [se3.invert_T(T) for T in T_base_tcp]
+
+
+def check_observable(kind: str, T_base_tcp: list[np.ndarray]) -> Observability:
+    """Observability of X from these robot poses; ValueError (with the motions to add) when unobservable."""
+    obs = check_motions(robot_side(kind, T_base_tcp), frame="TCP" if kind == "eye_in_hand" else "base")
+    if not obs.ok:
+        raise ValueError(f"hand-eye calibration refused, the motions cannot determine the camera pose "
+                         f"({obs.summary()}): " + "; ".join(obs.problems))
+    return obs
+
+
+def closed_form(kind: str, T_base_tcp: list[np.ndarray], T_cam_target: list[np.ndarray],
+                methods: tuple[str, ...] = tuple(METHODS)) -> dict[str, np.ndarray | str]:
+    """Every OpenCV solver's X, or the reason it was refused (exception, non-finite or non-rigid result:
+    determinant 0 or -1 is a refusal, never passed on)."""
+    robot = robot_side(kind, T_base_tcp)
     R_r = [T[:3, :3] for T in robot]
     t_r = [T[:3, 3] for T in robot]
     R_c = [T[:3, :3] for T in T_cam_target]
     t_c = [T[:3, 3] for T in T_cam_target]
-    best: HandEyeResult | None = None
-    for name, flag in METHODS.items():
+    out: dict[str, np.ndarray | str] = {}
+    for name in methods:
         try:
-            R, t = cv2.calibrateHandEye(R_r, t_r, R_c, t_c, method=flag)
-        except cv2.error:
+            R, t = cv2.calibrateHandEye(R_r, t_r, R_c, t_c, method=METHODS[name])
+        except cv2.error as exc:
+            out[name] = f"OpenCV error: {str(exc).strip().splitlines()[-1]}"
             continue
-        X = se3.make_T(R, t.ravel())
-        if not np.all(np.isfinite(X)):
+        R, t = np.asarray(R, float), np.asarray(t, float).ravel()
+        if R.shape != (3, 3) or t.shape != (3,) or not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
+            out[name] = "non-finite result"
+            continue
+        det = float(np.linalg.det(R))
+        if abs(det - 1) > 1e-4 or np.abs(R.T @ R - np.eye(3)).max() > 1e-4:
+            out[name] = f"not a rotation (determinant {det:.3f})"
+            continue
+        out[name] = se3.make_T(R, t)
+    return out
+
+
+def solve_hand_eye(kind: str, T_base_tcp: list[np.ndarray], T_cam_target: list[np.ndarray]) -> HandEyeResult:
+    """The best closed-form X (smallest median residual) from >= 3 pose pairs with rotations about different
+    axes; see the module docstring for frames. ValueError when the motions cannot determine X or every solver
+    fails. `posevla.calibration.pipeline.calibrate` adds view checks, outlier trimming and refinement."""
+    _check_inputs(kind, T_base_tcp, T_cam_target)
+    check_observable(kind, T_base_tcp)
+    best: HandEyeResult | None = None
+    failures = []
+    for name, X in closed_form(kind, T_base_tcp, T_cam_target).items():
+        if isinstance(X, str):
+            failures.append(f"{name}: {X}")
             continue
         dt, dr = residuals(kind, T_base_tcp, T_cam_target, X)
         if best is None or np.median(dt) + np.median(dr) < np.median(best.translation_mm) + np.median(best.rotation_deg):
             best = HandEyeResult(X, name, dt, dr)
     if best is None:
-        raise ValueError("every hand-eye solver failed: the poses are degenerate (too little rotation?)")
+        raise ValueError("every hand-eye solver failed (" + "; ".join(failures) + ")")
     return best
 
 
