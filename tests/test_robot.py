@@ -12,6 +12,7 @@ from posevla.geometry import se3
 from posevla.robot import protocol as P
 from posevla.robot import units
 from posevla.robot.driver import XTrainerConfig, XTrainerDriver
+from posevla.robot.guard import GuardConfig, SetpointGuard
 from posevla.robot.simulator import XTrainerSimulator
 
 
@@ -60,7 +61,9 @@ def _config(sim: XTrainerSimulator, **safety) -> XTrainerConfig:
     lim = {"workspace": {"left": {"lo": [0.1, -0.3, 0.02], "hi": [0.8, 0.7, 0.6]},
                          "right": {"lo": [0.1, -0.7, 0.02], "hi": [0.8, 0.3, 0.6]}},
            "max_linear_speed": 0.3, "max_angular_speed": 1.5, **safety}
-    return XTrainerConfig.from_dict({"arms": arms, "safety": lim, "reconnect_period_s": 0.2})
+    # feedback timing bounds generous enough for a loaded 2-core CI machine (the fault tests use larger faults)
+    guard = {"feedback_timeout_s": 0.3, "feedback_max_delay_s": 0.15}
+    return XTrainerConfig.from_dict({"arms": arms, "safety": lim, "reconnect_period_s": 0.2, "guard": guard})
 
 
 @pytest.fixture
@@ -79,8 +82,10 @@ def _drive_to(driver: XTrainerDriver, arm: str, T_goal: np.ndarray, rate_hz: flo
     dist = np.linalg.norm(T_goal[:3, 3] - T0[:3, 3])
     ang = float(se3.rotation_angle(T0[:3, :3].T @ T_goal[:3, :3]))
     n = int(np.ceil(max(dist / (0.2 / rate_hz), ang / (1.0 / rate_hz), 1)))
-    for s in np.linspace(0, 1, n + 1)[1:]:
-        assert driver.servo_pose(arm, se3.slerp_T(T0, T_goal, s), 0.5, stamp_ns=time.time_ns()) is None
+    path = [se3.slerp_T(T0, T_goal, s) for s in np.linspace(0, 1, n + 1)[1:]]
+    # the guard shapes the start (acceleration limit), so the stream holds the goal a little longer at the end
+    for T in path + [T_goal] * int(0.3 * rate_hz):
+        assert driver.servo_pose(arm, T, 0.5, stamp_ns=time.time_ns()) is None
         time.sleep(1.0 / rate_hz)
 
 
@@ -111,13 +116,25 @@ def test_servo_pose_reaches_base_frame_target_on_both_arms(rig) -> None:
 def test_servo_joints_and_gripper(rig) -> None:
     sim, driver = rig
     q0 = driver.feedback("left").q
-    for k in range(1, 21):
-        assert driver.servo_joints("left", q0 + [0.005 * k, 0, -0.004 * k, 0, 0, 0.003 * k], gripper=0.2) is None
+    refused = 0
+    for k in range(1, 41):  # a teleop-like ramp at ~0.13 m/s of the TCP
+        refused += driver.servo_joints("left", q0 + [0.0025 * k, 0, -0.002 * k, 0, 0, 0.0015 * k], gripper=0.2) is not None
         time.sleep(0.02)
-    time.sleep(0.5)
-    np.testing.assert_allclose(driver.feedback("left").q, q0 + [0.1, 0, -0.08, 0, 0, 0.06], atol=1e-3)
+    assert refused <= 4, refused  # jitter of the sending loop may refuse a few; the driver brakes meanwhile
+    deadline = time.monotonic() + 3.0
+    target = q0 + [0.1, 0, -0.08, 0, 0, 0.06]
+    while time.monotonic() < deadline and np.abs(driver.feedback("left").q - target).max() > 1e-3:
+        # shaped; a request that stops shorter than the deceleration limit allows is refused, and the driver
+        # brakes the joint stream itself, after which the requests are followed again
+        driver.servo_joints("left", target, gripper=0.2)
+        time.sleep(0.02)
+    np.testing.assert_allclose(driver.feedback("left").q, target, atol=1e-3)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and abs(driver.feedback("left").gripper - 0.2) > 0.01:
+        time.sleep(0.02)
     assert abs(driver.feedback("left").gripper - 0.2) < 0.01
-    assert "joint step" in driver.servo_joints("left", q0 + [0.5, 0, 0, 0, 0, 0])
+    # a joint jump whose TCP moves further than max_request_m is refused; the TCP is checked through FK
+    assert "max_request_m" in driver.servo_joints("left", q0 + [0.5, 0, 0, 0, 0, 0])
 
 
 def test_unsafe_and_stale_commands_are_refused_and_never_reach_the_socket(rig) -> None:
@@ -126,7 +143,7 @@ def test_unsafe_and_stale_commands_are_refused_and_never_reach_the_socket(rig) -
     n0 = len(sim.arms["left"].received)
     far = T.copy()
     far[:3, 3] += [0.2, 0, 0]
-    assert "speed" in driver.servo_pose("left", far, stamp_ns=time.time_ns())
+    assert "mm from the current set-point" in driver.servo_pose("left", far, stamp_ns=time.time_ns())
     bad = T.copy()
     bad[0, 0] = np.nan
     assert "NaN" in driver.servo_pose("left", bad)
@@ -134,14 +151,17 @@ def test_unsafe_and_stale_commands_are_refused_and_never_reach_the_socket(rig) -
     outside[2, 3] = -0.5
     assert "workspace" in driver.servo_pose("left", outside)
     assert "old" in driver.servo_pose("left", T, stamp_ns=time.time_ns() - int(1e9))
+    assert "future" in driver.servo_pose("left", T, stamp_ns=time.time_ns() + int(1e9))
     assert len(sim.arms["left"].received) == n0
 
 
 def test_unreachable_pose_puts_controller_in_error_and_arm_holds(rig) -> None:
     sim, driver = rig
-    driver.cfg.safety = SafetyLimits.from_dict({"workspace": {"left": {"lo": [-5, -5, -5], "hi": [5, 5, 5]},
-                                                              "right": {"lo": [-5, -5, -5], "hi": [5, 5, 5]}},
-                                                "max_linear_speed": 100.0, "max_angular_speed": 100.0})
+    wide = SafetyLimits.from_dict({"workspace": {"left": {"lo": [-5, -5, -5], "hi": [5, 5, 5]},
+                                                 "right": {"lo": [-5, -5, -5], "hi": [5, 5, 5]}},
+                                   "max_linear_speed": 1000.0, "max_angular_speed": 100.0, "max_linear_accel": 1e6})
+    g = GuardConfig(max_request_m=10.0, max_lead_m=10.0)
+    driver.guards["left"] = SetpointGuard("left", wide, g)
     q_before = driver.feedback("left").q
     T = driver.arm_state("left").T_base_tcp.copy()
     T[:3, 3] = [2.5, 0.3, 0.3]  # beyond the arm's reach
@@ -150,7 +170,7 @@ def test_unreachable_pose_puts_controller_in_error_and_arm_holds(rig) -> None:
     assert driver.feedback("left").mode == P.MODE_ERROR
     assert sim.arms["left"].errors
     reason = driver.servo_pose("left", driver.arm_state("left").T_base_tcp)
-    assert "error state" in reason
+    assert "error state" in reason or "rejected" in reason, reason
     np.testing.assert_allclose(driver.feedback("left").q, q_before, atol=1e-4)
     driver.clear_error("left")
     time.sleep(0.05)
@@ -176,27 +196,33 @@ def test_dropped_connection_recovers_without_a_jump(rig) -> None:
     _drive_to(driver, "left", T_goal)
     sim.controllers["left"].refuse_connections(0.6)
     sim.controllers["left"].drop_clients()
-    time.sleep(0.1)
-    assert "not connected" in driver.servo_pose("left", T_goal) or "stale" in driver.servo_pose("left", T_goal)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and driver.clients["left"].connected:
+        time.sleep(0.01)
+    why = driver.servo_pose("left", T_goal)
+    assert "not connected" in why or "feedback" in why, why
     deadline = time.monotonic() + 5  # until the driver has noticed the drop and reconnected
     while time.monotonic() < deadline and not (driver.clients["left"].connected and driver.reconnects["left"] >= 1):
         time.sleep(0.05)
     assert driver.clients["left"].connected and driver.reconnects["left"] >= 1
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and driver.arm_state("left") is None:
+        time.sleep(0.01)
     actual = driver.arm_state("left").T_base_tcp
-    # a command from before the drop, far from the actual pose, is judged against the actual pose: refused
+    # a command from before the drop, 45 mm from the actual pose, restarts from the measured pose at rest:
+    # what goes out is one acceleration-limited step from the arm, not the requested point
     stale_target = actual.copy()
-    stale_target[:3, 3] += [0.05, 0, 0]
-    assert "speed" in driver.servo_pose("left", stale_target)
+    stale_target[:3, 3] += [0.045, 0, 0]
     n0 = len(sim.arms["left"].received)
-    assert driver.servo_pose("left", actual, stamp_ns=time.time_ns()) is None
+    assert driver.servo_pose("left", stale_target, stamp_ns=time.time_ns()) is None
     deadline = time.monotonic() + 2
     while len(sim.arms["left"].received) <= n0 and time.monotonic() < deadline:
         time.sleep(0.01)
     first = sim.arms["left"].received[n0][1]
-    _, args, _ = P.parse_command(first)
+    _, args, kw = P.parse_command(first)
     T_sent = driver.cfg.arms["left"].T_base_armbase @ units.pose_from_controller(np.array(args))
-    assert np.linalg.norm(T_sent[:3, 3] - actual[:3, 3]) < 1e-3  # no jump after reconnecting
+    step = np.linalg.norm(T_sent[:3, 3] - actual[:3, 3])
+    assert step <= driver.cfg.safety.max_linear_accel * kw["t"] ** 2 + 1e-3, step  # no jump after reconnecting
 
 
 def test_unreachable_controller_gives_clear_error() -> None:
@@ -209,24 +235,3 @@ def test_unreachable_controller_gives_clear_error() -> None:
         XTrainerConfig.from_dict({"arms": {"left": {"host": "x"}}, "safety": {"workspace": {}}})
 
 
-def test_a_stream_replanned_from_the_real_arm_pose_is_accepted(rig) -> None:
-    """After the last set-point, a new one far from it but one safe step from where the arm really is
-    (the executor re-planned from the measured pose) is sent; one far from both is refused."""
-    sim, driver = rig
-    T0 = driver.arm_state("left").T_base_tcp
-    T_goal = T0.copy()
-    T_goal[:3, 3] += [0.03, 0.0, 0.0]
-    _drive_to(driver, "left", T_goal)
-    T_arm = _settle(driver, "left", T_goal)
-    # the last set-point stays T_goal; the arm is there. A point 4 mm from the arm but 2.6 cm from the last
-    # set-point along another axis...
-    near_arm = T_arm.copy()
-    near_arm[:3, 3] += [0.0, 0.004, 0.0]
-    with driver._lock:  # pretend the stream had been at a different place (executor re-planned)
-        stale = T_goal.copy()
-        stale[:3, 3] += [0.0, -0.022, 0.0]
-        driver._last_sent["left"] = (time.time() - 0.02, stale)  # sent 20 ms ago
-    assert driver.servo_pose("left", near_arm, stamp_ns=time.time_ns()) is None
-    far = T_arm.copy()
-    far[:3, 3] += [0.0, 0.0, 0.03]
-    assert "speed" in driver.servo_pose("left", far, stamp_ns=time.time_ns())

@@ -107,6 +107,15 @@ def test_head_frame_chunk_ends_at_expected_base_pose_then_watchdog_and_estop(gra
         probe.spin(0.05)
     after = [t for t in probe.commands if t > t_trigger + 0.02 + 0.03]
     assert not after, f"{len(after)} commands after the e-stop"
-    probe.call("/executor/estop/reset")
-    probe.call("/xtrainer/estop/reset")
+    # interlock: a reset is refused while /estop is still true, accepted once it is released
+    for name in ("/executor/estop/reset", "/xtrainer/estop/reset"):
+        res = call_trigger(probe.node, probe.ex, name, 5.0)
+        assert res is not None and not res.success and "/estop is still true" in res.message, res
+    probe.estop.publish(Bool(data=False))
+    for name in ("/executor/estop/reset", "/xtrainer/estop/reset"):
+        deadline = time.monotonic() + 10.0  # until the release has reached the node
+        while (res := call_trigger(probe.node, probe.ex, name, 5.0)) is not None and not res.success:
+            assert time.monotonic() < deadline, res.message
+            probe.spin(0.1)
+        assert res is not None and res.success
     probe.node.destroy_node()

@@ -17,7 +17,7 @@ Times are integer nanoseconds; poses are T_base_tcp (metres).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -41,6 +41,9 @@ class ExecutorConfig:
     max_gripper_speed: float = 2.0  # opening per second
     max_tracking_error_m: float = 0.03  # measured TCP this far from every recent command: restart from it
     tracking_window_s: float = 0.3  # recent commands the (delayed, lagging) feedback is compared with
+    # plan at this fraction of the safety limits: the driver checks the full limits over its own (jittery) send
+    # intervals, so the plan keeps a margin below the last line instead of meeting it exactly
+    plan_margin: float = 0.85
 
     def __post_init__(self) -> None:
         if self.blend not in BLEND_MODES:
@@ -48,6 +51,8 @@ class ExecutorConfig:
         for name in ("rate_hz", "watchdog_s", "max_chunk_age_s", "max_gripper_speed"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"executor field {name}={getattr(self, name)} must be > 0")
+        if not 0 < self.plan_margin <= 1:
+            raise ValueError(f"executor field plan_margin={self.plan_margin} must be in (0, 1]")
 
 
 @dataclass
@@ -97,6 +102,11 @@ def validate_chunk(chunk: ActionChunk) -> str | None:
 class ChunkExecutor:
     def __init__(self, cfg: ExecutorConfig, limits: SafetyLimits) -> None:
         self.cfg, self.limits = cfg, limits
+        m = cfg.plan_margin
+        self.plan_limits = replace(limits, max_linear_speed=limits.max_linear_speed * m,
+                                   max_angular_speed=limits.max_angular_speed * m,
+                                   max_linear_accel=limits.max_linear_accel * m)
+        self.gripper_unmeasured = 0
         self.active: list[_Active] = []
         self.motion: dict[str, _ArmMotion] = {}
         self.estopped = False
@@ -175,7 +185,8 @@ class ChunkExecutor:
         return pose(p, (w[:, None] * quats).sum(0)), g
 
     def tick(self, now_ns: int, measured: dict[str, tuple[np.ndarray, float]]) -> dict[str, ArmCommand] | Hold:
-        """One control period. measured: arm -> (T_base_tcp, gripper) from feedback, used after a hold."""
+        """One control period. measured: arm -> (T_base_tcp, gripper opening, NaN if unmeasured) from feedback,
+        the start of motion after a hold."""
         hold = self._hold_reason(now_ns)
         nominal = 1.0 / self.cfg.rate_hz
         # the real time since the last tick (timers jitter): limits are applied over the time that really passed
@@ -187,9 +198,11 @@ class ChunkExecutor:
             self.last_hold = hold
             return Hold(hold)
         out: dict[str, ArmCommand] = {}
-        for arm in sorted({a for act in self.active for a in act.chunk.arms}):
+        for arm in sorted({a for act in self.active for a in act.chunk.arms} | set(self.motion)):
             target = self._targets(now_ns, arm)
             if target is None:
+                if arm in self.motion:
+                    self.motion[arm].v = np.zeros(3)  # this arm pauses: it restarts from rest
                 continue
             m = self.motion.setdefault(arm, _ArmMotion())
             if m.T is not None and arm in measured and self._tracking_error(m, measured[arm][0]) > self.cfg.max_tracking_error_m:
@@ -199,9 +212,13 @@ class ChunkExecutor:
             if m.T is None:
                 if arm not in measured:
                     continue  # no feedback for this arm yet: do not move it
-                m.T, m.gripper = np.asarray(measured[arm][0], float), float(measured[arm][1])
+                g_meas = float(measured[arm][1])
+                if not np.isfinite(g_meas):  # no gripper measurement: start from the target, and say so
+                    self.gripper_unmeasured += 1
+                    g_meas = self.limits.clamp_gripper(target[1])
+                m.T, m.gripper = np.asarray(measured[arm][0], float), g_meas
                 m.v = np.zeros(3)
-            T_cmd, m.v = self.limits.limit_step(arm, target[0], m.T, m.v, dt)
+            T_cmd, m.v = self.plan_limits.limit_step(arm, target[0], m.T, m.v, dt)
             g_goal = self.limits.clamp_gripper(target[1])
             dg = float(np.clip(g_goal - m.gripper, -self.cfg.max_gripper_speed * dt, self.cfg.max_gripper_speed * dt))
             m.T, m.gripper = T_cmd, m.gripper + dg

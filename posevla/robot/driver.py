@@ -1,11 +1,16 @@
 """XTrainerDriver: both follower arms of the X-Trainer, in the stack's frames and units.
 
 Poses in and out are TCP poses in base_link (metres); each arm's controller works in its own arm base,
-related by the static mounting transform T_base_armbase from the robot YAML. Every command passes a
-last-line check (workspace, speed from the previous command or the actual pose, NaN, e-stop, controller
-mode, fresh feedback, fresh command) and is refused -- never clamped -- when unsafe: the arm then holds.
-After a lost connection the driver reconnects in the background, re-reads the actual pose and judges the
-next command against it, so nothing queued before the drop is ever sent.
+related by the static mounting transform T_base_armbase from the robot YAML.
+
+Every set-point passes the guard (`posevla.robot.guard`), which is anchored on the *measured* arm: feedback is
+checked for plausibility before it is trusted, each set-point is shaped to the speed and acceleration limits over
+the actual interval since the previous one (that interval is the `t` sent), and refused when it is implausible or
+would be further than a bound from the measured arm. When the command stream stops while the arm moves, the
+driver itself brakes it with the deceleration limit. The e-stop sends Stop() on a channel of its own, waits until
+the controller has answered every motion command sent before, and sends Stop() again, so nothing queued runs after
+the last Stop(). After a lost connection the driver reconnects in the background and restarts from the measured
+pose at rest.
 """
 from __future__ import annotations
 
@@ -21,8 +26,14 @@ from posevla.geometry import se3
 from posevla.robot import protocol as P
 from posevla.robot import units
 from posevla.robot.client import DobotArmClient, Feedback
+from posevla.robot.guard import FeedbackMonitor, GuardConfig, Setpoint, SetpointGuard, TrustedPose
+from posevla.robot.kinematics import ArmKinematics
 from posevla.types import ArmState, RobotState
 from posevla.yaml_file import read_yaml
+
+TOP_LEVEL_KEYS = {"arms", "safety", "guard", "stale_command_s", "reconnect_period_s", "motion_fault_hold_s",
+                  "tool", "grippers"}
+ARM_KEYS = {"host", "dashboard_port", "motion_port", "feedback_port", "mount_xyz", "mount_rpy"}
 
 
 @dataclass
@@ -38,11 +49,17 @@ class ArmEndpoint:
 class XTrainerConfig:
     arms: dict[str, ArmEndpoint]
     safety: SafetyLimits
-    servo_t: float = 0.02  # ServoP/ServoJ t parameter, seconds
-    stale_command_s: float = 0.2  # commands older than this are not sent
-    feedback_timeout_s: float = 0.2  # no feedback for this long -> hold
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    stale_command_s: float = 0.2  # commands older than this (header stamp vs wall clock) are not sent
     reconnect_period_s: float = 0.5
+    motion_fault_hold_s: float = 0.2  # after the controller rejects a set-point, hold this long, then restart
+    tool: dict = field(default_factory=dict)  # tool frame (see the robot issue); kept for the episode metadata
+    grippers: dict = field(default_factory=dict)
     source: str = field(default="<dict>", compare=False)
+
+    @property
+    def servo_t(self) -> float:
+        return self.guard.servo_t
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> XTrainerConfig:
@@ -54,8 +71,14 @@ class XTrainerConfig:
     def from_dict(cls, data: dict, source: str = "<dict>") -> XTrainerConfig:
         if not isinstance(data, dict) or "arms" not in data or "safety" not in data:
             raise ValueError(f"{source}: robot config needs 'arms' and 'safety'")
+        unknown = sorted(set(data) - TOP_LEVEL_KEYS)
+        if unknown:
+            raise ValueError(f"{source}: unknown robot config field(s) {unknown}; known: {sorted(TOP_LEVEL_KEYS)}")
         arms = {}
         for name, a in data["arms"].items():
+            bad = sorted(set(a) - ARM_KEYS) if isinstance(a, dict) else []
+            if bad:
+                raise ValueError(f"{source}: unknown field(s) {bad} in arms.{name}; known: {sorted(ARM_KEYS)}")
             try:
                 T = se3.T_from_xyz_rpy(np.asarray(a["mount_xyz"], float), np.asarray(a["mount_rpy"], float))
                 arms[name] = ArmEndpoint(str(a["host"]), T, int(a.get("dashboard_port", P.DASHBOARD_PORT)),
@@ -63,29 +86,42 @@ class XTrainerConfig:
                                          int(a.get("feedback_port", P.FEEDBACK_PORT)))
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{source}: field arms.{name} needs host, mount_xyz (m), mount_rpy (rad): {exc}") from exc
-        extra = {k: float(data[k]) for k in ("servo_t", "stale_command_s", "feedback_timeout_s", "reconnect_period_s")
+        extra = {k: float(data[k]) for k in ("stale_command_s", "reconnect_period_s", "motion_fault_hold_s")
                  if k in data}
         for k, v in extra.items():
             if not v > 0:
                 raise ValueError(f"{source}: field {k}={v} must be > 0")
-        return cls(arms, SafetyLimits.from_dict(data["safety"], f"{source}:safety"), source=source, **extra)
+        guard = GuardConfig.from_dict(data.get("guard"), f"{source}:guard")
+        return cls(arms, SafetyLimits.from_dict(data["safety"], f"{source}:safety"), guard=guard,
+                   tool=dict(data.get("tool") or {}), grippers=dict(data.get("grippers") or {}), source=source,
+                   **extra)
 
 
 class XTrainerDriver:
-    def __init__(self, cfg: XTrainerConfig) -> None:
+    def __init__(self, cfg: XTrainerConfig, kinematics: ArmKinematics | None = None) -> None:
         self.cfg = cfg
-        self.clients = {arm: DobotArmClient(ep.host, ep.dashboard_port, ep.motion_port, ep.feedback_port)
+        self.kin = kinematics or ArmKinematics()
+        self.monitors = {arm: FeedbackMonitor(cfg.guard, ep.T_base_armbase, self.kin.fk) for arm, ep in cfg.arms.items()}
+        self.guards = {arm: SetpointGuard(arm, cfg.safety, cfg.guard) for arm in cfg.arms}
+        self.clients = {arm: DobotArmClient(ep.host, ep.dashboard_port, ep.motion_port, ep.feedback_port,
+                                            on_feedback=self.monitors[arm].update,
+                                            on_motion_error=lambda why, a=arm: self._on_motion_error(a, why))
                         for arm, ep in cfg.arms.items()}
         self.T_armbase_base = {arm: se3.invert_T(ep.T_base_armbase) for arm, ep in cfg.arms.items()}
-        self._last_sent: dict[str, tuple[float, np.ndarray] | None] = {arm: None for arm in cfg.arms}
-        self._last_gripper: dict[str, float] = {}
         self._estop = False
+        self._fault: dict[str, tuple[str, float]] = {}  # arm -> (why, monotonic time the hold ends)
         self.refusals: dict[str, str] = {}
         self.sent = dict.fromkeys(cfg.arms, 0)
+        self.shaped = dict.fromkeys(cfg.arms, 0)
+        self.brakes = dict.fromkeys(cfg.arms, 0)
         self.reconnects = dict.fromkeys(cfg.arms, 0)
+        self.stops_sent = 0
         self._lock = threading.RLock()
         self._running = False
-        self._supervisor: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._gripper_goal: dict[str, float] = {}
+        self._gripper_sent: dict[str, float] = {}
+        self._gripper_event = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
     def connect(self, enable: bool = True, supervise: bool = True) -> None:
@@ -95,20 +131,29 @@ class XTrainerDriver:
             if client.wait_feedback(2.0) is None:
                 raise ConnectionError(f"{arm} arm ({client.host}): no feedback within 2 s")
             if enable:
-                client.request("EnableRobot()")
+                try:
+                    client.request("EnableRobot()", 2.0)
+                except P.ProtocolError as exc:
+                    raise ConnectionError(f"{arm} arm ({client.host}) refused EnableRobot(): {exc}") from exc
                 deadline = time.monotonic() + 2.0
                 while (fb := client.latest()) is None or fb.mode not in (P.MODE_ENABLED, P.MODE_RUNNING):
                     if time.monotonic() > deadline:
                         raise ConnectionError(f"{arm} arm ({client.host}) did not enable (mode "
                                               f"{P.MODE_NAMES.get(fb.mode, fb.mode) if fb else 'unknown'})")
                     time.sleep(0.01)
-        if supervise and not self._running:
+        if not self._running:
             self._running = True
-            self._supervisor = threading.Thread(target=self._supervise, name="xtrainer-reconnect", daemon=True)
-            self._supervisor.start()
+            targets = [(self._brake_loop, "xtrainer-brake"), (self._gripper_loop, "xtrainer-gripper")]
+            if supervise:
+                targets.append((self._supervise, "xtrainer-reconnect"))
+            for target, name in targets:
+                t = threading.Thread(target=target, name=name, daemon=True)
+                t.start()
+                self._threads.append(t)
 
     def close(self) -> None:
         self._running = False
+        self._gripper_event.set()
         for client in self.clients.values():
             client.close()
 
@@ -118,6 +163,9 @@ class XTrainerDriver:
             for arm, client in self.clients.items():
                 if client.connected or not self._running:
                     continue
+                with self._lock:
+                    self.guards[arm].forget()
+                    self.monitors[arm].reset()
                 try:
                     client.connect()
                     if client.wait_feedback(1.0) is None:
@@ -126,19 +174,23 @@ class XTrainerDriver:
                 except ConnectionError:
                     continue
                 with self._lock:
-                    self._last_sent[arm] = None  # judge the next command against the actual pose
+                    self.guards[arm].forget()  # restart from the measured pose at rest
                     self.reconnects[arm] += 1
 
     # ------------------------------------------------------------------ state
     def feedback(self, arm: str) -> Feedback | None:
         return self.clients[arm].latest()
 
+    def trusted(self, arm: str) -> TrustedPose | str:
+        return self.monitors[arm].trusted(time.time_ns())
+
     def arm_state(self, arm: str) -> ArmState | None:
+        """The arm's newest *trusted* state (None while its feedback is implausible, stale or missing)."""
         fb = self.clients[arm].latest()
-        if fb is None:
+        t = self.trusted(arm)
+        if fb is None or isinstance(t, str):
             return None
-        T = self.cfg.arms[arm].T_base_armbase @ fb.T_armbase_tcp
-        return ArmState(T_base_tcp=T, joints=fb.q, gripper=fb.gripper, stamp_ns=fb.stamp_ns)
+        return ArmState(T_base_tcp=t.T_base_tcp, joints=t.q, gripper=fb.gripper, stamp_ns=t.stamp_ns)
 
     def robot_state(self) -> RobotState | None:
         arms = {arm: s for arm in self.clients if (s := self.arm_state(arm)) is not None}
@@ -151,21 +203,38 @@ class XTrainerDriver:
     def estopped(self) -> bool:
         return self._estop
 
-    def estop(self) -> None:
-        """Latch the e-stop: stop sending at once and tell each controller to stop."""
+    def estop(self, drain_timeout_s: float = 0.3) -> None:
+        """Latch the e-stop: nothing is sent any more, Stop() goes to each controller on its own channel at once,
+        and again once the controller has answered every motion command sent before (so none runs after it).
+        Returns within about drain_timeout_s + 0.4 s whatever the links do."""
+        self._estop = True  # checked by every send under the lock: no set-point starts after this line
+        got = self._lock.acquire(timeout=0.1)  # let a send in progress finish (its socket call is bounded)
+        if got:
+            self._lock.release()
+        threads = [threading.Thread(target=self._stop_arm, args=(arm, drain_timeout_s), daemon=True)
+                   for arm in self.clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(drain_timeout_s + 0.4)
+
+    def _stop_arm(self, arm: str, drain_timeout_s: float) -> None:
+        client = self.clients[arm]
+        if client.stop_now(0.2):
+            self.stops_sent += 1
+        deadline = time.monotonic() + drain_timeout_s
+        while not client.motion_idle() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if client.stop_now(0.2):
+            self.stops_sent += 1
         with self._lock:
-            self._estop = True
-            for client in self.clients.values():
-                try:
-                    client.request("Stop()")
-                except (ConnectionError, P.ProtocolError):
-                    pass
+            self.guards[arm].forget()
 
     def reset_estop(self) -> None:
         with self._lock:
             self._estop = False
-            for arm in self._last_sent:
-                self._last_sent[arm] = None
+            for g in self.guards.values():
+                g.forget()
 
     def clear_error(self, arm: str) -> None:
         """Operator action only: ClearError() then EnableRobot() on one arm."""
@@ -178,95 +247,146 @@ class XTrainerDriver:
                 break
             time.sleep(0.01)
         with self._lock:
-            self._last_sent[arm] = None
+            self.guards[arm].forget()
+            self._fault.pop(arm, None)
+
+    def _on_motion_error(self, arm: str, why: str) -> None:
+        """The controller rejected a set-point (or answered garbage): hold this arm, then restart from it."""
+        self._fault[arm] = (why, time.monotonic() + self.cfg.motion_fault_hold_s)
 
     # ------------------------------------------------------------------ commands
-    def _gate(self, arm: str, stamp_ns: int | None) -> tuple[str | None, Feedback | None]:
+    def _gate(self, arm: str, stamp_ns: int | None) -> str | TrustedPose:
         if arm not in self.clients:
-            return f"unknown arm {arm!r}", None
+            return f"unknown arm {arm!r}"
         if self._estop:
-            return "e-stop latched", None
+            return "e-stop latched"
         client = self.clients[arm]
         if not client.connected:
-            return f"{arm} arm not connected ({client.last_error})", None
+            return f"{arm} arm not connected ({client.last_error})"
+        fault = self._fault.get(arm)
+        if fault is not None:
+            if time.monotonic() < fault[1]:
+                return f"{arm} arm controller rejected a set-point ({fault[0]})"
+            del self._fault[arm]
+            self.guards[arm].forget()
         fb = client.latest()
-        now = time.time_ns()
-        if fb is None or (now - fb.stamp_ns) * 1e-9 > self.cfg.feedback_timeout_s:
-            return f"{arm} arm feedback is stale", None
+        if fb is None:
+            return f"{arm} arm has no feedback"
         if fb.mode == P.MODE_ERROR:
-            return f"{arm} arm controller is in error state (clear it with /xtrainer/clear_error)", None
+            return f"{arm} arm controller is in error state (clear it with /xtrainer/clear_error)"
         if fb.mode not in (P.MODE_ENABLED, P.MODE_RUNNING):
-            return f"{arm} arm is not enabled (mode {P.MODE_NAMES.get(fb.mode, fb.mode)})", None
-        if stamp_ns is not None and (now - stamp_ns) * 1e-9 > self.cfg.stale_command_s:
-            return f"command for {arm} arm is {(now - stamp_ns) * 1e-9:.3f} s old", None
-        return None, fb
+            return f"{arm} arm is not enabled (mode {P.MODE_NAMES.get(fb.mode, fb.mode)})"
+        now = time.time_ns()
+        if stamp_ns is not None:
+            age = (now - stamp_ns) * 1e-9
+            if age > self.cfg.stale_command_s:
+                return f"command for {arm} arm is {age:.3f} s old"
+            if age < -0.05:
+                return f"command for {arm} arm is stamped {-age:.3f} s in the future"
+        meas = self.monitors[arm].trusted(now)
+        if isinstance(meas, str):
+            return f"{arm} arm: {meas}"
+        return meas
 
     def _refuse(self, arm: str, reason: str) -> str:
         self.refusals[arm] = reason
         return reason
 
+    def _send(self, arm: str, name: str, sp: Setpoint, now_ns: int) -> str | None:
+        if name == "ServoJ":
+            values = units.joints_to_controller(sp.q)
+        else:
+            values = units.pose_to_controller(self.T_armbase_base[arm] @ sp.T_base_tcp)
+        try:
+            self.clients[arm].send_motion(P.format_command(name, *values, t=sp.t_s))
+        except (ConnectionError, P.ProtocolError, ValueError) as exc:
+            self.guards[arm].forget()
+            return str(exc)
+        self.guards[arm].commit(sp, now_ns)
+        self.sent[arm] += 1
+        return None
+
     def servo_pose(self, arm: str, T_base_tcp: np.ndarray, gripper: float | None = None,
                    stamp_ns: int | None = None) -> str | None:
-        """Send one ServoP set-point; returns None when sent, else the reason it was refused (arm holds)."""
+        """Send one ServoP set-point toward T_base_tcp (shaped to the limits); None when sent, else why not."""
         with self._lock:
-            why, fb = self._gate(arm, stamp_ns)
+            meas = self._gate(arm, stamp_ns)
+            if isinstance(meas, str):
+                return self._refuse(arm, meas)
+            now = time.monotonic_ns()
+            sp = self.guards[arm].shape(T_base_tcp, now, meas)
+            if isinstance(sp, str):
+                return self._refuse(arm, sp)
+            if not np.allclose(sp.T_base_tcp, T_base_tcp, atol=1e-9):
+                self.shaped[arm] += 1
+            why = self._send(arm, "ServoP", sp, now)
             if why:
                 return self._refuse(arm, why)
-            # time between set-points: from the command stamps when given (receive times bunch up under load)
-            now = stamp_ns * 1e-9 if stamp_ns is not None else time.monotonic()
-            last = self._last_sent[arm]
-            if last is not None and 0 < now - last[0] < 0.5:
-                T_prev, dt = last[1], now - last[0]
-            else:  # first command, or after a pause/reconnect: judge against where the arm really is
-                T_prev, dt = self.cfg.arms[arm].T_base_armbase @ fb.T_armbase_tcp, self.cfg.servo_t
-            why = self.cfg.safety.check_command(arm, T_base_tcp, gripper, T_prev, dt, tol=1e-4)
-            if why and last is not None:
-                # also safe: one step at the speed limits from where the arm really is (the stream was
-                # re-planned from the measured pose after the arm fell behind or stood still)
-                T_meas = self.cfg.arms[arm].T_base_armbase @ fb.T_armbase_tcp
-                if self.cfg.safety.check_command(arm, T_base_tcp, gripper, T_meas, self.cfg.servo_t, tol=1e-4) is None:
-                    why = None
-            if why:
-                return self._refuse(arm, why)
-            pose = units.pose_to_controller(self.T_armbase_base[arm] @ np.asarray(T_base_tcp, float))
-            try:
-                self.clients[arm].send_motion(P.format_command("ServoP", *pose, t=self.cfg.servo_t))
-                if gripper is not None:
-                    self._send_gripper(arm, gripper)
-            except (ConnectionError, P.ProtocolError) as exc:
-                return self._refuse(arm, str(exc))
-            self._last_sent[arm] = (now, np.asarray(T_base_tcp, float).copy())
-            self.sent[arm] += 1
             self.refusals.pop(arm, None)
-            return None
+        if gripper is not None:
+            self.command_gripper(arm, gripper)
+        return None
 
-    def servo_joints(self, arm: str, q: np.ndarray, gripper: float | None = None, stamp_ns: int | None = None,
-                     max_joint_step: float = 0.05) -> str | None:
-        """Send one ServoJ set-point (radians); refused when a joint would jump more than max_joint_step."""
+    def servo_joints(self, arm: str, q: np.ndarray, gripper: float | None = None,
+                     stamp_ns: int | None = None) -> str | None:
+        """Send one ServoJ set-point (radians), its TCP checked through the kinematics like ServoP."""
         with self._lock:
-            why, fb = self._gate(arm, stamp_ns)
+            meas = self._gate(arm, stamp_ns)
+            if isinstance(meas, str):
+                return self._refuse(arm, meas)
+            now = time.monotonic_ns()
+            T_base_armbase = self.cfg.arms[arm].T_base_armbase
+            sp = self.guards[arm].shape_joints(q, now, meas, lambda qq: T_base_armbase @ self.kin.fk(qq))
+            if isinstance(sp, str):
+                return self._refuse(arm, sp)
+            why = self._send(arm, "ServoJ", sp, now)
             if why:
                 return self._refuse(arm, why)
-            q = np.asarray(q, float)
-            if q.shape != (6,) or not np.all(np.isfinite(q)):
-                return self._refuse(arm, "joint command must be 6 finite angles")
-            step = float(np.abs(q - fb.q).max())
-            if step > max_joint_step:
-                return self._refuse(arm, f"joint step {step:.3f} rad from the actual position exceeds {max_joint_step}")
-            try:
-                self.clients[arm].send_motion(P.format_command("ServoJ", *units.joints_to_controller(q),
-                                                               t=self.cfg.servo_t))
-                if gripper is not None:
-                    self._send_gripper(arm, gripper)
-            except (ConnectionError, P.ProtocolError) as exc:
-                return self._refuse(arm, str(exc))
-            self._last_sent[arm] = None
-            self.sent[arm] += 1
-            return None
+            self.refusals.pop(arm, None)
+        if gripper is not None:
+            self.command_gripper(arm, gripper)
+        return None
 
-    def _send_gripper(self, arm: str, opening: float) -> None:
-        g = self.cfg.safety.clamp_gripper(opening)
-        if abs(self._last_gripper.get(arm, -1.0) - g) < 0.005:
+    # ------------------------------------------------------------------ braking
+    def _brake_loop(self) -> None:
+        """When an arm's set-points stop while it moves (network stall, refused commands, the other arm still
+        streaming), continue its last velocity down to rest with the deceleration limit."""
+        period = self.cfg.guard.servo_t
+        while self._running:
+            time.sleep(period / 2)
+            with self._lock:
+                if self._estop:
+                    continue
+                now = time.monotonic_ns()
+                for arm, g in self.guards.items():
+                    if not g.moving() or g.last_ns is None or (now - g.last_ns) * 1e-9 < 1.5 * period:
+                        continue
+                    if not self.clients[arm].connected:
+                        g.forget()
+                        continue
+                    T_base_armbase = self.cfg.arms[arm].T_base_armbase
+                    sp = g.brake(now, lambda qq, T0=T_base_armbase: T0 @ self.kin.fk(qq))
+                    if sp is not None and self._send(arm, "ServoP" if sp.q is None else "ServoJ", sp, now) is None:
+                        self.brakes[arm] += 1
+
+    # ------------------------------------------------------------------ gripper
+    def command_gripper(self, arm: str, opening: float) -> None:
+        """Ask for a gripper opening (0 closed .. 1 open, clamped to the safety range); sent by a worker thread,
+        so a slow gripper never delays the arm's set-points. The latest request wins."""
+        if not np.isfinite(opening) or self._estop:
             return
-        self.clients[arm].request(P.format_command(P.GRIPPER_COMMAND, int(round(g * 1000))))
-        self._last_gripper[arm] = g
+        self._gripper_goal[arm] = self.cfg.safety.clamp_gripper(opening)
+        self._gripper_event.set()
+
+    def _gripper_loop(self) -> None:
+        while self._running:
+            self._gripper_event.wait(0.1)
+            self._gripper_event.clear()
+            for arm, g in list(self._gripper_goal.items()):
+                if self._estop or abs(self._gripper_sent.get(arm, -1.0) - g) < 0.005:
+                    continue
+                try:
+                    self.clients[arm].request(P.format_command(P.GRIPPER_COMMAND, int(round(g * 1000))), 0.5)
+                    self._gripper_sent[arm] = g
+                except (ConnectionError, P.ProtocolError) as exc:
+                    self.refusals[arm] = f"gripper: {exc}"

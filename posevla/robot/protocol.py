@@ -74,14 +74,19 @@ def format_command(name: str, *args: float | int | str, **kwargs: float | int | 
     return f"{name}({','.join(parts)})"
 
 
-_REPLY = re.compile(r"^\s*(-?\d+)\s*,\s*\{([^}]*)\}\s*,\s*(.*?);?\s*$", re.S)
+MAX_REPLY_BYTES = 4096  # longer replies are malformed (the longest real one, GetPose/GetAngle, is ~100 bytes)
+_REPLY = re.compile(r"^\s*(-?\d{1,10})\s*,\s*\{([^}]*)\}\s*,\s*(.*?);?\s*$", re.S)
 _COMMAND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*;?\s*$", re.S)
 
 
 def parse_reply(text: str) -> Reply:
+    """`ErrorID,{values},Command;` -> Reply. Anything else (too long, a 5000-digit ErrorID, binary) is a
+    ProtocolError, never another exception."""
+    if len(text) > MAX_REPLY_BYTES:
+        raise ProtocolError(f"controller reply of {len(text)} characters exceeds {MAX_REPLY_BYTES}")
     m = _REPLY.match(text)
     if m is None:
-        raise ProtocolError(f"unparseable controller reply {text!r}")
+        raise ProtocolError(f"unparseable controller reply {text[:80]!r}")
     values = [v.strip() for v in m.group(2).split(",")] if m.group(2).strip() else []
     return Reply(int(m.group(1)), values, m.group(3))
 

@@ -14,6 +14,7 @@ import argparse
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,19 @@ from posevla.robot import units
 from posevla.robot.kinematics import ArmKinematics
 
 ERROR_IK = 22  # controller alarm id used by the simulator for an unreachable Cartesian target
+
+
+@dataclass
+class Faults:
+    """Faults a test injects into one simulated controller (all off by default)."""
+
+    reply_delay_s: dict[str, float] = field(default_factory=dict)  # command name (lower case) -> reply delay (s)
+    trickle_s: float = 0.0  # > 0: dashboard replies go out one byte every trickle_s seconds
+    dashboard_reply: str | None = None  # replace every dashboard reply with this text (garbage, huge ErrorID)
+    motion_reply: str | None = None  # replace every motion-port reply with this text
+    tcp_offset_m: np.ndarray | None = None  # added to the reported TCP position (feedback glitch), metres
+    tcp_nan: bool = False  # report NaN in the TCP pose
+    feedback_delay_s: float = 0.0  # deliver feedback packets this late (they keep their controller timestamp)
 
 
 @dataclass
@@ -40,7 +54,9 @@ class ArmSim:
     gripper_target: float = 1.0
     mode: int = P.MODE_DISABLED
     errors: list[int] = field(default_factory=list)
-    received: list[tuple[float, str]] = field(default_factory=list)
+    # every command received: (monotonic time, text, port "motion"|"dashboard", T_armbase_tcp of the arm then)
+    received: list[tuple[float, str, str, np.ndarray]] = field(default_factory=list)
+    faults: Faults = field(default_factory=Faults)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -61,10 +77,15 @@ class ArmSim:
 
     def feedback(self) -> bytes:
         with self.lock:
+            tcp = units.pose_to_controller(self.kin.fk(self.q))
+            if self.faults.tcp_offset_m is not None:
+                tcp[:3] += np.asarray(self.faults.tcp_offset_m, float) * units.MM_PER_M
+            if self.faults.tcp_nan:
+                tcp[:] = np.nan
             return P.pack_feedback(robot_mode=self.mode, timestamp_ms=int(time.time() * 1000),
                                    q_actual=units.joints_to_controller(self.q),
                                    q_target=units.joints_to_controller(self.q_target),
-                                   tool_vector_actual=units.pose_to_controller(self.kin.fk(self.q)),
+                                   tool_vector_actual=tcp,
                                    tool_vector_target=units.pose_to_controller(self.kin.fk(self.q_target)),
                                    gripper_actual=self.gripper, speed_scaling=1.0)
 
@@ -74,8 +95,8 @@ class ArmSim:
             name, args, kw = P.parse_command(text)
         except P.ProtocolError:
             return P.format_reply(-10000, [], text.strip())
-        if motion:
-            self.received.append((time.monotonic(), text))
+        with self.lock:
+            self.received.append((time.monotonic(), text, "motion" if motion else "dashboard", self.kin.fk(self.q)))
         ik_solution = None
         if name == "servop" and len(args) == 6 and np.all(np.isfinite(args)):
             with self.lock:
@@ -216,7 +237,20 @@ class ArmController:
                 while ")" in buf:
                     cmd, buf = buf.split(")", 1)
                     cmd = cmd.strip().lstrip(";").strip() + ")"
-                    conn.sendall(self.arm.handle(cmd, motion).encode("ascii"))
+                    reply = self.arm.handle(cmd, motion)
+                    f = self.arm.faults
+                    name = cmd.split("(", 1)[0].strip().lower()
+                    if f.reply_delay_s.get(name, 0.0) > 0:
+                        time.sleep(f.reply_delay_s[name])
+                    override = f.motion_reply if motion else f.dashboard_reply
+                    if override is not None:
+                        reply = override
+                    if f.trickle_s > 0 and not motion:
+                        for ch in reply:
+                            conn.sendall(ch.encode("ascii"))
+                            time.sleep(f.trickle_s)
+                    else:
+                        conn.sendall(reply.encode("ascii"))
         except OSError:
             return
         finally:
@@ -224,9 +258,12 @@ class ArmController:
 
     def _serve_feedback(self, conn: socket.socket) -> None:
         next_t = time.monotonic()
+        queue: deque[tuple[float, bytes]] = deque()
         try:
             while True:
-                conn.sendall(self.arm.feedback())
+                queue.append((time.monotonic() + self.arm.faults.feedback_delay_s, self.arm.feedback()))
+                while queue and queue[0][0] <= time.monotonic():
+                    conn.sendall(queue.popleft()[1])
                 next_t += self.period
                 time.sleep(max(0.0, next_t - time.monotonic()))
         except OSError:

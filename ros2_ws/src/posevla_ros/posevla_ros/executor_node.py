@@ -2,8 +2,9 @@
 stream on /xtrainer/servo_command at the control rate. Plumbing around posevla.calibration.transforms and
 posevla.control.executor.
 
-Subscribes /policy/chunk, /<arm>_arm/tcp_pose, /estop. Publishes /xtrainer/servo_command, /executor/chunk_base,
-/diagnostics. Services /executor/estop/trigger and /executor/estop/reset.
+Subscribes /policy/chunk, /<arm>_arm/tcp_pose, /joint_states (measured gripper openings), /estop. Publishes
+/xtrainer/servo_command, /executor/chunk_base, /diagnostics. Services /executor/estop/trigger and
+/executor/estop/reset (refused while /estop is still true).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import MultiDOFJointTrajectory
@@ -21,6 +23,7 @@ from trajectory_msgs.msg import MultiDOFJointTrajectory
 from posevla.calibration.files import load_calibrations
 from posevla.calibration.transforms import CameraToBase, PoseHistory
 from posevla.control.executor import BLEND_MODES, ChunkExecutor, ExecutorConfig, Hold
+from posevla.robot import state_codec
 from posevla.robot.driver import XTrainerConfig
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import (
@@ -51,6 +54,8 @@ class ExecutorNode(Node):
             "ensemble_k": (0.01, "ACT temporal ensembling weight exp(-k i)", (0.0, 10.0)),
             "rtc_freeze_s": (0.1, "rtc: keep the committed chunk this long (s)", (0.0, 5.0)),
             "rtc_blend_s": (0.2, "rtc: cross-fade duration (s)", (0.0, 5.0)),
+            "plan_margin": (0.85, "plan at this fraction of the safety limits (the driver checks the full ones)",
+                            (0.1, 1.0)),
         })
         robot_path = config_dir() / p["robot_config"] if "/" not in p["robot_config"] else p["robot_config"]
         self.robot = XTrainerConfig.from_yaml(robot_path)
@@ -62,14 +67,18 @@ class ExecutorNode(Node):
                                                  self.get_clock().now().nanoseconds))
         self.chunks = ChunkExecutor(ExecutorConfig(
             rate_hz=p["rate_hz"], watchdog_s=p["watchdog_s"], max_chunk_age_s=p["max_chunk_age_s"], blend=p["blend"],
-            ensemble_k=p["ensemble_k"], rtc_freeze_s=p["rtc_freeze_s"], rtc_blend_s=p["rtc_blend_s"]), self.robot.safety)
+            ensemble_k=p["ensemble_k"], rtc_freeze_s=p["rtc_freeze_s"], rtc_blend_s=p["rtc_blend_s"],
+            plan_margin=p["plan_margin"]), self.robot.safety)
         self.latest: dict[str, tuple[int, np.ndarray]] = {}
+        self.gripper: dict[str, float] = {}  # measured openings from /joint_states (NaN: not measured)
+        self.estop_topic = False  # last value on /estop: a reset is refused while it is true
         self.cmd_pub = self.create_publisher(MultiDOFJointTrajectory, "/xtrainer/servo_command", 10)
         self.base_pub = self.create_publisher(MultiDOFJointTrajectory, "/executor/chunk_base", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(MultiDOFJointTrajectory, "/policy/chunk", self._on_chunk, 10)
         for arm in self.robot.arms:
             self.create_subscription(PoseStamped, f"/{arm}_arm/tcp_pose", lambda m, a=arm: self._on_tcp(a, m), 50)
+        self.create_subscription(JointState, "/joint_states", self._on_joint_states, 20)
         self.create_subscription(Bool, "/estop", self._on_estop, LATCHED)
         self.create_service(Trigger, "/executor/estop/trigger", self._srv_estop)
         self.create_service(Trigger, "/executor/estop/reset", self._srv_reset)
@@ -88,6 +97,15 @@ class ExecutorNode(Node):
         T = pose_to_T(msg.pose)
         self.histories[arm].add(stamp, T)
         self.latest[arm] = (stamp, T)
+
+    def _on_joint_states(self, msg: JointState) -> None:
+        try:
+            arms = state_codec.decode(msg.name, msg.position, list(self.robot.arms))
+        except ValueError as exc:
+            self.get_logger().error(f"/joint_states: {exc}", throttle_duration_sec=1.0)
+            return
+        for arm, s in arms.items():
+            self.gripper[arm] = s.gripper
 
     def _on_chunk(self, msg: MultiDOFJointTrajectory) -> None:
         t0 = time.perf_counter()
@@ -112,7 +130,7 @@ class ExecutorNode(Node):
     def _tick(self) -> None:
         t0 = time.perf_counter()
         now = self._now()
-        measured = {arm: (T, 0.5) for arm, (_, T) in self.latest.items()}
+        measured = {arm: (T, self.gripper.get(arm, float("nan"))) for arm, (_, T) in self.latest.items()}
         out = self.chunks.tick(now, measured)
         if isinstance(out, Hold):
             self.stats["holds"] += 1
@@ -124,6 +142,7 @@ class ExecutorNode(Node):
         self.tick_ms = self.tick_ms[-500:]
 
     def _on_estop(self, msg: Bool) -> None:
+        self.estop_topic = bool(msg.data)
         if msg.data:
             self.chunks.estop()
             self.get_logger().error("E-STOP latched (/estop)")
@@ -134,6 +153,10 @@ class ExecutorNode(Node):
         return response
 
     def _srv_reset(self, request, response):
+        if self.estop_topic:
+            response.success = False
+            response.message = "refused: /estop is still true (release it first: posevla estop --release)"
+            return response
         self.chunks.reset_estop()
         response.success, response.message = True, "e-stop reset"
         return response
@@ -142,7 +165,10 @@ class ExecutorNode(Node):
         st = DiagnosticStatus(name="executor", hardware_id="executor")
         st.level = DiagnosticStatus.ERROR if self.chunks.estopped else DiagnosticStatus.OK
         st.message = self.chunks.last_hold or "executing"
-        values = dict(self.stats)
+        values: dict[str, object] = dict(self.stats)
+        values["estop_latched"] = self.chunks.estopped
+        values["estop_topic"] = self.estop_topic
+        values["gripper_unmeasured_restarts"] = self.chunks.gripper_unmeasured
         if self.tick_ms:
             values["tick_ms_p50"] = f"{np.median(self.tick_ms):.3f}"
         if self.transform_ms:

@@ -19,6 +19,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import MultiDOFJointTrajectory
 
 from posevla.robot import protocol as P
+from posevla.robot import state_codec
 from posevla.robot.driver import XTrainerConfig, XTrainerDriver
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import T_to_pose_stamped, msg_to_servo_command, ns_to_time, time_to_ns
@@ -26,10 +27,6 @@ from posevla_ros.node_main import spin_node
 from posevla_ros.params import declare_checked
 
 LATCHED = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
-
-
-def joint_names(arm: str) -> list[str]:
-    return [f"{arm}_joint{i}" for i in range(1, 7)] + [f"{arm}_gripper"]
 
 
 class XTrainerDriverNode(Node):
@@ -67,6 +64,7 @@ class XTrainerDriverNode(Node):
         self.create_timer(1.0 / p["publish_rate_hz"], self._publish_state)
         self.create_timer(1.0, self._publish_diagnostics)
         self.rejected = 0
+        self.estop_topic = False  # last value on /estop: a reset is refused while it is true
         self._last_seq = dict.fromkeys(self.cfg.arms, 0)
 
     # ------------------------------------------------------------------ commands
@@ -89,19 +87,21 @@ class XTrainerDriverNode(Node):
                 self.get_logger().warning(f"{arm} arm holds: {why}", throttle_duration_sec=1.0)
 
     def _on_joint_command(self, msg: JointState) -> None:
-        idx = {n: i for i, n in enumerate(msg.name)}
-        for arm in self.cfg.arms:
-            names = joint_names(arm)
-            if not all(n in idx for n in names[:6]):
-                continue
-            q = np.array([msg.position[idx[n]] for n in names[:6]])
-            g = msg.position[idx[names[6]]] if names[6] in idx else None
-            why = self.driver.servo_joints(arm, q, g, stamp_ns=time_to_ns(msg.header.stamp))
+        try:
+            arms = state_codec.decode(msg.name, msg.position, list(self.cfg.arms))
+        except ValueError as exc:
+            self.rejected += 1
+            self.get_logger().error(f"/xtrainer/servo_joint_command: {exc}", throttle_duration_sec=1.0)
+            return
+        for arm, s in arms.items():
+            g = s.gripper if np.isfinite(s.gripper) else None
+            why = self.driver.servo_joints(arm, s.q, g, stamp_ns=time_to_ns(msg.header.stamp))
             if why:
                 self.rejected += 1
                 self.get_logger().warning(f"{arm} arm holds: {why}", throttle_duration_sec=1.0)
 
     def _on_estop(self, msg: Bool) -> None:
+        self.estop_topic = bool(msg.data)
         if msg.data:
             self.driver.estop()
             self.get_logger().error("E-STOP latched (/estop)")
@@ -112,6 +112,10 @@ class XTrainerDriverNode(Node):
         return response
 
     def _srv_reset(self, request, response):
+        if self.estop_topic:
+            response.success = False
+            response.message = "refused: /estop is still true (release it first: posevla estop --release)"
+            return response
         self.driver.reset_estop()
         response.success, response.message = True, "e-stop reset"
         return response
@@ -130,20 +134,19 @@ class XTrainerDriverNode(Node):
 
     # ------------------------------------------------------------------ state
     def _publish_state(self) -> None:
-        names: list[str] = []
-        positions: list[float] = []
+        arms: dict[str, state_codec.ArmJoints] = {}
         stamp = 0
         for arm in self.cfg.arms:
             fb = self.driver.feedback(arm)
-            st = self.driver.arm_state(arm)
+            st = self.driver.arm_state(arm)  # None while the feedback is implausible or stale
             if fb is None or st is None or fb.seq == self._last_seq[arm]:
                 continue  # never republish an old sample as new
             self._last_seq[arm] = fb.seq
-            names += joint_names(arm)
-            positions += [*map(float, fb.q), float(fb.gripper)]
-            stamp = max(stamp, fb.stamp_ns)
-            self.tcp_pubs[arm].publish(T_to_pose_stamped(st.T_base_tcp, fb.stamp_ns, "base_link"))
-        if names:
+            arms[arm] = state_codec.ArmJoints(st.joints, st.gripper)
+            stamp = max(stamp, st.stamp_ns)
+            self.tcp_pubs[arm].publish(T_to_pose_stamped(st.T_base_tcp, st.stamp_ns, "base_link"))
+        if arms:
+            names, positions = state_codec.encode(arms)
             js = JointState(name=names, position=positions)
             js.header.stamp = ns_to_time(stamp)
             self.joint_pub.publish(js)
@@ -155,13 +158,19 @@ class XTrainerDriverNode(Node):
             fb = client.latest()
             st = DiagnosticStatus(name=f"xtrainer_driver/{arm}", hardware_id=client.host)
             mode = P.MODE_NAMES.get(fb.mode, str(fb.mode)) if fb else "no feedback"
+            trusted = self.driver.trusted(arm)
             bad = (not client.connected) or fb is None or fb.mode == P.MODE_ERROR or self.driver.estopped
-            st.level = DiagnosticStatus.ERROR if bad else DiagnosticStatus.OK
+            st.level = (DiagnosticStatus.ERROR if bad else
+                        DiagnosticStatus.WARN if isinstance(trusted, str) else DiagnosticStatus.OK)
             st.message = ("E-STOP" if self.driver.estopped else
-                          client.last_error if not client.connected else self.driver.refusals.get(arm, mode))
+                          client.last_error if not client.connected else
+                          trusted if isinstance(trusted, str) else self.driver.refusals.get(arm, mode))
             st.values = [KeyValue(key=k, value=str(v)) for k, v in {
                 "connected": client.connected, "mode": mode, "commands_sent": self.driver.sent[arm],
+                "shaped": self.driver.shaped[arm], "braking_steps": self.driver.brakes[arm],
+                "implausible_feedback": self.driver.monitors[arm].implausible,
                 "reconnects": self.driver.reconnects[arm], "motion_errors": client.motion_errors,
+                "estop_latched": self.driver.estopped, "estop_topic": self.estop_topic,
                 "rejected_total": self.rejected}.items()]
             msg.status.append(st)
         self.diag_pub.publish(msg)
