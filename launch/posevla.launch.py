@@ -2,34 +2,54 @@
 
 ros2 launch posevla_ros posevla.launch.py setup:=collect task:=stack_cups instruction:="stack the cups"
 
-Starts a graph described in posevla_ros.graph (the same description the local runner `run_graph` uses):
-setup:=robot (trials: RealSense cameras + X-Trainer + policy + executor), setup:=sim (replayed episode + the
-X-Trainer TCP simulator), setup:=collect (demonstrations: cameras + X-Trainer + leader arms + recorder),
-setup:=collect_sim (rehearsal with simulated leaders). Parameter defaults come from config/*.yaml.
+Starts a graph described in posevla_ros.graph (the same description the local runner `run_graph` uses), with
+the bring-up arguments applied by posevla_ros.bringup: setup:=robot (trials: RealSense cameras + X-Trainer +
+policy + executor), setup:=sim (replayed episode + the X-Trainer TCP simulator), setup:=collect
+(demonstrations: cameras + X-Trainer + leader arms + recorder), setup:=collect_sim (rehearsal with simulated
+leaders). Parameter defaults come from share/posevla/config/*.yaml of the install (posevla.paths).
+
+Camera serials are passed as strings whatever they look like (head_serial:=123456789 stays "123456789").
 """
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-from posevla_ros.graph import graph
+from launch_ros.parameter_descriptions import ParameterValue
+from posevla_ros.bringup import BringupArgs, bringup, parse_cameras
+from posevla_ros.graph import CAMERAS, SETUPS
 
 from launch import LaunchDescription
 
 
+def _value(v):
+    # strings verbatim: launch_ros would otherwise parse "123456789" as an integer and "true" as a bool
+    return ParameterValue(v, value_type=str) if isinstance(v, str) else v
+
+
 def _nodes(context, *args, **kwargs):
     get = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
-    specs = graph(get("setup"), checkpoint=get("checkpoint"), episode=get("episode"), instruction=get("instruction"),
-                  task=get("task"), leader_dir=get("leader_dir"))
+    extra = BringupArgs(calibration_dir=get("calibration_dir"), cameras=parse_cameras(get("cameras")),
+                        serials={c: get(f"{c}_serial") for c in CAMERAS if get(f"{c}_serial")})
+    specs = bringup(get("setup"), checkpoint=get("checkpoint"), episode=get("episode"),
+                    instruction=get("instruction"), task=get("task"), leader_dir=get("leader_dir"), args=extra)
     return [Node(package="posevla_ros", executable=s.executable, name=s.name, output="screen",
-                 parameters=[*(str(p) for p in s.param_paths()), s.parameters]) for s in specs]
+                 parameters=[*(str(p) for p in s.param_paths()), {k: _value(v) for k, v in s.parameters.items()}])
+            for s in specs]
 
 
 def generate_launch_description() -> LaunchDescription:
     return LaunchDescription([
-        DeclareLaunchArgument("setup", default_value="robot", description="robot | sim | collect | collect_sim"),
+        DeclareLaunchArgument("setup", default_value="robot", description=" | ".join(SETUPS)),
         DeclareLaunchArgument("checkpoint", default_value="", description="policy checkpoint directory"),
         DeclareLaunchArgument("episode", default_value="", description="episode to replay (setup:=sim)"),
         DeclareLaunchArgument("instruction", default_value="", description="language instruction"),
         DeclareLaunchArgument("task", default_value="", description="task name of recorded episodes (collect)"),
         DeclareLaunchArgument("leader_dir", default_value="", description="simulated leader ports (collect_sim)"),
+        DeclareLaunchArgument("calibration_dir", default_value="",
+                              description="hand-eye calibration folder (default: share/posevla/calibration)"),
+        DeclareLaunchArgument("cameras", default_value="",
+                              description="cameras in use, e.g. [head, left_wrist] (default: all three)"),
+        *(DeclareLaunchArgument(f"{c}_serial", default_value="",
+                                description=f"RealSense serial of the {c} camera (default: from config/)")
+          for c in CAMERAS),
         OpaqueFunction(function=_nodes),
     ])

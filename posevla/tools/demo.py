@@ -3,7 +3,9 @@
 Stage 1 (always): render the demo tabletop from the head and wrist cameras, preprocess each view for the
 model (resize-with-pad to 224x224 with exact intrinsics, raymap, depth prior) and save a picture of it.
 Stage 2 (when the ROS graph is available): run the whole graph — replayed cameras -> policy node ->
-executor -> X-Trainer driver -> TCP simulator — for --duration seconds and report what happened.
+executor -> X-Trainer driver -> TCP simulator — once the graph is ready (the policy node may take a while
+to start on a busy machine: --ready-timeout), for --duration seconds, and report what happened. A failure is
+one line naming the reason and a non-zero exit status.
 """
 from __future__ import annotations
 
@@ -20,14 +22,16 @@ from posevla.geometry.depth import depth_prior
 from posevla.geometry.image_ops import plan_resize_with_pad
 from posevla.geometry.intrinsics import CameraIntrinsics
 from posevla.geometry.raymap import raymap
+from posevla.paths import calibration_dir, models_dir, runs_dir
 from posevla.tools.synthetic_scene import TabletopScene
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "demo", help="output folder (default runs/demo)")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds to run the ROS graph (default 20)")
+    parser.add_argument("--out", type=Path, default=runs_dir() / "demo", help="output folder (default runs/demo)")
+    parser.add_argument("--duration", type=float, default=20.0,
+                        help="seconds to run the ROS graph once it is ready (default 20)")
+    parser.add_argument("--ready-timeout", type=float, default=300.0,
+                        help="seconds to wait for the graph to be ready: feedback and a first accepted chunk (default 300)")
     parser.add_argument("--size", type=int, default=224, help="model input size in pixels (default 224)")
     parser.add_argument("--no-graph", action="store_true", help="only stage 1 (no ROS graph)")
 
@@ -93,7 +97,7 @@ def stage_assets(out: Path) -> tuple[Path, Path]:
         print(f"[demo] recorded a scripted episode {episode} in {time.perf_counter() - t0:.1f} s")
     ckpt = out / "checkpoint"
     if not (ckpt / "model.safetensors").exists():
-        policy = PoseVLAPolicy.from_config(REPO / "models" / "tiny.yaml", seed=0, device="cpu")
+        policy = PoseVLAPolicy.from_config(models_dir() / "tiny.yaml", seed=0, device="cpu")
         policy.set_norm_stats(_norm_from_episode(episode, policy))
         policy.save_pretrained(ckpt)
         print(f"[demo] saved a tiny random-weight Pose-VLA checkpoint to {ckpt} "
@@ -108,7 +112,7 @@ def _norm_from_episode(episode: Path, policy):
     from posevla.model.io_transforms import pose_to_vector
     from posevla.model.normalization import NormStats
 
-    T_head_base = se3.invert_T(HandEyeCalibration.load(REPO / "calibration" / "head_camera.yaml").T_parent_child)
+    T_head_base = se3.invert_T(HandEyeCalibration.load(calibration_dir() / "head_camera.yaml").T_parent_child)
     rows = []
     with EpisodeReader(episode) as ep:
         for i in range(ep.num_frames):
@@ -119,14 +123,23 @@ def _norm_from_episode(episode: Path, policy):
     return NormStats.fit(rows, rows)
 
 
-def stage_graph(out: Path, duration: float, episode: Path, ckpt: Path) -> int:
-    return subprocess.call([sys.executable, "-m", "posevla_ros.demo_graph", "--checkpoint", str(ckpt),
-                            "--episode", str(episode), "--duration", str(duration), "--out", str(out)])
+def stage_graph(out: Path, duration: float, episode: Path, ckpt: Path, ready_timeout_s: float) -> int:
+    proc = subprocess.Popen([sys.executable, "-m", "posevla_ros.demo_graph", "--checkpoint", str(ckpt),
+                             "--episode", str(episode), "--duration", str(duration), "--out", str(out),
+                             "--ready-timeout", str(ready_timeout_s)])
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # the child got the same Ctrl-C: let it stop its graph and report
+        return proc.wait()
 
 
 def run(args: argparse.Namespace) -> int:
-    stage_views(args.out, args.size)
-    if args.no_graph:
-        return 0
-    episode, ckpt = stage_assets(args.out)
-    return stage_graph(args.out, args.duration, episode, ckpt)
+    try:
+        stage_views(args.out, args.size)
+        if args.no_graph:
+            return 0
+        episode, ckpt = stage_assets(args.out)
+        return stage_graph(args.out, args.duration, episode, ckpt, args.ready_timeout)
+    except KeyboardInterrupt:
+        print("[demo] interrupted", file=sys.stderr)
+        return 130

@@ -1,11 +1,17 @@
-"""ament_python package with the ROS 2 nodes. Each node is `ros2 run posevla_ros <name>`."""
+"""ament_python package with the ROS 2 nodes. Each node is `ros2 run posevla_ros <name>`.
+
+The launch files live in the repository's launch/ and are installed into share/posevla_ros/launch (for
+`ros2 launch posevla_ros posevla.launch.py`); config/, calibration/ and models/ are installed by the root
+package into share/posevla (see posevla.paths)."""
 import os
 import sys
 from glob import glob
 
 from setuptools import find_packages, setup
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.normpath(os.path.join(HERE, "..", "..", ".."))
+sys.path.insert(0, HERE)
 from posevla_ros.graph import EXECUTABLES  # noqa: E402  (plain module, no ROS imports)
 
 setup(
@@ -15,8 +21,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/posevla_ros"]),
         ("share/posevla_ros", ["package.xml"]),
-        ("share/posevla_ros/launch", glob("launch/*.py")),
-        ("share/posevla_ros/config", glob("config/*.yaml")),
+        ("share/posevla_ros/launch", sorted(os.path.relpath(p, HERE) for p in glob(os.path.join(REPO, "launch", "*.py")))),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -19,28 +19,35 @@ from sensor_msgs.msg import CameraInfo, Image
 from posevla.perception.realsense import RealSenseCamera, RealSenseConfig
 from posevla_ros.msg_conv import image_to_msg, intrinsics_to_msg, ns_to_time
 from posevla_ros.node_main import spin_node
-from posevla_ros.params import declare_checked
+from posevla_ros.params import ParamSpec, declare_checked, reject_unknown
 
 
 class CameraNode(Node):
+    PARAMS: ParamSpec = {
+        "camera_name": ("head", "head | left_wrist | right_wrist (topic prefix and frame id)",
+                        ("head", "left_wrist", "right_wrist")),
+        "serial": ("", "RealSense serial number, a string (empty: any one camera; see `posevla doctor`)", None),
+        "width": (640, "color/depth width (pixels)", (64, 1920)),
+        "height": (480, "color/depth height (pixels)", (48, 1080)),
+        "fps": (30, "frame rate (Hz)", (5, 90)),
+        "playback_file": ("", "play a recording (.db3/.bag) instead of a live camera", None),
+        "inter_cam_sync_mode": (0, "hardware sync: 0 default, 1 master, 2 slave", (0, 2)),
+    }
+
     def __init__(self) -> None:
         super().__init__("camera")
-        p = declare_checked(self, {
-            "camera_name": ("head", "head | left_wrist | right_wrist (topic prefix and frame id)",
-                            ("head", "left_wrist", "right_wrist")),
-            "serial": ("", "RealSense serial number (empty: any one camera)", None),
-            "width": (640, "color/depth width", (64, 1920)),
-            "height": (480, "color/depth height", (48, 1080)),
-            "fps": (30, "frame rate", (5, 90)),
-            "playback_file": ("", "play a recording (.db3/.bag) instead of a live camera", None),
-            "inter_cam_sync_mode": (0, "hardware sync: 0 default, 1 master, 2 slave", (0, 2)),
-        })
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self.camera: RealSenseCamera | None = None
+        p = declare_checked(self, self.PARAMS, dynamic=())
+        reject_unknown(self)  # before the capture thread starts
         self.cfg = RealSenseConfig(p["camera_name"], p["serial"], p["width"], p["height"], p["fps"],
                                    p["playback_file"], True, p["inter_cam_sync_mode"])
         name = p["camera_name"]
-        self.color_pub = self.create_publisher(Image, f"/{name}/color/image_raw", qos_profile_sensor_data)
-        self.depth_pub = self.create_publisher(Image, f"/{name}/aligned_depth_to_color/image_raw", qos_profile_sensor_data)
-        self.info_pub = self.create_publisher(CameraInfo, f"/{name}/color/camera_info", qos_profile_sensor_data)
+        # relative names: /<camera>/... at the root, /<ns>/<camera>/... under a namespace
+        self.color_pub = self.create_publisher(Image, f"{name}/color/image_raw", qos_profile_sensor_data)
+        self.depth_pub = self.create_publisher(Image, f"{name}/aligned_depth_to_color/image_raw", qos_profile_sensor_data)
+        self.info_pub = self.create_publisher(CameraInfo, f"{name}/color/camera_info", qos_profile_sensor_data)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.camera = RealSenseCamera(self.cfg)
         self.status, self.published, self.reconnects = "starting", 0, 0
@@ -95,13 +102,15 @@ class CameraNode(Node):
 
     def destroy_node(self) -> None:
         self._running = False
-        self._thread.join(2.0)
-        self.camera.disconnect()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        if self.camera is not None:
+            self.camera.disconnect()
         super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> None:
-    spin_node(CameraNode, "camera_node", args)
+    spin_node(CameraNode, "camera_node", args, params=CameraNode.PARAMS, doc=__doc__)
 
 
 if __name__ == "__main__":

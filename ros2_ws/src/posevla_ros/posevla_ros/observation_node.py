@@ -15,21 +15,23 @@ from posevla.types import VIEW_NAMES, Observation
 from posevla_ros.msg_conv import image_to_msg, intrinsics_to_msg, ns_to_time
 from posevla_ros.node_main import spin_node
 from posevla_ros.observation_source import ObservationSource
-from posevla_ros.params import declare_checked
+from posevla_ros.params import ParamSpec, declare_checked
 
 
 class ObservationNode(Node):
+    PARAMS: ParamSpec = {
+        "image_size": (224, "model input size (pixels)", (16, 1024)),
+        "require_robot_state": (False, "refuse observations without TCP poses at the image stamp", None),
+    }
+
     def __init__(self) -> None:
         super().__init__("observation")
-        p = declare_checked(self, {
-            "image_size": (224, "model input size (pixels)", (16, 1024)),
-            "require_robot_state": (False, "refuse observations without TCP poses at the image stamp", None),
-        })
+        p = declare_checked(self, self.PARAMS, dynamic=())
         self.source = ObservationSource(self, list(VIEW_NAMES), p["image_size"], self._on_obs,
                                         need_state=p["require_robot_state"])
-        self.pubs = {v: (self.create_publisher(Image, f"/observation/{v}/image", 10),
-                         self.create_publisher(CameraInfo, f"/observation/{v}/camera_info", 10),
-                         self.create_publisher(Image, f"/observation/{v}/depth", 10)) for v in self.source.cameras}
+        self.pubs = {v: (self.create_publisher(Image, f"observation/{v}/image", 10),
+                         self.create_publisher(CameraInfo, f"observation/{v}/camera_info", 10),
+                         self.create_publisher(Image, f"observation/{v}/depth", 10)) for v in self.source.cameras}
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._diag)
 
@@ -51,7 +53,8 @@ class ObservationNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    spin_node(ObservationNode, "observation_node", args)
+    # ObservationSource declares its own parameters too (cameras, slop_s, ...): --help lists the node's own
+    spin_node(ObservationNode, "observation_node", args, params=ObservationNode.PARAMS, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ appears to happen now (relative timing, including inter-camera offsets, is kept)
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -27,7 +27,8 @@ from posevla.dataset.reader import EpisodeReader
 from posevla.perception.bag_replay import BagSource, is_rosbag2
 from posevla.perception.replay import replay_schedule
 from posevla_ros.msg_conv import T_to_pose_stamped, image_to_msg, intrinsics_to_msg, ns_to_time, time_to_ns
-from posevla_ros.params import declare_checked
+from posevla_ros.node_main import spin_node
+from posevla_ros.params import ParamSpec, declare_checked, reject_unknown
 
 # rosbag2 message types the replay republishes, and their QoS (cameras: sensor data, like realsense2_camera)
 BAG_TYPES = {"sensor_msgs/msg/Image": (Image, qos_profile_sensor_data),
@@ -37,16 +38,21 @@ BAG_TYPES = {"sensor_msgs/msg/Image": (Image, qos_profile_sensor_data),
 
 
 class ReplayNode(Node):
+    PARAMS: ParamSpec = {
+        "episode": ("", "episode (.h5) or rosbag2 recording (folder, .mcap, .db3) to replay (required)", None),
+        "rate": (1.0, "playback speed factor", (0.01, 100.0)),
+        "loop": (True, "start again at the end", None),
+        "stamp_mode": ("now", "now: shift stamps to playback time; original: recorded stamps", ("now", "original")),
+        "publish_robot_state": (False, "also publish the recorded TCP poses and joints (.h5)", None),
+        "topics": ([""], "rosbag2: topics to republish (empty: every supported one)", None),
+    }
+
     def __init__(self) -> None:
         super().__init__("replay")
-        p = declare_checked(self, {
-            "episode": ("", "episode (.h5) or rosbag2 recording (folder, .mcap, .db3) to replay", None),
-            "rate": (1.0, "playback speed factor", (0.01, 100.0)),
-            "loop": (True, "start again at the end", None),
-            "stamp_mode": ("now", "now: shift stamps to playback time; original: recorded stamps", ("now", "original")),
-            "publish_robot_state": (False, "also publish the recorded TCP poses and joints (.h5)", None),
-            "topics": ([""], "rosbag2: topics to republish (empty: every supported one)", None),
-        })
+        self.reader = self.bag = None
+        self.stop = threading.Event()  # set by node_main on SIGINT/SIGTERM: the play loop returns promptly
+        p = declare_checked(self, self.PARAMS, dynamic=())
+        reject_unknown(self)
         if not p["episode"]:
             raise ValueError("parameter episode is empty: give the .h5 episode or rosbag2 recording to replay")
         self.p = p
@@ -59,12 +65,12 @@ class ReplayNode(Node):
         self.pubs = {}
         for cam in self.reader.camera_names:
             self.pubs[cam] = (
-                self.create_publisher(Image, f"/{cam}/color/image_raw", qos_profile_sensor_data),
-                self.create_publisher(Image, f"/{cam}/aligned_depth_to_color/image_raw", qos_profile_sensor_data),
-                self.create_publisher(CameraInfo, f"/{cam}/color/camera_info", qos_profile_sensor_data))
+                self.create_publisher(Image, f"{cam}/color/image_raw", qos_profile_sensor_data),
+                self.create_publisher(Image, f"{cam}/aligned_depth_to_color/image_raw", qos_profile_sensor_data),
+                self.create_publisher(CameraInfo, f"{cam}/color/camera_info", qos_profile_sensor_data))
         if p["publish_robot_state"]:
-            self.tcp_pubs = {arm: self.create_publisher(PoseStamped, f"/{arm}_arm/tcp_pose", 10) for arm in ("left", "right")}
-            self.joint_pub = self.create_publisher(JointState, "/joint_states", 10)
+            self.tcp_pubs = {arm: self.create_publisher(PoseStamped, f"{arm}_arm/tcp_pose", 10) for arm in ("left", "right")}
+            self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
         self.get_logger().info(f"replaying {p['episode']} ({self.reader.num_frames} frames, cameras "
                                f"{self.reader.camera_names}) at x{p['rate']}")
 
@@ -96,9 +102,7 @@ class ReplayNode(Node):
         start_wall = time.monotonic()
         for item in replay_schedule(self.reader, self.get_clock().now().nanoseconds, self.p["rate"], self.p["stamp_mode"]):
             delay = item.due_s - (time.monotonic() - start_wall)
-            if delay > 0:
-                time.sleep(delay)
-            if not rclpy.ok():
+            if self.stop.wait(max(delay, 0.0)):
                 return
             for cam, cf in item.frame.cameras.items():
                 stamp = cf.stamp_ns + item.stamp_shift_ns
@@ -124,9 +128,7 @@ class ReplayNode(Node):
         start_wall, shift = time.monotonic(), None
         for due_s, m in self.bag.schedule(self.p["rate"]):
             delay = due_s - (time.monotonic() - start_wall)
-            if delay > 0:
-                time.sleep(delay)
-            if not rclpy.ok():
+            if self.stop.wait(max(delay, 0.0)):
                 return
             cls, pub = self.bag_pubs[m.topic]
             msg = deserialize_message(m.data, cls)
@@ -138,25 +140,24 @@ class ReplayNode(Node):
             self.published += 1
 
 
+    def destroy_node(self) -> None:
+        for source in (self.bag, self.reader):
+            if source is not None:
+                source.close()
+        super().destroy_node()
+
+
+def _play(node: ReplayNode, stop: threading.Event) -> None:
+    """The main-thread loop: publish until the end (loop:=false) or until node_main sets `stop`."""
+    node.stop = stop
+    while not stop.is_set():
+        node.play_once()
+        if not node.p["loop"]:
+            break
+
+
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = ReplayNode()
-    except ValueError as exc:
-        print(f"replay_node: {exc}", flush=True)
-        rclpy.try_shutdown()
-        raise SystemExit(2) from exc
-    try:
-        while rclpy.ok():
-            node.play_once()
-            if not node.p["loop"]:
-                break
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        (node.bag or node.reader).close()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(ReplayNode, "replay_node", args, params=ReplayNode.PARAMS, doc=__doc__, loop=_play)
 
 
 if __name__ == "__main__":

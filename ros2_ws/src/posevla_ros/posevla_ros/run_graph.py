@@ -1,8 +1,9 @@
 """Run a node graph of `posevla_ros.graph` as child processes (for machines without `ros2 launch`).
 
 Each node gets `--ros-args -r __node:=<name> --params-file <config/...yaml> -p key:=value`, exactly what
-the launch file passes. Output lines are prefixed with the node name. Ctrl-C (or --duration) stops the
-graph: SIGINT first, then SIGTERM, then SIGKILL.
+the launch file passes (string values quoted, so a digit-only serial stays a string). Output lines are prefixed
+with the node name. Ctrl-C, SIGTERM (e.g. from systemd or a supervisor) or --duration stop the graph: SIGINT to
+every node first, then SIGTERM, then SIGKILL.
 """
 from __future__ import annotations
 
@@ -13,8 +14,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 
-from posevla_ros.graph import EXECUTABLES, SETUPS, NodeSpec, graph
+import yaml
+
+from posevla_ros.bringup import BringupArgs, bringup, parse_cameras
+from posevla_ros.graph import CAMERAS, EXECUTABLES, SETUPS, NodeSpec
+
+
+def param_arg(key: str, value: object) -> str:
+    """`key:=value` for --ros-args -p; rcl parses the value as YAML, so a string that YAML would read as a
+    number, bool or null ("123456789", "true", "") is double-quoted to stay a string."""
+    if isinstance(value, str):
+        plain = bool(value) and value.strip() == value and yaml.safe_load(value) == value
+        return f"{key}:={value if plain else yaml.safe_dump(value, default_style=chr(34)).strip()}"
+    if isinstance(value, (list, tuple)):
+        return f"{key}:=[{', '.join(yaml.safe_dump(v, default_style=chr(34)).strip() if isinstance(v, str) else str(v) for v in value)}]"
+    if isinstance(value, bool):
+        return f"{key}:={'true' if value else 'false'}"
+    return f"{key}:={value}"
 
 
 def node_command(spec: NodeSpec) -> list[str]:
@@ -24,12 +42,13 @@ def node_command(spec: NodeSpec) -> list[str]:
             raise FileNotFoundError(f"parameter file {path} for node {spec.name} does not exist")
         cmd += ["--params-file", str(path)]
     for key, value in spec.parameters.items():
-        cmd += ["-p", f"{key}:={value}"]
+        cmd += ["-p", param_arg(key, value)]
     return cmd
 
 
-def _pump(name: str, stream, width: int) -> None:
+def _pump(name: str, stream, width: int, tail: deque) -> None:
     for line in iter(stream.readline, ""):
+        tail.append(line)
         sys.stdout.write(f"[{name:<{width}}] {line}")
         sys.stdout.flush()
 
@@ -41,6 +60,7 @@ class GraphRunner:
         self.specs = specs
         self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.procs: dict[str, subprocess.Popen] = {}
+        self.tail: dict[str, deque] = {}  # node -> its last output lines (to explain a failure in one line)
 
     def start(self, delay_s: float = 0.3) -> None:
         width = max(len(s.name) for s in self.specs)
@@ -48,7 +68,9 @@ class GraphRunner:
             proc = subprocess.Popen(node_command(spec), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     env=self.env, start_new_session=True)
             self.procs[spec.name] = proc
-            threading.Thread(target=_pump, args=(spec.name, proc.stdout, width), daemon=True).start()
+            self.tail[spec.name] = deque(maxlen=20)
+            threading.Thread(target=_pump, args=(spec.name, proc.stdout, width, self.tail[spec.name]),
+                             daemon=True).start()
             time.sleep(delay_s)
 
     def dead(self) -> dict[str, int]:
@@ -68,6 +90,14 @@ class GraphRunner:
         return {n: p.returncode for n, p in self.procs.items()}
 
 
+class _Terminate(Exception):
+    """Raised in the main thread by the SIGTERM handler, so the graph is stopped like on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminate()
+
+
 def main(args: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("setup", choices=SETUPS, help="which graph to run (see posevla_ros.graph.graph)")
@@ -76,13 +106,27 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--instruction", default="", help="language instruction (policy, or recorder when collecting)")
     parser.add_argument("--task", default="", help="task name of the recorded episodes (collect setups)")
     parser.add_argument("--leader-dir", default="", help="folder of simulated leader ports (collect_sim)")
+    parser.add_argument("--calibration-dir", default="", help="hand-eye calibration folder (default: the installed one)")
+    parser.add_argument("--cameras", default="", help="cameras in use, e.g. 'head,left_wrist' (default: all three)")
+    for cam in CAMERAS:
+        parser.add_argument(f"--{cam.replace('_', '-')}-serial", default="", help=f"RealSense serial of the {cam} camera")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
     ns = parser.parse_args(args)
-    runner = GraphRunner(graph(ns.setup, ns.checkpoint, ns.episode, ns.instruction, ns.task, ns.leader_dir))
-    runner.start()
+    extra = BringupArgs(calibration_dir=ns.calibration_dir, cameras=parse_cameras(ns.cameras),
+                        serials={c: getattr(ns, f"{c}_serial") for c in CAMERAS if getattr(ns, f"{c}_serial")})
+    try:
+        specs = bringup(ns.setup, ns.checkpoint, ns.episode, ns.instruction, ns.task, ns.leader_dir, extra)
+        runner = GraphRunner(specs)
+        for spec in specs:
+            node_command(spec)  # parameter files exist, before anything starts
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"run_graph: {exc}", file=sys.stderr)
+        return 2
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     t_end = time.monotonic() + ns.duration if ns.duration > 0 else float("inf")
     rc = 0
     try:
+        runner.start()
         while time.monotonic() < t_end:
             dead = runner.dead()
             if dead:
@@ -92,7 +136,13 @@ def main(args: list[str] | None = None) -> int:
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
-    runner.stop()
+    except _Terminate:
+        print("[run_graph] SIGTERM: stopping the graph", flush=True)
+        rc = 143
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
+        runner.stop()
+        signal.signal(signal.SIGTERM, previous)
     return rc
 
 

@@ -24,25 +24,29 @@ from posevla.teleop.gello import LeaderArm, LeaderConfig, LeaderReadError, Leade
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import ns_to_time
 from posevla_ros.node_main import spin_node
-from posevla_ros.params import declare_checked
+from posevla_ros.params import ParamSpec, declare_checked, reject_unknown
 
 BUTTONS_PER_ARM = 8
 
 
 class TeleopNode(Node):
+    PARAMS: ParamSpec = {
+        "leader_config": ("gello_xtrainer.yaml", "leader YAML (ports, ids, offsets, signs); relative to config/", None),
+        "left_port": ("", "override the left leader's serial port", None),
+        "right_port": ("", "override the right leader's serial port", None),
+        "arms": (["left", "right"], "arms to teleoperate", None),
+        "rate_hz": (50.0, "teleoperation rate (Hz)", (5.0, 500.0)),
+        "align_speed": (0.3, "follower joint speed while moving to the leader pose (rad/s)", (0.01, 2.0)),
+        "max_speed": (2.0, "follower joint speed limit while mirroring (rad/s)", (0.1, 6.0)),
+        "max_leader_jump": (0.35, "a larger leader change between two readings freezes (rad)", (0.01, 3.0)),
+        "leader_timeout_s": (0.2, "a leader silent this long freezes the followers (s)", (0.01, 5.0)),
+    }
+
     def __init__(self) -> None:
         super().__init__("teleop")
-        p = declare_checked(self, {
-            "leader_config": ("gello_xtrainer.yaml", "leader YAML (ports, ids, offsets, signs); relative to config/", None),
-            "left_port": ("", "override the left leader's serial port", None),
-            "right_port": ("", "override the right leader's serial port", None),
-            "arms": (["left", "right"], "arms to teleoperate", None),
-            "rate_hz": (50.0, "teleoperation rate (Hz)", (5.0, 500.0)),
-            "align_speed": (0.3, "follower joint speed while moving to the leader pose (rad/s)", (0.01, 2.0)),
-            "max_speed": (2.0, "follower joint speed limit while mirroring (rad/s)", (0.1, 6.0)),
-            "max_leader_jump": (0.35, "a larger leader change between two readings freezes (rad)", (0.01, 3.0)),
-            "leader_timeout_s": (0.2, "a leader silent this long freezes the followers (s)", (0.01, 5.0)),
-        })
+        self.leaders: dict[str, LeaderArm | None] = {}
+        p = declare_checked(self, self.PARAMS, dynamic=())
+        reject_unknown(self)  # before any serial port opens
         path = p["leader_config"] if "/" in p["leader_config"] else config_dir() / p["leader_config"]
         cfg = LeaderConfig.from_yaml(path).with_ports({"left": p["left_port"], "right": p["right_port"]})
         unknown = [a for a in p["arms"] if a not in cfg.arms]
@@ -60,15 +64,15 @@ class TeleopNode(Node):
         self.readings: dict[str, LeaderReading] = {}
         self.read_errors = 0
         self._buttons: tuple[int, ...] | None = None
-        self.cmd_pub = self.create_publisher(JointState, "/xtrainer/servo_joint_command", 10)
-        self.joy_pub = self.create_publisher(Joy, "/teleop/buttons", 10)
+        self.cmd_pub = self.create_publisher(JointState, "xtrainer/servo_joint_command", 10)
+        self.joy_pub = self.create_publisher(Joy, "teleop/buttons", 10)
         state_qos = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
                                durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
-        self.state_pub = self.create_publisher(String, "/teleop/state", state_qos)
+        self.state_pub = self.create_publisher(String, "teleop/state", state_qos)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(JointState, "/joint_states", self._on_joint_states, 10)
-        self.create_service(Trigger, "/teleop/resume", self._srv_resume)
-        self.create_service(Trigger, "/teleop/freeze", self._srv_freeze)
+        self.create_subscription(JointState, "joint_states", self._on_joint_states, 10)
+        self.create_service(Trigger, "teleop/resume", self._srv_resume)
+        self.create_service(Trigger, "teleop/freeze", self._srv_freeze)
         self.dt = 1.0 / p["rate_hz"]
         self.create_timer(self.dt, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -167,7 +171,7 @@ class TeleopNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    spin_node(TeleopNode, "teleop_node", args)
+    spin_node(TeleopNode, "teleop_node", args, params=TeleopNode.PARAMS, doc=__doc__)
 
 
 if __name__ == "__main__":
