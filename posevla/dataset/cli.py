@@ -7,19 +7,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from posevla.dataset import xtrainer_import
 from posevla.dataset.check import check_episode
 from posevla.dataset.format import list_incomplete
 from posevla.dataset.reader import EpisodeReader
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="dataset_command", metavar="{check,info}", required=True)
+    sub = parser.add_subparsers(dest="dataset_command", metavar="{check,info,import-xtrainer}", required=True)
     c = sub.add_parser("check", help="report missing frames, timestamp gaps, NaNs, frozen cameras, missing calibration")
     c.add_argument("path", type=Path, help="an episode .h5, a task folder or a dataset root")
     c.add_argument("--gap-factor", type=float, default=2.0, help="a stamp gap over this many frame periods is reported")
     c.add_argument("--frozen-frames", type=int, default=10, help="identical consecutive images that count as frozen")
     i = sub.add_parser("info", help="one line per episode: frames, duration, task, instruction, success")
     i.add_argument("path", type=Path)
+    xtrainer_import.add_parser(sub)
 
 
 def episodes_under(path: Path) -> list[Path]:
@@ -31,6 +33,8 @@ def episodes_under(path: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dataset_command == "import-xtrainer":
+        return xtrainer_import.run(args)
     try:
         eps = episodes_under(args.path)
     except FileNotFoundError as exc:

@@ -107,6 +107,7 @@ class FeetechBusSim:
     """Servos on one pty. ``positions``: {id: initial present position (steps)}."""
 
     def __init__(self, positions: dict[int, int], max_speed: float = 3000.0, model: int = 777) -> None:
+        # model 777 is an STS3215 (LeRobot's MODEL_NUMBER_TABLE); the X-Trainer's exact SMS model is not published
         self.servos = {i: _Servo(i, p, model) for i, p in positions.items()}
         self.max_speed = float(max_speed)
         self.obstacle: dict[int, tuple[float, float] | None] = {i: None for i in positions}
