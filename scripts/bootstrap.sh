@@ -16,6 +16,16 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
   fi
 fi
 
+# MuJoCo (the closed-loop benchmark's twin) renders headless through EGL on Mesa (llvmpipe without a GPU).
+if ! ldconfig -p 2>/dev/null | grep -q 'libEGL_mesa.so.0'; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "[bootstrap] installing libegl1 libegl-mesa0 libgl1-mesa-dri (headless rendering for mujoco)"
+    (apt-get update -qq && apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri) >/dev/null
+  else
+    echo "[bootstrap] WARNING: EGL/Mesa is missing; run: sudo apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "[bootstrap] creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv

@@ -52,14 +52,15 @@ EXECUTABLES: dict[str, str] = {
     "recorder_node": "posevla_ros.recorder_node",
     "run_graph": "posevla_ros.run_graph",
     "trigger": "posevla_ros.trigger",
+    "mujoco_sim": "posevla_ros.mujoco_sim_node",
 }
 
 
-SETUPS = ("robot", "sim", "collect", "collect_sim")
+SETUPS = ("robot", "sim", "collect", "collect_sim", "sim_mujoco", "collect_mujoco")
 
 
 def graph(setup: str, checkpoint: str = "", episode: str = "", instruction: str = "", task: str = "",
-          leader_dir: str = "") -> list[NodeSpec]:
+          leader_dir: str = "", overrides: dict[str, dict[str, object]] | None = None) -> list[NodeSpec]:
     """Nodes for a setup.
 
     robot:       RealSense cameras, X-Trainer driver, policy, executor (trials on the robot)
@@ -67,9 +68,17 @@ def graph(setup: str, checkpoint: str = "", episode: str = "", instruction: str 
     collect:     RealSense cameras, X-Trainer driver, teleop (leader arms), recorder (demonstrations)
     collect_sim: replayed cameras, simulator + driver, teleop on simulated leaders (`posevla teleop sim-leaders`,
                  ports <leader_dir>/<arm>), recorder -- a rehearsal of data collection without hardware
+    sim_mujoco:  like sim, with the MuJoCo twin (`mujoco_sim`: physics, both controllers over TCP, the three
+                 rendered cameras) in place of the TCP simulator and the replayed cameras
+    collect_mujoco: like collect_sim, with the MuJoCo twin in place of the TCP simulator and the replay; without
+                 leader_dir there is no teleop node: a scripted leader publishes the joint commands
+                 (/xtrainer/servo_joint_command, as teleop_node does), see posevla_ros.closed_loop
+    `overrides` (node name -> parameters) are applied last, e.g. {"recorder": {"fps": 10.0}}.
     """
     if setup not in SETUPS:
         raise ValueError(f"unknown setup {setup!r} (expected one of {list(SETUPS)})")
+    if setup in ("sim_mujoco", "collect_mujoco"):
+        return _mujoco_graph(setup, checkpoint, instruction, task, leader_dir, overrides or {})
     sim = setup in ("sim", "collect_sim")
     if sim:
         nodes = [NodeSpec("xtrainer_sim", "xtrainer_sim", ["xtrainer_sim.yaml"]),
@@ -88,4 +97,25 @@ def graph(setup: str, checkpoint: str = "", episode: str = "", instruction: str 
     nodes.append(NodeSpec("teleop_node", "teleop", ["teleop.yaml"], ports))
     nodes.append(NodeSpec("recorder_node", "recorder", ["recorder.yaml"],
                           {k: v for k, v in (("task", task), ("instruction", instruction)) if v}))
+    return nodes
+
+
+def _mujoco_graph(setup: str, checkpoint: str, instruction: str, task: str, leader_dir: str,
+                  overrides: dict[str, dict[str, object]]) -> list[NodeSpec]:
+    """The sim / collect_sim graphs with the MuJoCo twin as robot and cameras."""
+    base = graph("sim" if setup == "sim_mujoco" else "collect_sim", checkpoint, "", instruction, task, leader_dir)
+    nodes = [NodeSpec("mujoco_sim", "mujoco_sim", ["mujoco_sim.yaml"])]
+    nodes += [n for n in base if n.executable not in ("xtrainer_sim", "replay_node")
+              and not (n.executable == "teleop_node" and not leader_dir)]
+    for n in nodes:
+        if n.name == "recorder":  # sample at the twin's camera rate (config/mujoco_sim.yaml), no sound
+            n.parameters.update(fps=10.0, sound_cues=False)
+        if "xtrainer_sim.yaml" in n.param_files:  # that file also holds the lag model's parameter
+            n.param_files.remove("xtrainer_sim.yaml")
+            n.parameters["robot_config"] = "xtrainer_sim_robot.yaml"
+    unknown = sorted(set(overrides) - {n.name for n in nodes})
+    if unknown:
+        raise ValueError(f"overrides for unknown node(s) {unknown} (graph {setup} has {[n.name for n in nodes]})")
+    for n in nodes:
+        n.parameters.update(overrides.get(n.name, {}))
     return nodes

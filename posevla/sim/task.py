@@ -1,0 +1,169 @@
+"""The left-arm pick-and-lift task of the twin: placements per seed, success, and the scripted demonstration.
+
+A 4 cm cube lies on the table at a random position and yaw drawn from the seed; success means its centre is
+above `lift_height_m` (base_link z, metres) when the episode ends. Training seeds and held-out evaluation seeds
+come from disjoint ranges (`TRAIN_SEED_BASE`, `HELDOUT_SEED_BASE`), so no evaluation placement was ever shown
+during training.
+
+The scripted demonstration is a joint-space path for the left arm (the right arm stays at home): above the
+cube, down, close, lift, hold. TCP waypoints follow minimum-jerk profiles in Cartesian space and are turned
+into joints with the arm's own inverse kinematics (`ArmKinematics.ik`), seeded along the path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from posevla.geometry import se3
+from posevla.robot.kinematics import ArmKinematics
+
+TRAIN_SEED_BASE = 0
+HELDOUT_SEED_BASE = 1_000_000
+
+
+def train_seeds(n: int) -> list[int]:
+    return list(range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + n))
+
+
+def heldout_seeds(n: int) -> list[int]:
+    return list(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + n))
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """A placement: the cube centre's (x, y) on the table and its yaw about base z (rad)."""
+
+    seed: int | None
+    cube_xy: tuple[float, float]
+    cube_yaw: float
+
+
+@dataclass(frozen=True)
+class PickLiftTask:
+    """Cube placement ranges (base_link, metres / radians) and the success height."""
+
+    x_range: tuple[float, float] = (0.40, 0.56)
+    y_range: tuple[float, float] = (0.22, 0.42)
+    yaw_range: tuple[float, float] = (-np.pi / 4, np.pi / 4)
+    lift_height_m: float = 0.10  # cube centre above this at the end: success (it rests at 0.02)
+    arm: str = "left"
+    instruction: str = "pick up the red cube"
+
+    def sample(self, seed: int | None) -> TaskState:
+        if seed is None:
+            return TaskState(None, (float(np.mean(self.x_range)), float(np.mean(self.y_range))), 0.0)
+        rng = np.random.default_rng([int(seed), 12])
+        return TaskState(int(seed), (float(rng.uniform(*self.x_range)), float(rng.uniform(*self.y_range))),
+                         float(rng.uniform(*self.yaw_range)))
+
+    def success(self, T_base_cube: np.ndarray) -> bool:
+        return bool(T_base_cube[2, 3] > self.lift_height_m)
+
+
+def _min_jerk(s: np.ndarray) -> np.ndarray:
+    s = np.clip(s, 0.0, 1.0)
+    return s**3 * (10 - 15 * s + 6 * s**2)
+
+
+@dataclass
+class JointPath:
+    """Joint targets (rad) and gripper opening (0..1) sampled every `dt` seconds; `at(t)` interpolates."""
+
+    dt: float
+    q: np.ndarray  # (N, 6)
+    gripper: np.ndarray  # (N,)
+
+    @property
+    def duration_s(self) -> float:
+        return (len(self.q) - 1) * self.dt
+
+    def at(self, t: float) -> tuple[np.ndarray, float]:
+        x = np.clip(t / self.dt, 0, len(self.q) - 1)
+        i = min(int(x), len(self.q) - 2)
+        f = x - i
+        return (1 - f) * self.q[i] + f * self.q[i + 1], float((1 - f) * self.gripper[i] + f * self.gripper[i + 1])
+
+
+@dataclass(frozen=True)
+class ScriptTiming:
+    """Seconds per phase of the scripted pick (minimum-jerk: peak TCP speed 1.875 x distance / time, kept well
+    under the driver's 0.25 m/s limit) and the TCP heights (m)."""
+
+    approach: float = 2.4
+    descend: float = 1.4
+    close: float = 0.7
+    lift: float = 1.8
+    hold: float = 0.8
+    above_m: float = 0.10  # approach height above the grasp height
+    grasp_tcp_z_m: float = 0.058  # TCP height at the grasp (fingers reach 5.5 cm below the TCP)
+    lift_tcp_z_m: float = 0.22
+
+
+class PathUnreachable(RuntimeError):
+    pass
+
+
+def grasp_yaw(cube_yaw: float, tcp_yaw_home: float) -> float:
+    """The TCP yaw (about base z) that aligns the fingers with a cube face, nearest the home yaw (90 deg symmetry)."""
+    k = np.round((tcp_yaw_home - cube_yaw) / (np.pi / 2))
+    return float(cube_yaw + k * np.pi / 2)
+
+
+def scripted_pick(state: TaskState, T_base_armbase: np.ndarray, kin: ArmKinematics,
+                  timing: ScriptTiming = ScriptTiming(), dt: float = 0.05) -> JointPath:
+    """The left arm's joint path from home to a lifted cube (raises PathUnreachable if IK fails)."""
+    q_home = kin.home()
+    T_home = T_base_armbase @ kin.fk(q_home)
+    yaw_home = float(np.arctan2(T_home[1, 0], T_home[0, 0]))
+    yaw = grasp_yaw(state.cube_yaw, yaw_home)
+    R_grasp = Rotation.from_euler("z", yaw - yaw_home).as_matrix() @ T_home[:3, :3]
+    x, y = state.cube_xy
+    above = se3.make_T(R_grasp, [x, y, timing.grasp_tcp_z_m + timing.above_m])
+    grasp = se3.make_T(R_grasp, [x, y, timing.grasp_tcp_z_m])
+    lifted = se3.make_T(R_grasp, [x, y, timing.lift_tcp_z_m])
+    # (duration, from pose, to pose, gripper from, gripper to)
+    phases = [(timing.approach, T_home, above, 1.0, 1.0), (timing.descend, above, grasp, 1.0, 1.0),
+              (timing.close, grasp, grasp, 1.0, 0.0), (timing.lift, grasp, lifted, 0.0, 0.0),
+              (timing.hold, lifted, lifted, 0.0, 0.0)]
+    T_armbase_base = se3.invert_T(T_base_armbase)
+    qs, gs = [q_home], [1.0]
+    q = q_home
+    for duration, T0, T1, g0, g1 in phases:
+        n = max(1, int(round(duration / dt)))
+        for k in range(1, n + 1):
+            s = float(_min_jerk(np.array(k / n)))
+            T = se3.slerp_T(T0, T1, s)
+            q_new = kin.ik(T_armbase_base @ T, q)
+            if q_new is None:
+                raise PathUnreachable(f"seed {state.seed}: no IK solution at TCP {np.round(T[:3, 3], 3).tolist()}")
+            q = q_new
+            qs.append(q)
+            gs.append(g0 + (g1 - g0) * s)
+    return JointPath(dt, np.array(qs), np.array(gs))
+
+
+def scripted_return(q_from: np.ndarray, T_base_armbase: np.ndarray, kin: ArmKinematics, open_s: float = 0.6,
+                    max_speed: float = 0.12, dt: float = 0.05) -> JointPath:
+    """After a demonstration: open the gripper in place, then a straight minimum-jerk TCP path home (peak speed
+    `max_speed` m/s), joints by IK seeded along the way."""
+    T_armbase_base = se3.invert_T(T_base_armbase)
+    T0 = T_base_armbase @ kin.fk(q_from)
+    T1 = T_base_armbase @ kin.fk(kin.home())
+    dist = float(np.linalg.norm(T1[:3, 3] - T0[:3, 3]))
+    angle = float(se3.rotation_angle(T0[:3, :3].T @ T1[:3, :3]))
+    duration = max(1.0, 1.875 * dist / max_speed, 1.875 * angle / 0.5)
+    n_open, n_move = max(1, int(round(open_s / dt))), max(1, int(round(duration / dt)))
+    qs, gs = [np.asarray(q_from, float)] * (n_open + 1), list(np.linspace(0.0, 1.0, n_open + 1))
+    q = qs[-1]
+    for k in range(1, n_move + 1):
+        s = float(_min_jerk(np.array(k / n_move)))
+        q_new = kin.ik(T_armbase_base @ se3.slerp_T(T0, T1, s), q)
+        if q_new is None:
+            raise PathUnreachable(f"no IK solution on the way home (step {k}/{n_move})")
+        q = q_new
+        qs.append(q)
+        gs.append(1.0)
+    qs[-1] = kin.home()
+    return JointPath(dt, np.array(qs), np.array(gs))

@@ -1,0 +1,277 @@
+"""ROS side of the closed-loop benchmark: scripted demonstrations and policy trials on the MuJoCo twin.
+
+Both stages run the real graphs of `posevla_ros.graph` as processes and talk to them only through their public
+interfaces, like an operator would:
+- demonstrations (`collect_mujoco`): a scripted leader streams joint targets along a pick path on
+  /xtrainer/servo_joint_command at 50 Hz (the teleop node's output: the driver servoes the twin's arms with
+  ServoJ), and the unchanged recorder records every camera, the robot state and these commands (the action).
+  Services /recorder/start, /recorder/stop_and_save, /recorder/mark_failure. (Simulated GELLO leaders read by
+  teleop_node also work, but a busy machine delays their serial replies past the teleop freeze timeout.)
+- trials (`sim_mujoco`): the policy node, the executor (hand-eye calibration, limits), the driver and the twin over
+  TCP. Between trials the executor and driver are e-stopped, the twin drives home and places the cube, then both
+  are reset; success is the twin's `/sim/success` at the trial's end.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Int64, String
+from std_srvs.srv import Trigger
+
+from posevla.sim.task import JointPath, TaskState, scripted_pick, scripted_return
+from posevla.sim.twin import TwinSpec
+from posevla_ros.graph import graph
+from posevla_ros.msg_conv import msg_to_image, ns_to_time
+from posevla_ros.run_graph import GraphRunner, node_command
+
+LATCHED = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class StageError(RuntimeError):
+    """A stage of the pipeline broke (a node died, a service did not answer, a reset never completed)."""
+
+
+class SimProbe:
+    """The orchestrator's own ROS node: /sim/reset, /sim/episode, /sim/success, Trigger calls, head frames."""
+
+    def __init__(self, name: str = "closed_loop") -> None:
+        self.ctx = rclpy.context.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node(name, context=self.ctx)
+        self.ex = rclpy.executors.SingleThreadedExecutor(context=self.ctx)
+        self.ex.add_node(self.node)
+        self.episode: dict | None = None
+        self.success: bool | None = None
+        self.head: np.ndarray | None = None
+        self.reset_pub = self.node.create_publisher(Int64, "/sim/reset", 10)
+        self.node.create_subscription(String, "/sim/episode", self._on_episode, LATCHED)
+        self.node.create_subscription(Bool, "/sim/success", lambda m: setattr(self, "success", bool(m.data)), 10)
+        self.node.create_subscription(Image, "/head/color/image_raw", self._on_head, qos_profile_sensor_data)
+        self._clients: dict[str, object] = {}
+        self.command: dict[str, tuple[np.ndarray, float]] = {}  # arm -> joint targets (rad), gripper (0..1)
+        self._path: tuple[str, JointPath, float] | None = None  # (arm, path, monotonic start) being played
+        self.cmd_pub = self.node.create_publisher(JointState, "/xtrainer/servo_joint_command", 10)
+
+    def stream_commands(self, rate_hz: float = 50.0) -> None:
+        """Publish `self.command` on /xtrainer/servo_joint_command while spinning (the scripted leader)."""
+        self.node.create_timer(1.0 / rate_hz, self._publish_command)
+
+    def _publish_command(self) -> None:
+        if self._path is not None:  # the path sample at the publishing instant: stamps and positions agree
+            arm, path, t0 = self._path
+            self.command[arm] = path.at(time.monotonic() - t0)
+        if not self.command:
+            return
+        names, position = [], []
+        for arm, (q, g) in self.command.items():
+            names += [f"{arm}_joint{i}" for i in range(1, 7)] + [f"{arm}_gripper"]
+            position += [float(v) for v in q] + [float(g)]
+        msg = JointState(name=names, position=position)
+        msg.header.stamp = ns_to_time(self.node.get_clock().now().nanoseconds)
+        self.cmd_pub.publish(msg)
+
+    def play(self, arm: str, path: JointPath) -> None:
+        """Move `arm`'s command along `path` in real time (spinning meanwhile)."""
+        t0 = time.monotonic()
+        self._path = (arm, path, t0)
+        self.spin(path.duration_s + 0.05)
+        self._path = None
+        self.command[arm] = path.at(path.duration_s)
+
+    def _on_episode(self, m: String) -> None:
+        self.episode = json.loads(m.data)
+
+    def _on_head(self, m: Image) -> None:
+        self.head = np.array(msg_to_image(m, "/head/color/image_raw"))
+
+    def spin(self, seconds: float, until: Callable[[], bool] | None = None) -> bool:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if until is not None and until():
+                return True
+            self.ex.spin_once(timeout_sec=0.02)
+        return bool(until and until())
+
+    def trigger(self, name: str, timeout_s: float = 20.0) -> Trigger.Response:
+        cli = self._clients.get(name)
+        if cli is None:
+            cli = self._clients[name] = self.node.create_client(Trigger, name)
+        if not cli.wait_for_service(timeout_sec=timeout_s):
+            raise StageError(f"service {name} not available after {timeout_s} s")
+        fut = cli.call_async(Trigger.Request())
+        if not self.spin(timeout_s, fut.done):
+            raise StageError(f"service {name} did not answer within {timeout_s} s")
+        return fut.result()
+
+    def reset(self, seed: int, timeout_s: float = 60.0) -> TaskState:
+        """Place the cube for `seed` (the twin drives the arms home first); returns the placement."""
+        before = (self.episode or {}).get("resets", -1)
+        if not self.spin(timeout_s, lambda: self.reset_pub.get_subscription_count() > 0 and self.episode is not None):
+            raise StageError("mujoco_sim does not listen on /sim/reset")
+        self.reset_pub.publish(Int64(data=int(seed)))
+        done = lambda: self.episode is not None and self.episode["resets"] > before and self.episode["seed"] == seed  # noqa: E731
+        if not self.spin(timeout_s, done):
+            raise StageError(f"/sim/reset {seed}: no /sim/episode confirmation within {timeout_s} s")
+        self.success = None
+        return TaskState(seed, tuple(self.episode["cube_xy"]), float(self.episode["cube_yaw"]))
+
+    def fresh_success(self, timeout_s: float = 10.0) -> bool:
+        self.success = None
+        if not self.spin(timeout_s, lambda: self.success is not None):
+            raise StageError(f"no /sim/success within {timeout_s} s")
+        return bool(self.success)
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        self.ctx.try_shutdown()
+
+
+@dataclass
+class GraphOptions:
+    """What both stages share: the robot YAML (endpoints, mountings), calibration, image size, camera rate."""
+
+    robot_config: Path
+    calibration_dir: Path
+    width: int = 160
+    height: int = 120
+    rate_hz: float = 10.0
+    node_log: Path | None = None  # nodes' output goes here (None: prefixed on stdout, as run_graph does)
+
+    def twin_overrides(self) -> dict[str, object]:
+        return {"robot_config": str(self.robot_config), "calibration_dir": str(self.calibration_dir),
+                "width": self.width, "height": self.height, "rate_hz": self.rate_hz}
+
+
+@dataclass
+class DemoResult:
+    seed: int
+    success: bool
+    seconds: float
+
+
+class LoggedGraphRunner(GraphRunner):
+    """GraphRunner whose nodes write to one log file (the benchmark's progress display stays readable)."""
+
+    def __init__(self, specs, log_path: Path) -> None:
+        super().__init__(specs)
+        self.log_path = log_path
+
+    def start(self, delay_s: float = 0.3) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
+        for spec in self.specs:
+            self._log.write(f"=== {spec.name}: {' '.join(node_command(spec))}\n")
+            self._log.flush()
+            self.procs[spec.name] = subprocess.Popen(node_command(spec), stdout=self._log, stderr=subprocess.STDOUT,
+                                                     env=self.env, start_new_session=True)
+            time.sleep(delay_s)
+
+    def stop(self, timeout_s: float = 5.0) -> dict[str, int]:
+        rc = super().stop(timeout_s)
+        self._log.close()
+        return rc
+
+
+def _start(specs, opts: GraphOptions) -> GraphRunner:
+    runner = LoggedGraphRunner(specs, opts.node_log) if opts.node_log else GraphRunner(specs)
+    runner.start(delay_s=0.3)
+    return runner
+
+
+def collect_demos(root: Path, task: str, instruction: str, seeds: list[int], opts: GraphOptions,
+                  on_progress: Callable[[DemoResult], None] = lambda r: None) -> list[DemoResult]:
+    """Record one scripted demonstration per seed into `root/task/` through the collect_mujoco graph."""
+    spec = TwinSpec.from_files(opts.robot_config, opts.calibration_dir)
+    q_home = {arm: k.home() for arm, k in spec.kins.items()}
+    specs = graph("collect_mujoco", instruction=instruction, task=task, overrides={
+        "mujoco_sim": opts.twin_overrides(), "xtrainer_driver": {"robot_config": str(opts.robot_config)},
+        "recorder": {"root": str(root), "fps": opts.rate_hz, "reset_period_s": 0.0, "target_episodes": len(seeds),
+                     "calibration_dir": str(opts.calibration_dir)}})
+    probe = SimProbe("closed_loop_collect")
+    probe.command = {arm: (q_home[arm], 1.0) for arm in spec.T_base_armbase}
+    probe.stream_commands()
+    runner = _start(specs, opts)
+    results: list[DemoResult] = []
+    try:
+        for seed in seeds:
+            t0 = time.monotonic()
+            state = probe.reset(seed)
+            path = scripted_pick(state, spec.T_base_armbase["left"], spec.kins["left"])
+            deadline = time.monotonic() + 60
+            while not (r := probe.trigger("/recorder/start")).success:  # until every stream is alive
+                if time.monotonic() > deadline or runner.dead():
+                    raise StageError(f"/recorder/start refused: {r.message} (exited nodes: {runner.dead()})")
+                probe.spin(0.5)
+            probe.play("left", path)
+            probe.spin(0.5)
+            ok = probe.fresh_success()
+            r = probe.trigger("/recorder/stop_and_save")
+            if not r.success:
+                raise StageError(f"/recorder/stop_and_save refused: {r.message}")
+            if not ok:
+                probe.trigger("/recorder/mark_failure")
+            probe.play("left", scripted_return(path.q[-1], spec.T_base_armbase["left"], spec.kins["left"]))
+            if runner.dead():
+                raise StageError(f"node(s) exited: {runner.dead()}")
+            results.append(DemoResult(seed, ok, time.monotonic() - t0))
+            on_progress(results[-1])
+    finally:
+        runner.stop()
+        probe.close()
+    return results
+
+
+@dataclass
+class TrialResult:
+    seed: int
+    success: bool
+    frames: list[np.ndarray] = field(default_factory=list)  # head camera at start, middle, end
+
+
+def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOptions, trial_s: float = 10.0,
+             modalities: str = "full", executor_calibration_dir: Path | None = None,
+             on_progress: Callable[[TrialResult], None] = lambda r: None) -> list[TrialResult]:
+    """Closed-loop trials through policy node, executor, driver and twin; one per held-out seed."""
+    specs = graph("sim_mujoco", checkpoint=str(checkpoint), instruction=instruction, overrides={
+        "mujoco_sim": opts.twin_overrides(), "xtrainer_driver": {"robot_config": str(opts.robot_config)},
+        "executor": {"robot_config": str(opts.robot_config),
+                     "calibration_dir": str(executor_calibration_dir or opts.calibration_dir)},
+        "policy": {"modalities": modalities, "device": "cpu", "warmup": True}})
+    probe = SimProbe("closed_loop_eval")
+    runner = _start(specs, opts)
+    results: list[TrialResult] = []
+    try:
+        if not probe.spin(180.0, lambda: probe.episode is not None and probe.head is not None or bool(runner.dead())):
+            raise StageError("the twin published no episode / head image within 180 s")
+        for seed in seeds:
+            for name in ("/executor/estop/trigger", "/xtrainer/estop/trigger"):
+                probe.trigger(name, 60.0)
+            probe.reset(seed)
+            for name in ("/xtrainer/estop/reset", "/executor/estop/reset"):
+                r = probe.trigger(name, 60.0)
+                if not r.success:
+                    raise StageError(f"{name} refused: {r.message}")
+            frames = []
+            t0 = time.monotonic()
+            for mark in (0.0, 0.5, 1.0):
+                probe.spin(max(0.0, t0 + mark * trial_s - time.monotonic()))
+                if probe.head is not None:
+                    frames.append(probe.head.copy())
+            ok = probe.fresh_success()
+            if runner.dead():
+                raise StageError(f"node(s) exited: {runner.dead()}")
+            results.append(TrialResult(seed, ok, frames))
+            on_progress(results[-1])
+    finally:
+        runner.stop()
+        probe.close()
+    return results
