@@ -65,6 +65,27 @@ def test_save_load_round_trip(tmp_path) -> None:
     assert back.residuals["samples"] == 25 and back.camera_serial == "42"
 
 
+def test_uncertainty_round_trip_and_refusals(tmp_path) -> None:
+    T = se3.T_from_xyz_rpy([0.01, -0.07, 0.02], [0.1, -0.2, 0.3])
+    c = HandEyeCalibration("eye_in_hand", "left_tcp", "left_wrist_camera_color_optical_frame", T, "42", "refined",
+                           "2026-11-26", {"samples": 20}, uncertainty={"translation_mm": [0.25, 0.3, 0.15],
+                                                                      "rotation_deg": [0.04, 0.05, 0.2]})
+    back = HandEyeCalibration.load(c.save(tmp_path / "u.yaml"))
+    assert back.uncertainty == {"translation_mm": [0.25, 0.3, 0.15], "rotation_deg": [0.04, 0.05, 0.2]}
+    assert HandEyeCalibration.load(REPO / "calibration" / "head_camera.yaml").uncertainty == {}  # optional
+    for bad, fld in [({"translation_mm": [0.1, 0.1], "rotation_deg": [0.1, 0.1, 0.1]}, "uncertainty_1sigma.translation_mm"),
+                     ({"translation_mm": [0.1, 0.1, 0.1], "rotation_deg": [0.1, -0.1, 0.1]}, "uncertainty_1sigma.rotation_deg"),
+                     ({"translation_mm": [0.1, 0.1, 0.1]}, "uncertainty_1sigma.rotation_deg"),
+                     ({"translation_mm": [1, 1, 1], "rotation_deg": [1, 1, 1], "scale": [1]}, "uncertainty_1sigma.scale"),
+                     ([0.1], "uncertainty_1sigma")]:
+        p = _write(tmp_path, lambda d, bad=bad: d.__setitem__("uncertainty_1sigma", bad))
+        with pytest.raises(ValueError, match=f"calib.yaml: field {fld}"):
+            HandEyeCalibration.load(p)
+    p = _write(tmp_path, lambda d: d["residuals"].__setitem__("samples", "many"))
+    with pytest.raises(ValueError, match="field residuals values must be numbers"):
+        HandEyeCalibration.load(p)
+
+
 def _chunk(frame: str, stamp: int, T: np.ndarray) -> ActionChunk:
     return ActionChunk(frame, stamp, 0.02, {"left": ArmChunk(T, np.linspace(0, 1, len(T)))})
 

@@ -17,7 +17,7 @@ from posevla.calibration.pipeline import calibrate
 from posevla.calibration.views import board_depth_ratio, detect_corners, solve_view
 from posevla.geometry import se3
 from posevla.geometry.intrinsics import CameraIntrinsics
-from posevla.tools.synthetic_board import render_board, render_board_depth
+from posevla.tools.synthetic_board import render_board, render_board_depth, robot_poses, views_around_board
 
 BOARD = CharucoBoard(9, 6, 0.03, 0.022, "DICT_4X4_100")
 INTR = CameraIntrinsics(425.3, 424.8, 421.7, 238.9, 848, 480)
@@ -27,27 +27,12 @@ X_HEAD = se3.T_from_xyz_rpy([0.10, 0.0, 0.75], [-2.3, 0.0, -1.57])  # T_base_cam
 Y_GRIP = se3.T_from_xyz_rpy([-0.1, -0.1, 0.12], [0.1, 0.0, 0.2])  # T_tcp_target, board in the gripper
 
 
-def views_of_board(n: int, rng: np.random.Generator, tilt_deg=(10, 35), dist_m=(0.3, 0.45)) -> list[np.ndarray]:
-    """T_cam_target of n cameras looking at the board centre from varied directions (whole board in view)."""
-    centre = np.array([BOARD.cols * BOARD.square_m / 2, BOARD.rows * BOARD.square_m / 2, 0.0])
-    out = []
-    for _ in range(n):
-        tilt, az = np.deg2rad(rng.uniform(*tilt_deg)), rng.uniform(0, 2 * np.pi)
-        roll = np.deg2rad(rng.uniform(-40, 40))
-        pos = centre + rng.uniform(*dist_m) * np.array([np.sin(tilt) * np.cos(az), np.sin(tilt) * np.sin(az),
-                                                         -np.cos(tilt)])
-        z = (centre - pos) / np.linalg.norm(centre - pos)
-        x = np.cross([0.0, 1.0, 0.0], z)
-        x /= np.linalg.norm(x)
-        R = np.column_stack([x, np.cross(z, x), z]) @ Rotation.from_rotvec([0, 0, roll]).as_matrix()
-        out.append(se3.invert_T(se3.make_T(R, pos)))
-    return out
+def views_of_board(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return views_around_board(BOARD, n, rng)
 
 
 def robot_for(views: list[np.ndarray], kind: str = "eye_in_hand") -> list[np.ndarray]:
-    if kind == "eye_in_hand":
-        return [Y_TRUE @ se3.invert_T(T) @ se3.invert_T(X_TRUE) for T in views]
-    return [X_HEAD @ T @ se3.invert_T(Y_GRIP) for T in views]
+    return robot_poses(kind, views, *((X_TRUE, Y_TRUE) if kind == "eye_in_hand" else (X_HEAD, Y_GRIP)))
 
 
 def observe(views: list[np.ndarray], rng: np.random.Generator, noise_px: float = 0.0):

@@ -60,3 +60,36 @@ def render_board_depth(board: CharucoBoard, T_cam_target: np.ndarray, intr: Came
     ok = (np.isfinite(z) & (z > 0) & (xy[..., 0] >= -margin_m) & (xy[..., 0] <= w + margin_m)
           & (xy[..., 1] >= -margin_m) & (xy[..., 1] <= h + margin_m))
     return np.where(ok, z, 0.0).astype(np.float32)
+
+
+def views_around_board(board: CharucoBoard, n: int, rng: np.random.Generator, tilt_deg: tuple[float, float] = (10, 35),
+                       dist_m: tuple[float, float] = (0.3, 0.45), roll_deg: float = 40.0) -> list[np.ndarray]:
+    """T_cam_target of n cameras aimed at the board centre from random directions: tilt from the board normal
+    uniform in tilt_deg, distance in dist_m, roll about the optical axis within +-roll_deg (whole board in view
+    for ~60 deg fields of view)."""
+    from scipy.spatial.transform import Rotation
+
+    centre = np.array([board.cols * board.square_m / 2, board.rows * board.square_m / 2, 0.0])
+    out = []
+    for _ in range(n):
+        tilt, az = np.deg2rad(rng.uniform(*tilt_deg)), rng.uniform(0, 2 * np.pi)
+        roll = np.deg2rad(rng.uniform(-roll_deg, roll_deg))
+        pos = centre + rng.uniform(*dist_m) * np.array([np.sin(tilt) * np.cos(az), np.sin(tilt) * np.sin(az),
+                                                         -np.cos(tilt)])
+        z = (centre - pos) / np.linalg.norm(centre - pos)
+        x = np.cross([0.0, 1.0, 0.0], z)
+        x /= np.linalg.norm(x)
+        R = np.column_stack([x, np.cross(z, x), z]) @ Rotation.from_rotvec([0, 0, roll]).as_matrix()
+        T_target_cam = np.eye(4)
+        T_target_cam[:3, :3], T_target_cam[:3, 3] = R, pos
+        out.append(np.linalg.inv(T_target_cam))
+    return out
+
+
+def robot_poses(kind: str, T_cam_target: list[np.ndarray], X: np.ndarray, Y: np.ndarray) -> list[np.ndarray]:
+    """T_base_tcp that produce these board views for a hand-eye transform X and a fixed board pose Y:
+    eye_in_hand X = T_tcp_cam, Y = T_base_target; eye_to_hand X = T_base_cam, Y = T_tcp_target."""
+    inv = np.linalg.inv
+    if kind == "eye_in_hand":
+        return [Y @ inv(T) @ inv(X) for T in T_cam_target]
+    return [X @ T @ inv(Y) for T in T_cam_target]
