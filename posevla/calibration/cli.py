@@ -98,7 +98,10 @@ class Samples:
 
 
 def _tcp_poses(ep, arm: str, path: Path) -> np.ndarray:
-    tcp = ep.array(f"observations/tcp_pose/{arm}")
+    try:
+        tcp = ep.array(f"observations/tcp_pose/{arm}")
+    except KeyError as exc:
+        raise ValueError(f"{path}: no observations/tcp_pose/{arm} (the {arm} arm was not recorded)") from exc
     if not np.all(np.isfinite(tcp)):
         raise ValueError(f"{path}: observations/tcp_pose/{arm} has missing (NaN) poses")
     return np.stack([se3.T_from_pos_quat(r[:3], r[3:]) for r in tcp])

@@ -65,6 +65,8 @@ def render_overlay(episode: Path, camera: str, calib: HandEyeCalibration, n_fram
     with EpisodeReader(episode) as ep:
         if camera not in ep.camera_names:
             raise ValueError(f"{episode}: no camera {camera!r} (it has {ep.camera_names})")
+        if len(ep) == 0:
+            raise ValueError(f"{episode}: the episode has no frames")
         intr = ep.intrinsics[camera]
         tcp = {}
         for arm in ARM_NAMES:
