@@ -38,6 +38,7 @@ from posevla.calibration.handeye import CharucoBoard, detect_view, one_per_pose,
 from posevla.calibration.pipeline import CalibrationReport, calibrate
 from posevla.calibration.views import BoardView, ViewChecks, board_depth_ratio
 from posevla.geometry import se3
+from posevla.geometry.intrinsics import CameraIntrinsics
 
 CALIB_DIR = Path(__file__).resolve().parents[2] / "calibration"
 CAMERAS = ("head", "left_wrist", "right_wrist")
@@ -93,7 +94,7 @@ class Samples:
     views: list[BoardView]
     depth_ratio: list[float | None]
     serial: str
-    intr: object
+    intr: CameraIntrinsics
     still: int
 
 
