@@ -11,17 +11,10 @@ from pathlib import Path
 
 
 def config_dir() -> Path:
-    """config/ of the source tree, or share/posevla_ros/config of a colcon install."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[4] / "config", here.parents[1] / "config"):
-        if candidate.is_dir():
-            return candidate.resolve()
-    try:
-        from ament_index_python.packages import get_package_share_directory
+    """config/ of the source tree, or share/posevla/config of an install (one resolver: posevla.paths)."""
+    from posevla.paths import config_dir as _config_dir
 
-        return Path(get_package_share_directory("posevla_ros")) / "config"
-    except Exception:  # noqa: BLE001 - any failure means no install tree either
-        return here.parents[4] / "config"
+    return _config_dir()
 
 
 @dataclass

@@ -11,7 +11,10 @@ every 10 s otherwise; /diagnostics carries the same figures.
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -27,12 +30,41 @@ from std_srvs.srv import Trigger
 from posevla.dataset import cues
 from posevla.dataset.episode_buttons import ButtonActions, ButtonBindings
 from posevla.dataset.recorder import Recorder, RecorderConfig, Refusal
-from posevla_ros.graph import config_dir
+from posevla.paths import calibration_dir
 from posevla_ros.msg_conv import msg_to_image, msg_to_intrinsics, ns_to_time, pose_to_T, time_to_ns
 from posevla_ros.node_main import spin_node
-from posevla_ros.params import declare_checked
+from posevla_ros.params import ParamSpec, declare_checked, reject_unknown
 
 ARMS = ("left", "right")
+LOCK_NAME = ".recorder.lock"
+
+
+class FolderLock:
+    """One recorder per dataset folder: an exclusive flock on <folder>/.recorder.lock, held while the node lives.
+
+    The kernel drops the lock when the process ends, however it ends, so a crash never leaves a stale lock; the
+    file keeps the holder's host and pid for the refusal message."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / LOCK_NAME
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            self._fd = -1
+            raise ValueError(f"dataset folder {folder} is in use by another recorder ({holder}): stop it, or "
+                             "choose another root or task") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
 
 
 def joint_vector(msg: JointState) -> dict[str, tuple[np.ndarray, float]]:
@@ -47,53 +79,62 @@ def joint_vector(msg: JointState) -> dict[str, tuple[np.ndarray, float]]:
 
 
 class RecorderNode(Node):
+    PARAMS: ParamSpec = {
+        "root": ("data", "dataset root folder", None),
+        "task": ("task", "task name (one folder per task: <root>/<task>)", None),
+        "instruction": ("", "language instruction stored with every episode (required)", None),
+        "operator": ("", "operator name", None),
+        "cameras": (["head", "left_wrist", "right_wrist"], "cameras to record", None),
+        "fps": (30.0, "recording rate (Hz)", (1.0, 120.0)),
+        "stream_timeout_s": (0.5, "stop the episode when a stream is silent this long (s)", (0.05, 10.0)),
+        "target_episodes": (100, "episodes wanted for this task", (1, 100000)),
+        "reset_period_s": (5.0, "pause between episodes (s)", (0.0, 600.0)),
+        "calibration_dir": ("", "calibration files copied into each episode (default: the installed calibration/)", None),
+        "require_action": (True, "the command stream /xtrainer/servo_joint_command must be alive", None),
+        "start_stop_buttons": ([0, 8], "button indices on /teleop/buttons that start / stop-and-save", None),
+        "discard_buttons": ([1, 9], "button indices that discard the current episode", None),
+        "mark_failure_buttons": ([2, 10], "button indices that mark the last episode failed", None),
+        "rerecord_buttons": ([3, 11], "button indices that move the last episode aside and record again", None),
+        "sound_cues": (True, "play a tone on start, save and error", None),
+    }
+
     def __init__(self) -> None:
         super().__init__("recorder")
-        p = declare_checked(self, {
-            "root": ("data", "dataset root folder", None),
-            "task": ("task", "task name (one folder per task)", None),
-            "instruction": ("", "language instruction stored with every episode", None),
-            "operator": ("", "operator name", None),
-            "cameras": (["head", "left_wrist", "right_wrist"], "cameras to record", None),
-            "fps": (30.0, "recording rate (Hz)", (1.0, 120.0)),
-            "stream_timeout_s": (0.5, "stop the episode when a stream is silent this long (s)", (0.05, 10.0)),
-            "target_episodes": (100, "episodes wanted for this task", (1, 100000)),
-            "reset_period_s": (5.0, "pause between episodes (s)", (0.0, 600.0)),
-            "calibration_dir": ("", "calibration files copied into each episode (default: calibration/)", None),
-            "require_action": (True, "the command stream /xtrainer/servo_joint_command must be alive", None),
-            "start_stop_buttons": ([0, 8], "button indices on /teleop/buttons that start / stop-and-save", None),
-            "discard_buttons": ([1, 9], "button indices that discard the current episode", None),
-            "mark_failure_buttons": ([2, 10], "button indices that mark the last episode failed", None),
-            "rerecord_buttons": ([3, 11], "button indices that move the last episode aside and record again", None),
-            "sound_cues": (True, "play a tone on start, save and error", None),
-        })
+        self.rec: Recorder | None = None
+        self.lock: FolderLock | None = None
+        p = declare_checked(self, self.PARAMS, dynamic=())
+        reject_unknown(self)
         self.sound = p["sound_cues"]
         self.buttons = ButtonActions(ButtonBindings(list(p["start_stop_buttons"]), list(p["discard_buttons"]),
                                                     list(p["mark_failure_buttons"]), list(p["rerecord_buttons"])))
         if not p["instruction"]:
             raise ValueError("parameter instruction is empty: every episode needs its language instruction")
-        calib_dir = Path(p["calibration_dir"] or Path(config_dir()).parent / "calibration")
+        calib_dir = Path(p["calibration_dir"]) if p["calibration_dir"] else calibration_dir()
+        calib_files = tuple(sorted(calib_dir.glob("*.yaml")))
+        if not calib_files:
+            raise ValueError(f"parameter calibration_dir: no calibration files (*.yaml) in {calib_dir}")
+        self.lock = FolderLock(Path(p["root"]) / p["task"])
         self.rec = Recorder(RecorderConfig(Path(p["root"]), p["task"], p["instruction"], tuple(p["cameras"]),
                                            p["operator"], p["fps"], p["stream_timeout_s"], p["target_episodes"],
-                                           p["reset_period_s"], tuple(sorted(calib_dir.glob("*.yaml"))),
+                                           p["reset_period_s"], calib_files,
                                            require_action=p["require_action"]))
         for path in self.rec.incomplete_on_start:
             self.get_logger().warning(f"incomplete episode from an earlier run kept aside: {path}")
         for cam in self.rec.cfg.cameras:
-            self.create_subscription(Image, f"/{cam}/color/image_raw", lambda m, c=cam: self._color(c, m), qos_profile_sensor_data)
-            self.create_subscription(Image, f"/{cam}/aligned_depth_to_color/image_raw", lambda m, c=cam: self._depth(c, m),
+            self.create_subscription(Image, f"{cam}/color/image_raw", lambda m, c=cam: self._color(c, m), qos_profile_sensor_data)
+            self.create_subscription(Image, f"{cam}/aligned_depth_to_color/image_raw", lambda m, c=cam: self._depth(c, m),
                                      qos_profile_sensor_data)
-            self.create_subscription(CameraInfo, f"/{cam}/color/camera_info", lambda m, c=cam: self._info(c, m),
+            self.create_subscription(CameraInfo, f"{cam}/color/camera_info", lambda m, c=cam: self._info(c, m),
                                      qos_profile_sensor_data)
         for arm in ARMS:
-            self.create_subscription(PoseStamped, f"/{arm}_arm/tcp_pose", lambda m, a=arm: self._tcp(a, m), 50)
-        self.create_subscription(JointState, "/joint_states", self._joints, 50)
-        self.create_subscription(JointState, "/xtrainer/servo_joint_command", self._action, 50)
-        self.create_subscription(Joy, "/teleop/buttons", self._buttons, 10)
+            self.create_subscription(PoseStamped, f"{arm}_arm/tcp_pose", lambda m, a=arm: self._tcp(a, m), 50)
+        self.create_subscription(JointState, "joint_states", self._joints, 50)
+        self.create_subscription(JointState, "xtrainer/servo_joint_command", self._action, 50)
+        self.create_subscription(Joy, "teleop/buttons", self._buttons, 10)
         for name, fn in (("start", self.rec.start), ("stop_and_save", lambda: self.rec.stop_and_save(True)),
                          ("discard", self.rec.discard), ("rerecord_last", self.rec.rerecord_last),
                          ("mark_success", lambda: self.rec.mark(True)), ("mark_failure", lambda: self.rec.mark(False))):
-            self.create_service(Trigger, f"/recorder/{name}", lambda req, res, f=fn: self._srv(f, res))
+            self.create_service(Trigger, f"recorder/{name}", lambda req, res, f=fn: self._srv(f, res))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0 / p["fps"], self._tick)
         self.create_timer(1.0, self._status)
@@ -195,13 +236,15 @@ class RecorderNode(Node):
         self.diag_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        if self.rec.writer is not None:
+        if self.rec is not None and self.rec.writer is not None:
             self.get_logger().warning(self.rec.abort("recorder shut down mid-episode"))
+        if self.lock is not None:
+            self.lock.release()
         super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> None:
-    spin_node(RecorderNode, "recorder_node", args)
+    spin_node(RecorderNode, "recorder_node", args, params=RecorderNode.PARAMS, doc=__doc__)
 
 
 if __name__ == "__main__":
