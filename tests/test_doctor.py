@@ -148,3 +148,34 @@ def test_bad_arguments_exit_2(capsys, args, match) -> None:
     rc = posevla_main(["doctor", *args])
     err = capsys.readouterr().err
     assert rc == 2 and match in err
+
+
+@pytest.mark.slow
+def test_estop_round_trip_through_the_real_executor_and_driver(tmp_path: Path) -> None:
+    """doctor --estop against the running simulator, driver and executor: both stop, both are released."""
+    pytest.importorskip("rclpy")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from posevla_ros.graph import NodeSpec
+    from posevla_ros.run_graph import GraphRunner
+    from ros_helpers import sim_robot_yaml
+
+    path = sim_robot_yaml(tmp_path)
+    runner = GraphRunner([NodeSpec("xtrainer_sim", "xtrainer_sim", [], {"robot_config": str(path)}),
+                          NodeSpec("xtrainer_driver_node", "xtrainer_driver", ["xtrainer.yaml"], {"robot_config": str(path)}),
+                          NodeSpec("executor_node", "executor", ["executor.yaml"], {"robot_config": str(path)})])
+    runner.start(delay_s=1.0)
+    try:
+        args = doctor_args("--estop", "--timeout", "20")
+        results = doctor.check_estop(args)
+        assert not runner.dead(), runner.dead()
+    finally:
+        runner.stop()
+    assert len(results) == 1 and results[0].status == doctor.OK, results
+    detail = results[0].detail
+    print(detail)
+    assert "executor" in detail and "xtrainer_driver/left" in detail and "xtrainer_driver/right" in detail, detail
+    assert "released and reset" in detail
+    seconds = float(detail.split(" in ")[1].split(" s ")[0])
+    assert 0 < seconds < 20
