@@ -29,6 +29,11 @@ from posevla_ros.graph import graph
 from posevla_ros.msg_conv import msg_to_chunk, msg_to_servo_command, pose_to_T, time_to_ns
 from posevla_ros.run_graph import GraphRunner
 
+# On a shared CPU the tiny model's observation-to-chunk latency reaches ~1.5 s (p99 1.2 s model time at load 17),
+# past the robot defaults (observations 0.5 s, chunks 1.0 s: config/policy.yaml, config/executor.yaml). The demo
+# accepts older ones so that it shows the pipeline; the robot keeps its defaults.
+DEMO_OVERRIDES: dict[str, dict[str, object]] = {"policy": {"max_age_s": 1.5}, "executor": {"max_chunk_age_s": 2.5}}
+
 # a gap between servo commands longer than this many control periods is drawn as a hold
 HOLD_GAP_PERIODS = 3
 CONTROL_PERIOD_S = 0.02
@@ -169,8 +174,12 @@ def main(args: list[str] | None = None) -> int:
     ns.out.mkdir(parents=True, exist_ok=True)
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)  # Ctrl-C: KeyboardInterrupt, handled below
     mon = DemoMonitor()
-    runner = GraphRunner(graph("sim", ns.checkpoint, ns.episode, ns.instruction))
-    print(f"[demo] starting the sim graph: {[s.name for s in runner.specs]}", flush=True)
+    specs = graph("sim", ns.checkpoint, ns.episode, ns.instruction)
+    for spec in specs:
+        spec.parameters.update(DEMO_OVERRIDES.get(spec.name, {}))
+    runner = GraphRunner(specs)
+    print(f"[demo] starting the sim graph: {[s.name for s in runner.specs]}; CPU demo limits "
+          f"{DEMO_OVERRIDES} (robot defaults: 0.5 s observations, 1.0 s chunks)", flush=True)
     failure, died = "", {}
     t_ready = t_end = time.monotonic()
     try:
@@ -198,7 +207,7 @@ def main(args: list[str] | None = None) -> int:
     summary = {
         "duration_s": round(t_end - t_ready, 2),
         "chunks": len(mon.chunks),
-        "chunks_accepted": len(mon.accepted),
+        "chunks_accepted": sum(stamp in mon.accepted for _, stamp, _ in mon.chunks),
         "chunks_refused": len(refused),
         "chunk_frames": sorted({c[2] for c in mon.chunks}),
         "servo_commands": len(mon.commands),
