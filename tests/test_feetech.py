@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import scservo_sdk as scs
 import yaml
@@ -24,8 +25,8 @@ from posevla.robot.feetech_sim import FeetechBusSim
 
 REPO = Path(__file__).resolve().parents[1]
 CLOSED, OPEN = 3055, 2048  # the X-Trainer's servo range; the vendor's min is open
-# The simulator is a Python thread on a loaded 2-core CI box: give it 0.5 s to answer (the robot: 34 ms).
-REPLY_TIMEOUT_S = 0.5
+# The simulator is a Python thread on a loaded 2-core CI box: give it 1.5 s to answer (the robot: 34 ms).
+REPLY_TIMEOUT_S = 1.5
 
 
 def _wait(cond, timeout: float = 15.0, what: str = "condition"):
@@ -82,12 +83,14 @@ def test_readback_rate_command_and_clamping(bus):
     assert grip.model_number == 777 and sim.register(21, 40) == 1 and sim.register(21, 48, 2) == 300
     g, stamp = grip.read_opening()
     assert g == 1.0 and abs(stamp - time.time_ns()) < 1e9
-    n, t0 = 0, time.monotonic()
-    while n < 100:
+    dts = []
+    for _ in range(100):
+        t0 = time.perf_counter()
         grip.read_opening()
-        n += 1
-    rate = n / (time.monotonic() - t0)
-    print(f"gripper read-back: {rate:.0f} Hz")
+        dts.append(time.perf_counter() - t0)
+    # the median read, so that the other workers on a shared CI box cannot make the number meaningless
+    rate = 1.0 / float(np.median(dts))
+    print(f"gripper read-back: {rate:.0f} Hz (median), {len(dts) / sum(dts):.0f} Hz (mean)")
     assert rate >= 50.0
     grip.command_opening(0.3)
     assert sim.register(21, 42, 2) == position_from_opening(0.3, CLOSED, OPEN)
@@ -210,3 +213,69 @@ def test_shipped_config_and_errors_name_the_key(tmp_path):
         with pytest.raises(ValueError, match=msg) as err:
             load_grippers(path)
         assert str(path) in str(err.value)
+
+
+def _cli(argv: list[str]) -> int:
+    import argparse
+
+    from posevla.robot import gripper_cli
+
+    parser = argparse.ArgumentParser()
+    gripper_cli.add_arguments(parser)
+    return gripper_cli.run(parser.parse_args(argv))
+
+
+def test_gripper_cli_read_move_calibrate_and_errors(capsys, monkeypatch, tmp_path):
+    sim = FeetechBusSim({21: OPEN})
+    doc = yaml.safe_load((REPO / "config" / "grippers_xtrainer.yaml").read_text())
+    for arm in ("left", "right"):
+        doc["arms"][arm]["reply_timeout_s"] = REPLY_TIMEOUT_S
+    cfg = tmp_path / "grippers.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+
+    def _cli_cfg(argv: list[str]) -> int:
+        return _cli([argv[0], "--config", str(cfg), *argv[1:]])
+    try:
+        assert _cli_cfg(["read", "--arm", "left", "--port", sim.port, "--count", "3", "--rate", "100"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert len(out) == 3 and all("position 2048 steps  opening 1.000" in line for line in out)
+        assert _cli_cfg(["move", "0.5", "--arm", "left", "--port", sim.port, "--timeout", "20"]) == 0
+        assert "measured 0.500" in capsys.readouterr().out
+        answers = iter([CLOSED - 3, OPEN + 2])
+        monkeypatch.setattr("builtins.input", lambda prompt: sim.move_by_hand(21, next(answers)))
+        assert _cli_cfg(["calibrate", "--arm", "left", "--port", sim.port, "--samples", "3"]) == 0
+        out = capsys.readouterr().out
+        assert f"closed_pos: {CLOSED - 3}" in out and f"open_pos: {OPEN + 2}" in out
+        assert sim.register(21, 40) == 0  # torque off while calibrating
+        for argv, msg in ((["read", "--arm", "middle"], "--arm 'middle'"),
+                          (["read", "--arm", "left", "--port", sim.port, "--rate", "0"], "--rate 0"),
+                          (["move", "0.5", "--arm", "right", "--port", sim.port], "id 22"),
+                          (["read", "--arm", "left", "--port", ""], "")):
+            if argv[-1] == "":
+                sim.unplug()
+                argv = ["read", "--arm", "left", "--port", sim.port, "--count", "1"]
+                msg = "no status packet"
+            assert _cli_cfg(argv) == 2
+            err = capsys.readouterr().err
+            assert msg in err and err.count("\n") == 1, err
+    finally:
+        sim.close()
+
+
+def test_gripper_cli_sim_writes_a_config_the_driver_can_use(tmp_path):
+    import threading
+
+    link_dir, cfg_path = tmp_path / "links", tmp_path / "grippers_sim.yaml"
+    done: list[int] = []
+    t = threading.Thread(target=lambda: done.append(_cli(["sim", "--link-dir", str(link_dir), "--write-config",
+                                                          str(cfg_path), "--duration", "20"])), daemon=True)
+    t.start()
+    _wait(lambda: cfg_path.exists() and (link_dir / "right").exists(), what="the simulated buses")
+    cfgs = load_grippers(cfg_path)
+    assert cfgs["right"].port == str(link_dir / "right") and cfgs["right"].servo_id == 22
+    grip = FeetechGripper.from_config(cfgs["right"])
+    grip.open()
+    try:
+        assert grip.read_opening()[0] == 1.0
+    finally:
+        grip.close()

@@ -173,11 +173,19 @@ def load_grippers(path: str | Path) -> dict[str, GripperConfig]:
 
 
 class _PortHandler(scs.PortHandler):
-    """The SDK's port with a configurable status-packet timeout (the SDK hard-codes 2 x 16 ms + 2 ms)."""
+    """The SDK's port with a configurable status-packet timeout (the SDK hard-codes 2 x 16 ms + 2 ms) and a
+    blocking (1 ms) read instead of a busy poll."""
 
     def __init__(self, port_name: str, reply_timeout_s: float) -> None:
         super().__init__(port_name)
         self.reply_timeout_ms = 1000.0 * reply_timeout_s
+
+    def setupPort(self, cflag_baud: int) -> bool:  # noqa: N802 - SDK name
+        ok = super().setupPort(cflag_baud)
+        # The SDK polls the port with timeout=0 (a busy loop that holds a CPU core and the GIL while waiting for
+        # the reply); a 1 ms read timeout sleeps in the kernel instead and still returns as soon as bytes arrive.
+        self.ser.timeout = 0.001
+        return ok
 
     def setPacketTimeout(self, packet_length: int) -> None:  # noqa: N802 - SDK name
         self.packet_start_time = self.getCurrentTime()

@@ -16,6 +16,7 @@ torque is enabled; an `obstacle` position stops a closing gripper there, as an o
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 import tty
@@ -123,6 +124,8 @@ class FeetechBusSim:
         self.received: list[tuple[int, int, bytes]] = []  # (id, instruction, params) of valid packets
         self._t = time.monotonic()
         self._lock = threading.Lock()
+        self._closed = False
+        self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._serve, daemon=True, name="feetech-sim")
         self._thread.start()
 
@@ -137,6 +140,13 @@ class FeetechBusSim:
             self._advance()
             m = self.servos[servo_id].mem
             return int.from_bytes(bytes(m[addr:addr + size]), "little")
+
+    def move_by_hand(self, servo_id: int, pos: float) -> None:
+        """Someone moves the horn (torque off): the present position jumps there."""
+        with self._lock:
+            self._advance()
+            self.servos[servo_id].pos = float(pos)
+            self.servos[servo_id].advance(0.0, self.max_speed, None)
 
     def set_obstacle(self, servo_id: int, pos: float | None) -> None:
         """An object at `pos` (steps): the servo cannot pass it from the side it is on now (None: remove)."""
@@ -153,8 +163,15 @@ class FeetechBusSim:
         self.connected = True
 
     def close(self) -> None:
+        """Stop serving and release the pty (the port vanishes for whoever has it open). The serving thread closes
+        the master itself after it stopped reading, so a reused fd number can never be read by a stale thread."""
         self.connected = False
-        for fd in (self.master, self._slave):
+        if self._closed:
+            return
+        self._closed = True
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=10.0)
+        for fd in (self._slave, self._wake_r, self._wake_w):
             try:
                 os.close(fd)
             except OSError:
@@ -168,8 +185,17 @@ class FeetechBusSim:
             s.advance(dt, self.max_speed, self.obstacle[i])
 
     def _serve(self) -> None:
+        try:
+            self._serve_until_closed()
+        finally:
+            os.close(self.master)
+
+    def _serve_until_closed(self) -> None:
         buf = b""
         while True:
+            ready, _, _ = select.select([self.master, self._wake_r], [], [])
+            if self._wake_r in ready:
+                return
             try:
                 data = os.read(self.master, 1024)
             except OSError:
