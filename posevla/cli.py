@@ -11,9 +11,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("posevla.tools.bench", "run the benchmarks and print figures"),
     "dataset": ("posevla.dataset.cli", "inspect and check recorded datasets (dataset check|info)"),
     "train": ("posevla.training.train", "flow-matching post-training on recorded episodes (torchrun for several processes)"),
+    "pretrain": ("posevla.pretrain.train", "pose pre-training: 3D grounding or trajectories as pose tokens, AP15 evaluation (pretrain --stage grounding|trajectory)"),
+    "tokenizer": ("posevla.pretrain.tokenizer_cli", "pose-token bins: fit equal-frequency bins from data, report quantisation error (tokenizer fit)"),
     "calibrate": ("posevla.calibration.cli", "hand-eye calibration from a recorded episode (calibrate handeye|board)"),
     "teleop": ("posevla.teleop.cli", "leader arms: read, calibrate offsets, run simulated leaders (teleop read|calibrate|sim-leaders)"),
+    "estop": ("posevla.tools.estop", "software e-stop without the ros2 CLI: stop, --release, --keys (keyboard / foot pedal)"),
+    "doctor": ("posevla.tools.doctor", "pre-flight check: cameras, leader ports, controllers, calibration, checkpoint, GPU, e-stop, clock"),
     "gripper": ("posevla.robot.gripper_cli", "Feetech follower grippers: read, move, calibrate closed/open positions, simulate (gripper read|move|calibrate|sim)"),
+    "trial": ("posevla.tools.trial", "evaluation trials: N per condition in randomised blocks, operator marks outcomes, resumable, success rates with Wilson intervals"),
     "xtrainer-sim": ("posevla.robot.simulator", "run the X-Trainer TCP simulator on loopback"),
 }
 
@@ -21,9 +26,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="posevla", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    words = sys.argv[1:] if argv is None else argv
+    chosen = words[0] if words and words[0] in SUBCOMMANDS else None  # import only its module (`posevla estop` fast)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
+        if chosen is not None and name != chosen:
+            continue
         try:
             importlib.import_module(module).add_arguments(p)
         except ModuleNotFoundError as exc:
