@@ -161,3 +161,19 @@ def test_command_table_has_what_the_stack_sends():
         assert name in df.COMMANDS
     assert df.COMMANDS["ServoJ"].reply_values == ("ResultID",)
     assert "0.02..3600" in df.COMMANDS["ServoP"].args[1]
+
+
+def test_encode_decode_round_trip_and_out_of_sync_packets():
+    data = df.encode_feedback(q_actual=[1, 2, 3, 4, 5, 6], robot_mode=5, actual_quaternion=[1, 0, 0, 0])
+    assert len(data) == 1440 and struct.unpack_from("<H", data, 0)[0] == 1440
+    assert struct.unpack_from("<Q", data, 48)[0] == df.TEST_VALUE
+    assert struct.unpack_from("<6d", data, 432) == (1, 2, 3, 4, 5, 6)
+    assert struct.unpack_from("<4d", data, 1384) == (1, 0, 0, 0)
+    pkt = df.decode_feedback(data)
+    assert int(pkt["robot_mode"]) == 5
+    with pytest.raises(df.FeedbackError, match="1439 bytes"):
+        df.decode_feedback(data[:-1])
+    with pytest.raises(df.FeedbackError, match="TestValue"):
+        df.decode_feedback(data[8:] + data[:8])  # a stream that slipped by 8 bytes
+    with pytest.raises(KeyError, match="gripper_actual"):
+        df.encode_feedback(gripper_actual=0.5)

@@ -28,6 +28,7 @@ offsets, so an encoder (simulator) and a decoder (driver) built from it cannot d
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -150,6 +151,7 @@ def field_offsets() -> dict[str, int]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def feedback_dtype() -> np.dtype:
     """numpy structured dtype of one 1440-byte feedback packet, with explicit offsets from the table."""
     offsets = field_offsets()
@@ -159,6 +161,34 @@ def feedback_dtype() -> np.dtype:
         "offsets": [offsets[n] for n, _, _ in FEEDBACK_FIELDS],
         "itemsize": PACKET_SIZE,
     })
+
+
+class FeedbackError(ValueError):
+    """A feedback packet that is not a vendor packet (size, MessageSize or TestValue wrong)."""
+
+
+def encode_feedback(**fields: object) -> bytes:
+    """One packet with MessageSize and TestValue set and the given fields (names of FEEDBACK_FIELDS); others 0."""
+    dt = feedback_dtype()
+    unknown = sorted(set(fields) - set(dt.names))
+    if unknown:
+        raise KeyError(f"not feedback fields: {unknown}")
+    pkt = np.zeros(1, dtype=dt)
+    pkt["message_size"] = PACKET_SIZE
+    pkt["test_value"] = TEST_VALUE
+    for k, v in fields.items():
+        pkt[k] = v
+    return pkt.tobytes()
+
+
+def decode_feedback(data: bytes) -> np.void:
+    """Parse one packet; FeedbackError unless it has 1440 bytes, MessageSize 1440 and the TestValue."""
+    if len(data) != PACKET_SIZE:
+        raise FeedbackError(f"feedback packet has {len(data)} bytes, expected {PACKET_SIZE}")
+    pkt = np.frombuffer(data, dtype=feedback_dtype())[0]
+    if int(pkt["test_value"]) != TEST_VALUE or int(pkt["message_size"]) != PACKET_SIZE:
+        raise FeedbackError("feedback packet failed its TestValue/MessageSize check (stream out of sync)")
+    return pkt
 
 
 def quaternion_xyzw(wxyz: np.ndarray) -> np.ndarray:
