@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from posevla.dataset.format import CAMERA_KEYS
 from posevla.dataset.reader import EpisodeReader
 
 
@@ -28,48 +27,56 @@ def check_episode(path: Path, gap_factor: float = 2.0, frozen_frames: int = 10) 
     except ValueError as exc:
         rep.problems.append(str(exc))
         return rep
-    with ep:
-        rep.num_frames = ep.num_frames
-        meta = ep.meta
-        if not meta.get("complete", False):
-            rep.problems.append("episode is marked incomplete")
-        if meta.get("num_frames") not in (None, ep.num_frames):
-            rep.problems.append(f"meta says {meta.get('num_frames')} frames, file has {ep.num_frames}")
-        if not meta.get("calibration"):
-            rep.problems.append("no calibration recorded in meta")
-        if not meta.get("instruction"):
-            rep.problems.append("no language instruction in meta")
-        fps = float(meta.get("fps") or 0)
-        for key in ("action", "observations/qpos", "observations/tcp_pose/left", "observations/tcp_pose/right"):
-            arr = ep.array(key)
-            if arr.shape[0] != ep.num_frames:
-                rep.problems.append(f"{key}: {arr.shape[0]} rows for {ep.num_frames} frames (missing frames)")
-            bad = ~np.isfinite(arr)
-            if bad.any():
-                rows = np.unique(np.nonzero(bad)[0])
-                rep.problems.append(f"{key}: NaN/inf in {rows.size} frames (first {rows[0]})")
-        stamps = {"frame": ep.array("stamps/frame"), "robot": ep.array("stamps/robot"),
-                  **{c: ep.camera_stamps(c) for c in ep.camera_names}}
-        for name, st in stamps.items():
-            if st.shape[0] != ep.num_frames:
-                rep.problems.append(f"stamps/{name}: {st.shape[0]} stamps for {ep.num_frames} frames (missing frames)")
-                continue
-            d = np.diff(st)
-            if np.any(d <= 0) and name == "frame":
-                rep.problems.append(f"stamps/{name}: not strictly increasing")
-            if fps > 0 and d.size and np.any(d > gap_factor * 1e9 / fps):
-                rep.problems.append(f"stamps/{name}: {int(np.sum(d > gap_factor * 1e9 / fps))} gaps longer than "
-                                    f"{gap_factor:g} frame periods (max {d.max() * 1e-6:.0f} ms)")
-        for cam in ep.camera_names:
-            key = f"observations/images/{CAMERA_KEYS.get(cam, cam)}"
-            imgs = ep._h[key]
-            run, longest = 1, 1
-            prev = None
-            for i in range(imgs.shape[0]):
-                cur = bytes(imgs[i])
-                run = run + 1 if cur == prev else 1
-                longest = max(longest, run)
-                prev = cur
-            if longest >= frozen_frames:
-                rep.problems.append(f"camera {cam}: frozen for {longest} identical frames")
+    try:
+        with ep:
+            _check(ep, rep, gap_factor, frozen_frames)
+    except (OSError, KeyError, ValueError) as exc:  # a truncated or damaged file
+        rep.problems.append(f"cannot be read: {exc}")
     return rep
+
+
+def _check(ep: EpisodeReader, rep: EpisodeReport, gap_factor: float, frozen_frames: int) -> None:
+    rep.num_frames = ep.num_frames
+    meta = ep.meta
+    if not meta.get("complete", False):
+        rep.problems.append("episode is marked incomplete")
+    if meta.get("num_frames") not in (None, ep.num_frames):
+        rep.problems.append(f"meta says {meta.get('num_frames')} frames, file has {ep.num_frames}")
+    if not meta.get("calibration"):
+        rep.problems.append("no calibration recorded in meta")
+    if not meta.get("instruction"):
+        rep.problems.append("no language instruction in meta")
+    fps = float(meta.get("fps") or 0)
+    for key in ("action", "observations/qpos", "observations/tcp_pose/left", "observations/tcp_pose/right"):
+        arr = ep.array(key)
+        if arr.shape[0] != ep.num_frames:
+            rep.problems.append(f"{key}: {arr.shape[0]} rows for {ep.num_frames} frames (missing frames)")
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            rows = np.unique(np.nonzero(bad)[0])
+            rep.problems.append(f"{key}: NaN/inf in {rows.size} frames (first {rows[0]})")
+    stamps = {"frame": ep.array("stamps/frame"), "robot": ep.array("stamps/robot"),
+              **{c: ep.camera_stamps(c) for c in ep.camera_names}}
+    for name, st in stamps.items():
+        if st.shape[0] != ep.num_frames:
+            rep.problems.append(f"stamps/{name}: {st.shape[0]} stamps for {ep.num_frames} frames (missing frames)")
+            continue
+        d = np.diff(st)
+        if np.any(d <= 0) and name == "frame":
+            rep.problems.append(f"stamps/{name}: not strictly increasing")
+        if fps > 0 and d.size and np.any(d > gap_factor * 1e9 / fps):
+            rep.problems.append(f"stamps/{name}: {int(np.sum(d > gap_factor * 1e9 / fps))} gaps longer than "
+                                f"{gap_factor:g} frame periods (max {d.max() * 1e-6:.0f} ms)")
+    lengths = ep.stream_lengths()
+    short = {k: n for k, n in lengths.items() if n != ep.num_frames}
+    for key, n in sorted(short.items()):
+        if not key.startswith(("action", "observations/qpos", "observations/tcp_pose", "stamps/")):  # reported above
+            rep.problems.append(f"{key}: {n} rows for {ep.num_frames} frames (missing frames)")
+    for cam in ep.camera_names:
+        digests = ep.frame_digests(cam)
+        run, longest = 1, 1
+        for i in range(1, digests.shape[0]):
+            run = run + 1 if digests[i] == digests[i - 1] else 1
+            longest = max(longest, run)
+        if longest >= frozen_frames:
+            rep.problems.append(f"camera {cam}: frozen for {longest} identical frames")

@@ -1,7 +1,14 @@
-"""EpisodeReader: the one reader of recorded episodes (replay node, trainer, dataset checks)."""
+"""EpisodeReader: the one reader of recorded episodes (replay node, trainer, dataset checks, export, viewer).
+
+Reads both storage formats (`format.py`): "video" (H.264 colour packets, FFV1 or deflate depth) and "jpeg".
+Random access: `rgb(camera, i)` of a video episode decodes from the keyframe at or before i (at most `gop`
+frames), never the whole episode; sequential reads decode each frame once. Readers hold decoder state:
+open one per process (the trainer's DataLoader workers each open their own, lazily).
+"""
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +18,7 @@ import numpy as np
 
 from posevla.dataset import format as F
 from posevla.dataset.format import list_episodes, list_incomplete  # noqa: F401 (re-exported)
+from posevla.dataset.video import ColourDecoder, DepthDecoder
 from posevla.geometry import se3
 from posevla.geometry.intrinsics import CameraIntrinsics
 from posevla.types import ARM_NAMES, ArmState, CameraFrame, RobotState
@@ -38,8 +46,11 @@ class EpisodeReader:
         if "observations/qpos" not in self._h or "action" not in self._h:
             raise ValueError(f"episode {self.path}: missing observations/qpos or action")
         self.num_frames = int(self._h["observations/qpos"].shape[0])
-        images = self._h.get("observations/images", {})
+        self.storage = "video" if "observations/video" in self._h else "jpeg"
+        images = self._h.get("observations/video" if self.storage == "video" else "observations/images", {})
         self.camera_names = [F.CAMERA_NAMES.get(k, k) for k in images]
+        self._colour: dict[str, ColourDecoder] = {}
+        self._depth: dict[str, DepthDecoder] = {}
         self.intrinsics: dict[str, CameraIntrinsics] = {}
         self.depth_scale: dict[str, float] = {}
         for name in self.camera_names:
@@ -65,15 +76,77 @@ class EpisodeReader:
     def close(self) -> None:
         self._h.close()
 
+    @staticmethod
+    def _key(camera: str) -> str:
+        return F.CAMERA_KEYS.get(camera, camera)
+
     def raw_depth(self, camera: str, i: int) -> np.ndarray:
-        return self._h[f"observations/depth/{F.CAMERA_KEYS.get(camera, camera)}"][i]
+        """Depth of frame i as recorded: uint16 HxW in depth_scale units (bit-exact in both formats)."""
+        ds = self._h[f"observations/depth/{self._key(camera)}"]
+        if ds.ndim == 3:  # deflate chunks
+            return ds[i]
+        dec = self._depth.get(camera)
+        if dec is None:
+            a = ds.attrs
+            extradata = bytes(np.asarray(a.get("extradata", np.zeros(0, np.uint8)), np.uint8))
+            dec = self._depth[camera] = DepthDecoder(int(a["width"]), int(a["height"]), extradata)
+        try:
+            return dec.decode(bytes(ds[i]))
+        except Exception as exc:  # noqa: BLE001 - FFmpeg errors come in several types
+            raise ValueError(f"episode {self.path}: depth frame {i} of camera {camera} does not decode: {exc}") from exc
+
+    def _colour_decoder(self, camera: str) -> ColourDecoder:
+        dec = self._colour.get(camera)
+        if dec is None:
+            key = self._key(camera)
+            packets = self._h[f"observations/video/{key}"]
+            a = packets.attrs
+            dec = self._colour[camera] = ColourDecoder(
+                str(a["codec"]), int(a["width"]), int(a["height"]), lambda i: bytes(packets[i]),
+                self._h[f"observations/video_keyframe/{key}"][:])
+        return dec
 
     def rgb(self, camera: str, i: int) -> np.ndarray:
-        buf = self._h[f"observations/images/{F.CAMERA_KEYS.get(camera, camera)}"][i]
+        """Colour of frame i: RGB uint8 HxWx3."""
+        if self.storage == "video":
+            try:
+                return self._colour_decoder(camera).frame(i)
+            except IndexError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - FFmpeg errors come in several types
+                raise ValueError(f"episode {self.path}: frame {i} of camera {camera} does not decode: {exc}") from exc
+        buf = self._h[f"observations/images/{self._key(camera)}"][i]
         bgr = cv2.imdecode(np.asarray(buf, np.uint8), cv2.IMREAD_COLOR)
         if bgr is None:
             raise ValueError(f"episode {self.path}: frame {i} of camera {camera} is not a valid JPEG")
         return np.ascontiguousarray(bgr[..., ::-1])
+
+    def frame_digests(self, camera: str) -> np.ndarray:
+        """(T,) one integer per frame that is equal exactly when two frames' images are identical (CRC-32 of
+        the raw RGB in video episodes, of the JPEG bytes in jpeg ones): frozen-camera checks without decoding."""
+        if self.storage == "video":
+            return self._h[f"observations/image_crc/{self._key(camera)}"][:].astype(np.int64)
+        return np.array([zlib.crc32(bytes(b)) for b in self._h[f"observations/images/{self._key(camera)}"]], np.int64)
+
+    def stream_lengths(self) -> dict[str, int]:
+        """Rows of every per-frame dataset (they differ only in a damaged or partial file)."""
+        out: dict[str, int] = {}
+        self._h.visititems(lambda name, obj: out.__setitem__(name, int(obj.shape[0]))
+                           if isinstance(obj, h5py.Dataset) and obj.ndim >= 1 and not name.startswith("observations/camera_info")
+                           else None)
+        return out
+
+    def stored_bytes(self) -> dict[str, int]:
+        """Bytes on disk per stream kind: colour, depth, other (for `dataset info` and the benchmark)."""
+        out = {"colour": 0, "depth": 0, "other": 0}
+
+        def visit(name: str, obj) -> None:
+            if isinstance(obj, h5py.Dataset):
+                kind = ("colour" if name.startswith(("observations/video/", "observations/images/")) else
+                        "depth" if name.startswith("observations/depth/") else "other")
+                out[kind] += obj.id.get_storage_size() + (_vlen_bytes(obj) if obj.dtype.kind == "O" else 0)
+        self._h.visititems(visit)
+        return out
 
     def camera_stamps(self, camera: str) -> np.ndarray:
         return self._h[f"stamps/{camera}"][:]
@@ -104,3 +177,11 @@ class EpisodeReader:
     def __iter__(self):
         for i in range(self.num_frames):
             yield self.frame(i)
+
+
+def _vlen_bytes(ds: h5py.Dataset) -> int:
+    """Payload bytes of a variable-length dataset (its storage size counts only the heap references)."""
+    total, step = 0, 256
+    for s in range(0, ds.shape[0], step):
+        total += sum(len(b) for b in ds[s:s + step])
+    return total

@@ -40,6 +40,11 @@ class RecorderConfig:
     calibration_files: tuple[Path, ...] = ()
     camera_serials: dict[str, str] = field(default_factory=dict)
     require_action: bool = True  # the leader/command stream must be alive (teleoperation); False: observe only
+    storage: str = "video"  # episode storage format: "video" (H.264 + FFV1) or "jpeg" (format.py)
+
+    def __post_init__(self) -> None:
+        if self.storage not in F.STORAGE_FORMATS:
+            raise ValueError(f"recorder storage={self.storage!r}: one of {list(F.STORAGE_FORMATS)}")
 
 
 @dataclass
@@ -136,7 +141,7 @@ class Recorder:
                 "software_version": "posevla 0.1.0", "start_time_ns": time.time_ns()}
         try:
             self.writer = EpisodeWriter(self.cfg.root, self.cfg.task, meta,
-                                        {c: self.latest.info[c] for c in self.cfg.cameras})
+                                        {c: self.latest.info[c] for c in self.cfg.cameras}, storage=self.cfg.storage)
         except OSError as exc:
             self.last_reason = str(exc)
             return Refusal(f"cannot start: {exc}")
@@ -172,7 +177,7 @@ class Recorder:
         return self.last_reason
 
     def _move_aside(self, path: Path) -> Path:
-        dest = self.task_dir / ".discarded"
+        dest = self.task_dir / F.DISCARDED_DIR
         dest.mkdir(exist_ok=True)
         stem = f"{path.stem}_{time.strftime('%Y%m%d-%H%M%S')}"
         target, n = dest / f"{stem}{path.suffix}", 1
