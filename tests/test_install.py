@@ -162,3 +162,27 @@ def test_installed_nodes_start_with_installed_defaults(install: Path, tmp_path: 
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert sum("calibration" in ln and "_camera.yaml" in ln for ln in out.stdout.splitlines()) == 3, out.stdout
+
+
+def test_bringup_arguments_reach_the_right_nodes() -> None:
+    from posevla_ros.bringup import BringupArgs, bringup, parse_cameras
+    from posevla_ros.run_graph import node_command
+
+    assert parse_cameras("[head, left_wrist]") == parse_cameras("head,left_wrist") == ["head", "left_wrist"]
+    specs = bringup("robot", checkpoint="/ckpt", instruction="stack the cups",
+                    args=BringupArgs(calibration_dir="/data/calib", serials={"head": "012345678901"},
+                                     cameras=["head", "left_wrist"]))
+    by_name = {s.name: s for s in specs}
+    assert sorted(by_name) == ["executor", "head_camera", "left_wrist_camera", "policy", "xtrainer_driver"]
+    assert by_name["head_camera"].parameters["serial"] == "012345678901"
+    assert "serial" not in by_name["left_wrist_camera"].parameters  # the YAML's serial stands
+    for name in ("executor", "policy"):
+        assert by_name[name].parameters["calibration_dir"] == "/data/calib"
+    assert by_name["policy"].parameters["cameras"] == ["head", "left_wrist"]
+    cmd = node_command(by_name["head_camera"])
+    assert 'serial:="012345678901"' in cmd  # quoted: rcl would read a bare 012345678901 as a number
+    collect = {s.name: s for s in bringup("collect", task="t", instruction="x",
+                                          args=BringupArgs(calibration_dir="/c", cameras=["head"]))}
+    assert collect["recorder"].parameters["calibration_dir"] == "/c" and collect["recorder"].parameters["cameras"] == ["head"]
+    with pytest.raises(ValueError, match="unknown camera"):
+        bringup("robot", args=BringupArgs(cameras=["head", "top"]))

@@ -149,7 +149,7 @@ def _alive_with(marker: str) -> list[int]:
 
 
 def test_run_graph_forwards_sigterm_and_keeps_serials_strings() -> None:
-    serial = str(random.randrange(10**11, 10**12))  # digit-only, unique to this test run
+    serial = "0" + str(random.randrange(10**10, 10**11))  # digit-only with a leading zero, unique to this run
     code = ("import sys\n"
             "import posevla_ros.run_graph as rg\n"
             "from posevla_ros.graph import NodeSpec\n"

@@ -23,11 +23,10 @@ from posevla_ros.graph import CAMERAS, EXECUTABLES, SETUPS, NodeSpec
 
 
 def param_arg(key: str, value: object) -> str:
-    """`key:=value` for --ros-args -p; rcl parses the value as YAML, so a string that YAML would read as a
-    number, bool or null ("123456789", "true", "") is double-quoted to stay a string."""
+    """`key:=value` for --ros-args -p. rcl parses the value as YAML with its own typing (a digit-only string,
+    leading zeros or not, becomes an integer), so every string is double-quoted and stays a string."""
     if isinstance(value, str):
-        plain = bool(value) and value.strip() == value and yaml.safe_load(value) == value
-        return f"{key}:={value if plain else yaml.safe_dump(value, default_style=chr(34)).strip()}"
+        return f"{key}:={yaml.safe_dump(value, default_style=chr(34), width=1 << 20).strip()}"
     if isinstance(value, (list, tuple)):
         return f"{key}:=[{', '.join(yaml.safe_dump(v, default_style=chr(34)).strip() if isinstance(v, str) else str(v) for v in value)}]"
     if isinstance(value, bool):
