@@ -15,6 +15,15 @@ tokens attend to the prefix, actions bidirectionally among themselves). We add o
 
 Forward pass, top to bottom: images -> vision tower -> (+ geometry) -> projector -> [image | prompt] embeds
 -> Gemma with cache -> expert over [state | noisy actions + time] -> velocity -> Euler steps.
+
+Precision: the frequencies of RoPE and of the flow-time embedding and Gemma's embedding scale are fp32 buffers
+that `.to(torch.bfloat16)` leaves in fp32 (`keep_fp32_buffers`), so a model cast for bf16 inference computes
+positions and times exactly as the fp32 model it was trained as. Training keeps fp32 parameters and runs under
+bf16 autocast (see posevla.training.train).
+
+State/action width: the expert's state and action projections may be wider than the robot's vectors (pi0's
+checkpoints use 32); state, actions and flow noise are zero-padded to that width (in training and at inference
+alike), the prediction is cut back, and the loss covers the robot's dimensions only. The expert's word embedding is never used (it only reads embeddings) and is removed.
 """
 from __future__ import annotations
 
@@ -22,12 +31,90 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import PI0Config, PI0ForConditionalGeneration
+from transformers.models.gemma.modeling_gemma import GemmaRotaryEmbedding, GemmaTextScaledWordEmbedding
+from transformers.models.pi0.modeling_pi0 import PI0TimestepEmbeddings
 
 from posevla.model.config import PoseVLAConfig
 from posevla.model.geometry_embed import GeometryEmbedding, modality_keep_masks
 
 
-def build_pi0_config(cfg: PoseVLAConfig, vocab_size: int, image_token_id: int) -> PI0Config:
+# ------------------------------------------------------------------ fp32 buffers
+def _fp32_masters(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Freshly computed fp32 values of the precision-critical buffers of one module ({} for other modules)."""
+    with torch.device("cpu"):
+        if isinstance(module, GemmaRotaryEmbedding):
+            if module.rope_type == "default":
+                inv_freq, _ = module.compute_default_rope_parameters(module.config)
+            else:  # scaled RoPE variants: the module's own value (built in fp32 at construction)
+                inv_freq = module.original_inv_freq.detach().to("cpu", torch.float32)
+            return {"inv_freq": inv_freq.float(), "original_inv_freq": inv_freq.float().clone()}
+        if isinstance(module, PI0TimestepEmbeddings):
+            return {"sinusoid_freq": PI0TimestepEmbeddings.compute_freqs(module.config).float()}
+        if isinstance(module, GemmaTextScaledWordEmbedding):
+            return {"embed_scale": torch.tensor(float(module.scalar_embed_scale), dtype=torch.float32)}
+    return {}
+
+
+class _KeepFP32Buffers:
+    """Mixin: after any `.to()/.half()/.bfloat16()` (all go through `_apply`), the listed buffers are reset to
+    their fp32 master values on the new device, never to a rounded copy."""
+
+    _fp32_master: dict[str, torch.Tensor]
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - torch's signature
+        out = super()._apply(fn, recurse)  # type: ignore[misc]
+        for name, master in self._fp32_master.items():
+            buf = self._buffers.get(name)  # type: ignore[attr-defined]
+            if buf is not None and buf.device.type != "meta":
+                self._buffers[name] = master.to(buf.device)  # type: ignore[attr-defined]
+        return out
+
+
+_FP32_CLASSES: dict[type, type] = {}
+
+
+def keep_fp32_buffers(root: nn.Module) -> list[str]:
+    """Make RoPE / time-embedding frequencies and embedding scales immune to dtype casts; returns their names."""
+    names = []
+    for prefix, module in root.named_modules():
+        masters = _fp32_masters(module)
+        if not masters:
+            continue
+        cls = type(module)
+        if not issubclass(cls, _KeepFP32Buffers):
+            if cls not in _FP32_CLASSES:
+                _FP32_CLASSES[cls] = type(f"FP32Buffers{cls.__name__}", (_KeepFP32Buffers, cls), {})
+            module.__class__ = _FP32_CLASSES[cls]
+        module._fp32_master = masters
+        for name, master in masters.items():
+            buf = module._buffers.get(name)
+            if buf is not None and buf.device.type != "meta":
+                module._buffers[name] = master.to(buf.device)
+            names.append(f"{prefix}.{name}" if prefix else name)
+    return names
+
+
+def materialize_buffers(root: nn.Module, device: torch.device | str = "cpu") -> None:
+    """After building on the meta device and loading parameters with assign=True, give the non-persistent buffers
+    (not in any checkpoint) their values: fp32 masters, SigLIP's position ids. Any other meta tensor is an error."""
+    for prefix, module in root.named_modules():
+        masters = getattr(module, "_fp32_master", {})
+        for name, buf in list(module._buffers.items()):
+            if buf is None or buf.device.type != "meta":
+                continue
+            if name in masters:
+                module._buffers[name] = masters[name].to(device)
+            elif name == "position_ids":
+                module._buffers[name] = torch.arange(buf.shape[-1], device=device).expand(buf.shape).contiguous()
+            else:
+                raise ValueError(f"buffer {prefix}.{name} is still on the meta device after loading")
+    left = [n for n, p in root.named_parameters() if p.device.type == "meta"]
+    if left:
+        raise ValueError(f"parameters not loaded from the checkpoint: {left[:5]}{'...' if len(left) > 5 else ''}")
+
+
+def build_pi0_config(cfg: PoseVLAConfig, vocab_size: int, image_token_id: int, io_width: int | None = None
+                     ) -> PI0Config:
     text = dict(cfg.text)
     expert = dict(cfg.expert)
     # The expert attends to the VLM's cached keys/values layer by layer: same depth and attention geometry.
@@ -38,24 +125,46 @@ def build_pi0_config(cfg: PoseVLAConfig, vocab_size: int, image_token_id: int) -
               "vision_use_head": False, **cfg.vision}
     vlm = {"model_type": "paligemma", "text_config": {"model_type": "gemma", "vocab_size": vocab_size, **text},
            "vision_config": vision, "projection_dim": text["hidden_size"], "image_token_id": image_token_id}
-    return PI0Config(vlm_config=vlm, dit_config={"model_type": "gemma", "vocab_size": vocab_size, **expert},
-                     chunk_size=cfg.chunk_length, max_state_dim=cfg.state_dim, max_action_dim=cfg.action_dim,
-                     num_inference_steps=cfg.flow_steps)
+    width = io_width or max(cfg.state_dim, cfg.action_dim)
+    if width < max(cfg.state_dim, cfg.action_dim):
+        raise ValueError(f"state/action width {width} is narrower than the robot's {max(cfg.state_dim, cfg.action_dim)}")
+    pi0 = PI0Config(vlm_config=vlm, dit_config={"model_type": "gemma", "vocab_size": vocab_size, **expert},
+                    chunk_size=cfg.chunk_length, max_state_dim=width, max_action_dim=width,
+                    num_inference_steps=cfg.flow_steps)
+    pi0.dit_config.vocab_size = 1  # the expert reads embeddings only: no (vocab x hidden) table is built for it
+    return pi0
 
 
 class PoseVLAModel(nn.Module):
     """Pure model: tensors in, tensors out. Knows nothing of robots (see io_transforms for that)."""
 
-    def __init__(self, cfg: PoseVLAConfig, vocab_size: int, image_token_id: int, pad_token_id: int) -> None:
+    def __init__(self, cfg: PoseVLAConfig, vocab_size: int, image_token_id: int, pad_token_id: int,
+                 io_width: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.pad_token_id = pad_token_id
-        self.pi0 = PI0ForConditionalGeneration(build_pi0_config(cfg, vocab_size, image_token_id))
+        self.pi0 = PI0ForConditionalGeneration(build_pi0_config(cfg, vocab_size, image_token_id, io_width))
+        self.pi0.model.dit.embed_tokens = None  # unused: the expert is fed embeddings, never token ids
         self.geometry = GeometryEmbedding(cfg.patch_size, int(cfg.vision["hidden_size"]))
+        self.fp32_buffers = keep_fp32_buffers(self)
 
     @property
     def vlm(self) -> nn.Module:
         return self.pi0.model.vlm
+
+    @property
+    def io_width(self) -> int:
+        """Width of the expert's state/action projections (>= the robot's action_dim; pi0 checkpoints: 32)."""
+        return int(self.pi0.config.max_action_dim)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-pad the last dimension to io_width."""
+        extra = self.io_width - x.shape[-1]
+        return F.pad(x, (0, extra)) if extra > 0 else x
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute every decoder/encoder layer's activations in the backward pass (VLM, vision tower, expert)."""
+        self.pi0.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # ------------------------------------------------------------------ prefix
     def embed_images(self, pixel_values: torch.Tensor, raymaps: torch.Tensor, depth_priors: torch.Tensor,
@@ -67,7 +176,7 @@ class PoseVLAModel(nn.Module):
                                                    self.training, pixel_values.device)
         keep_ray = keep_ray.to(vis.dtype).repeat_interleave(v)[:, None, None, None]
         keep_depth = keep_depth.to(vis.dtype).repeat_interleave(v)[:, None, None, None]
-        if keep_ray.any() or keep_depth.any():
+        if self.training or keep_ray.any() or keep_depth.any():  # training: same graph every step (DDP)
             vis = vis + self.geometry(raymaps.flatten(0, 1).to(vis.dtype) * keep_ray,
                                       depth_priors.flatten(0, 1).to(vis.dtype) * keep_depth)
         img = self.vlm.multi_modal_projector(vis)
@@ -136,22 +245,38 @@ class PoseVLAModel(nn.Module):
     # ------------------------------------------------------------------ flow matching
     def flow_loss(self, batch: dict[str, torch.Tensor], modalities: str | None = None,
                   noise: torch.Tensor | None = None, timestep: torch.Tensor | None = None) -> torch.Tensor:
-        """MSE between predicted and target velocity; noise/timestep are sampled pi0-style unless given."""
+        """MSE between predicted and target velocity over the robot's action dimensions; noise and timestep are
+        sampled pi0-style (noise ~ N(0, I), t = 0.001 + 0.999 * Beta(1.5, 1)) unless given; (B, chunk, action_dim)."""
         embeds, mask = self.embed_prefix(batch, batch["prompt_ids"], batch["prompt_mask"], modalities)
         cache = self.prefix_cache(embeds, mask).cache
-        out = self.pi0(state=batch["state"].to(embeds.dtype), actions=batch["actions"].to(embeds.dtype),
-                       noise=None if noise is None else noise.to(embeds.dtype), timestep=timestep,
-                       attention_mask=mask, cache=cache)
-        return out.loss
+        actions = batch["actions"].float()
+        b, n, a = actions.shape
+        c = self.pi0.config
+        if timestep is None:
+            beta = torch.distributions.Beta(torch.tensor(c.time_sampling_beta_alpha), torch.tensor(c.time_sampling_beta_beta))
+            timestep = beta.sample((b,)).to(actions.device) * c.time_sampling_scale + c.time_sampling_offset
+        timestep = timestep.float()
+        if noise is None:
+            noise = torch.randn(b, n, a, device=actions.device)
+        noise = self._pad(noise.float())
+        t = timestep[:, None, None]
+        x_t = t * noise + (1 - t) * self._pad(actions)
+        out = self.pi0(state=self._pad(batch["state"].float()).to(embeds.dtype), noise=x_t.to(embeds.dtype),
+                       timestep=timestep, attention_mask=mask, cache=cache)
+        target = (noise - self._pad(actions))[..., :a]
+        return F.mse_loss(out.logits[..., :a].float(), target)
 
     @torch.no_grad()
     def sample_actions(self, batch: dict[str, torch.Tensor], noise: torch.Tensor, num_steps: int | None = None,
                        modalities: str | None = None, reuse_prefix_cache: bool = True) -> torch.Tensor:
-        """Euler integration of the learned velocity from t=1 (noise) to t=0. noise: (B, chunk, action_dim)."""
+        """Euler integration of the learned velocity from t=1 (noise) to t=0.
+
+        noise: (B, chunk, action_dim) (zero-padded to io_width); returns fp32 (B, chunk, action_dim). The Euler
+        state is integrated in fp32 whatever the model's dtype (bf16 would round it by 0.4 % per step)."""
         steps = num_steps or self.cfg.flow_steps
         embeds, mask = self.embed_prefix(batch, batch["prompt_ids"], batch["prompt_mask"], modalities)
-        state = batch["state"].to(embeds.dtype)
-        x = noise.to(embeds.dtype)
+        state = self._pad(batch["state"]).to(embeds.dtype)
+        x = self._pad(noise).float()
         cache = self.prefix_cache(embeds, mask).cache
         prefix_len = cache.get_seq_length()
         dt = -1.0 / steps
@@ -160,10 +285,10 @@ class PoseVLAModel(nn.Module):
             if not reuse_prefix_cache and k > 0:
                 embeds, mask = self.embed_prefix(batch, batch["prompt_ids"], batch["prompt_mask"], modalities)
                 cache = self.prefix_cache(embeds, mask).cache
-            out = self.pi0(state=state, noise=x, timestep=t, attention_mask=mask, cache=cache)
+            out = self.pi0(state=state, noise=x.to(embeds.dtype), timestep=t, attention_mask=mask, cache=cache)
             cache.crop(prefix_len - cache.get_seq_length())  # drop the expert's keys/values: the next step attends to the prefix only
-            x = x + dt * out.logits
-        return x
+            x = x + dt * out.logits.float()
+        return x[..., :self.cfg.action_dim]
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training objective: flow matching on actions and/or NTP on pose sequences, whichever the batch has."""

@@ -1,6 +1,7 @@
 """PoseVLAPolicy: the inference API every part of the stack uses (ROS policy node, trainer, tools).
 
     policy = PoseVLAPolicy.from_pretrained(path, device=None)   # CUDA bf16 when present, else CPU fp32
+    policy = PoseVLAPolicy.from_pi0(pi0_dir)                     # transformers- or LeRobot-format pi0 weights
     policy.warmup()
     chunk = policy.predict(observation)                          # ActionChunk in the reference camera frame
 """
@@ -18,12 +19,20 @@ from posevla.model.batching import Batcher, TrainingSample
 from posevla.model.config import MODALITIES, PoseVLAConfig
 from posevla.model.device import select_device
 from posevla.model.io_transforms import XTrainerOutputs
-from posevla.model.network import PoseVLAModel
+from posevla.model.network import PoseVLAModel, materialize_buffers
 from posevla.model.normalization import NormStats
 from posevla.model.pose_sequence import PoseTuple, parse_tuples_lenient
 from posevla.model.pose_tokens import PoseTokenizer
 from posevla.model.text_tokenizer import IMAGE_TOKEN, build_offline_tokenizer, extend_tokenizer
 from posevla.types import ActionChunk, ArmState, ModelView, Observation, RobotState
+
+
+def _extend_rows(old: torch.Tensor, rows: int) -> torch.Tensor:
+    """Embedding table with `rows` rows: new rows (pose tokens) start at the mean embedding plus small noise."""
+    if rows <= old.shape[0]:
+        return old
+    new = old.float().mean(0, keepdim=True) + 0.01 * old.float().std() * torch.randn(rows - old.shape[0], old.shape[1])
+    return torch.cat([old, new.to(old.dtype)], dim=0)
 
 
 class PoseVLAPolicy:
@@ -33,28 +42,31 @@ class PoseVLAPolicy:
         self.norm, self.device, self.dtype = norm, device, dtype
         self.batcher = Batcher(cfg, tokenizer, norm)
         self.outputs = XTrainerOutputs(cfg)
-        self.model.to(device=device, dtype=dtype).eval()
+        self.model.to(device=device, dtype=dtype).eval()  # RoPE / time frequencies stay fp32 (network.py)
         self.last_timing: dict[str, float] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, cfg: PoseVLAConfig | str | Path, seed: int = 0, device: str | None = None,
-                    norm: NormStats | None = None, pose_tok: PoseTokenizer | None = None) -> PoseVLAPolicy:
-        """A randomly initialised model with an offline tokenizer (tests, demos, training from scratch)."""
+                    norm: NormStats | None = None, pose_tok: PoseTokenizer | None = None,
+                    dtype: torch.dtype | None = None, io_width: int | None = None) -> PoseVLAPolicy:
+        """A randomly initialised model with an offline tokenizer (tests, demos, training from scratch).
+
+        dtype: parameter dtype (default: bf16 on CUDA, fp32 on CPU; training passes torch.float32)."""
         if not isinstance(cfg, PoseVLAConfig):
             cfg = PoseVLAConfig.from_yaml(cfg)
         pose_tok = pose_tok or PoseTokenizer(cfg.num_pose_bins).with_default_edges()
         tokenizer = build_offline_tokenizer(pose_tok)
         torch.manual_seed(seed)
         model = PoseVLAModel(cfg, len(tokenizer), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-                             tokenizer.pad_token_id)
-        dev, dtype = select_device(device)
+                             tokenizer.pad_token_id, io_width)
+        dev, auto_dtype = select_device(device)
         return cls(cfg, model, tokenizer, pose_tok, norm or NormStats.identity(cfg.state_dim, cfg.action_dim),
-                   dev, dtype)
+                   dev, dtype or auto_dtype)
 
     @classmethod
     def from_paligemma(cls, paligemma_dir: str | Path, overrides: dict | None = None, device: str | None = None,
-                       seed: int = 0) -> PoseVLAPolicy:
+                       seed: int = 0, dtype: torch.dtype | None = None) -> PoseVLAPolicy:
         """Start from a stock PaliGemma directory on disk (e.g. paligemma-3b-pt-224): its vision tower, projector
         and language model are loaded; pose tokens, geometry embeddings and the action expert are added
         (geometry zero-initialised, so the VLM's outputs are unchanged until trained)."""
@@ -84,17 +96,89 @@ class PoseVLAPolicy:
         vocab = max(len(tokenizer), old.shape[0])
         torch.manual_seed(seed)
         model = PoseVLAModel(cfg, vocab, pg_cfg.image_token_id, tokenizer.pad_token_id)
-        if vocab > old.shape[0]:  # new rows start at the mean embedding (+ small noise), as is usual
-            new = old.mean(0, keepdim=True) + 0.01 * old.std() * torch.randn(vocab - old.shape[0], old.shape[1])
-            state[emb_key] = torch.cat([old, new.to(old.dtype)], dim=0)
+        state[emb_key] = _extend_rows(old, vocab)
         missing, unexpected = model.vlm.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{path}: PaliGemma weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        dev, dtype = select_device(device)
-        return cls(cfg, model, tokenizer, pose_tok, NormStats.identity(cfg.state_dim, cfg.action_dim), dev, dtype)
+        dev, auto_dtype = select_device(device)
+        return cls(cfg, model, tokenizer, pose_tok, NormStats.identity(cfg.state_dim, cfg.action_dim), dev,
+                   dtype or auto_dtype)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | None = None, compile: bool = False) -> PoseVLAPolicy:
+    def from_pi0(cls, pi0_dir: str | Path, config: PoseVLAConfig | str | Path | None = None,
+                 tokenizer: str | Path | None = None, device: str | None = None, dtype: torch.dtype | None = None,
+                 seed: int = 0) -> PoseVLAPolicy:
+        """Start from a pi0 checkpoint directory: transformers format (`config.json` with model_type pi0 +
+        model.safetensors) or LeRobot format (keys paligemma_with_expert.*; `config.json` with type pi0).
+
+        Sizes: from the transformers config, or for LeRobot files (whose config names variants, not sizes) from
+        `config` (default models/posevla_3b.yaml, which has pi0's sizes); every tensor's shape is checked. The
+        state/action projections keep the checkpoint's width (32 for pi0), pose-token rows are appended to the
+        embedding table (mean + small noise), the geometry embeddings start at zero output, the expert's unused
+        word embedding is dropped. Built on the meta device: no random copy of the model is materialised.
+        tokenizer: a PaliGemma tokenizer directory when pi0_dir has none."""
+        import json
+
+        from posevla.model.geometry_embed import GeometryEmbedding
+
+        path = Path(pi0_dir)
+        if not path.is_dir():
+            raise ValueError(f"pi0 checkpoint {path} is not a directory")
+        state, fmt = ckpt.pi0_state_dict(path)
+        if config is None:
+            config = Path(__file__).resolve().parents[2] / "models" / "posevla_3b.yaml"
+        cfg = config if isinstance(config, PoseVLAConfig) else PoseVLAConfig.from_yaml(config)
+        if fmt == "transformers":
+            try:
+                meta = json.loads((path / "config.json").read_text())
+                v, t, e = meta["vlm_config"]["vision_config"], meta["vlm_config"]["text_config"], meta["dit_config"]
+                d = cfg.to_dict()
+                d.update(image_size=v["image_size"], patch_size=v["patch_size"],
+                         vision={k: v[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                   "num_attention_heads")},
+                         text={k: t[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                 "num_attention_heads", "num_key_value_heads", "head_dim")},
+                         expert={k: e[k] for k in ("hidden_size", "intermediate_size")})
+                cfg = PoseVLAConfig.from_dict(d, str(path / "config.json"))
+            except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{path / 'config.json'}: not a transformers PI0 config ({exc!r})") from exc
+        tok_dir = Path(tokenizer) if tokenizer else path
+        try:
+            tok = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"no tokenizer in {tok_dir} (pass a PaliGemma tokenizer directory): {exc}") from exc
+        pose_tok = PoseTokenizer(cfg.num_pose_bins).with_default_edges()
+        extend_tokenizer(tok, pose_tok)
+        for key in (ckpt.EMBED_KEY, "pi0.embed_action_time.action_in_proj.weight"):
+            if key not in state:
+                raise ValueError(f"pi0 checkpoint {path}: no tensor {key}")
+        vocab = max(len(tok), state[ckpt.EMBED_KEY].shape[0])
+        torch.manual_seed(seed)
+        state[ckpt.EMBED_KEY] = _extend_rows(state[ckpt.EMBED_KEY], vocab)
+        io_width = state["pi0.embed_action_time.action_in_proj.weight"].shape[1]
+        with torch.device("meta"):
+            model = PoseVLAModel(cfg, vocab, tok.convert_tokens_to_ids(IMAGE_TOKEN), tok.pad_token_id, io_width)
+        model.geometry = GeometryEmbedding(cfg.patch_size, int(cfg.vision["hidden_size"]))  # new: zero output
+        own = {k: v for k, v in model.state_dict().items() if not k.startswith("geometry.")}
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"pi0 checkpoint {path} ({fmt} format) does not fit: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        for name, tensor in state.items():
+            if tensor.shape != own[name].shape:
+                raise ValueError(f"pi0 checkpoint {path}: tensor {name} has shape {tuple(tensor.shape)}, the model "
+                                 f"config expects {tuple(own[name].shape)} (sizes from {config if fmt == 'lerobot' else path / 'config.json'})")
+        model.load_state_dict(state, strict=False, assign=True)
+        materialize_buffers(model)
+        dev, auto_dtype = select_device(device)
+        return cls(cfg, model, tok, pose_tok, NormStats.identity(cfg.state_dim, cfg.action_dim), dev,
+                   dtype or auto_dtype)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | None = None, compile: bool = False,
+                        dtype: torch.dtype | None = None) -> PoseVLAPolicy:
+        """Load a Pose-VLA checkpoint directory (see checkpoint.py). The model is built on the meta device and the
+        weights are assigned from the file, so no random copy is ever materialised."""
         path = Path(path)
         ckpt.check_directory(path)
         cfg = PoseVLAConfig.from_yaml(path / ckpt.CONFIG)
@@ -113,21 +197,25 @@ class PoseVLAPolicy:
         try:
             with safe_open(str(path / ckpt.WEIGHTS), "pt") as f:
                 vocab = f.get_slice("pi0.model.vlm.language_model.embed_tokens.weight").get_shape()[0]
+                io_width = f.get_slice("pi0.embed_action_time.action_in_proj.weight").get_shape()[1]
         except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
             raise ValueError(f"checkpoint weights {path / ckpt.WEIGHTS} are corrupt or unreadable: {exc}") from exc
-        model = PoseVLAModel(cfg, vocab, image_id, tokenizer.pad_token_id)
-        ckpt.load_weights(model, path / ckpt.WEIGHTS)
-        dev, dtype = select_device(device)
-        policy = cls(cfg, model, tokenizer, pose_tok, norm, dev, dtype)
+        with torch.device("meta"):
+            model = PoseVLAModel(cfg, vocab, image_id, tokenizer.pad_token_id, io_width)
+        ckpt.load_weights(model, path / ckpt.WEIGHTS, assign=True)
+        materialize_buffers(model)
+        dev, auto_dtype = select_device(device)
+        policy = cls(cfg, model, tokenizer, pose_tok, norm, dev, dtype or auto_dtype)
         if compile:
             policy.model.pi0 = torch.compile(policy.model.pi0)
         return policy
 
-    def save_pretrained(self, path: str | Path) -> Path:
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write a checkpoint directory; state_dict replaces the model's own (the trainer passes LoRA-merged weights)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.config.to_yaml(path / ckpt.CONFIG)
-        ckpt.save_weights(self.model, path / ckpt.WEIGHTS)
+        ckpt.save_weights(self.model, path / ckpt.WEIGHTS, state_dict)
         self.pose_tokenizer.save(path / ckpt.POSE_BINS)
         self.norm.save(path / ckpt.NORM_STATS)
         self.tokenizer.save_pretrained(path / ckpt.TOKENIZER)

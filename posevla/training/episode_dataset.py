@@ -9,11 +9,13 @@ gripper opening; past the end of the episode the last pose is held (the arm is a
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
+from scipy.spatial.transform import Rotation, Slerp
 
 from posevla.calibration.files import HandEyeCalibration
 from posevla.calibration.transforms import CameraToBase, PoseHistory
@@ -56,6 +58,20 @@ def find_episodes(paths: list[str | Path]) -> list[Path]:
     return out
 
 
+def split_episodes(episodes: list[Path], val_episodes: int) -> tuple[list[Path], list[Path]]:
+    """(training, held-out) episodes: the held-out ones are every k-th episode (k = n // val_episodes), so they
+    spread over the recording sessions; never a frame-level split (neighbouring frames are near-duplicates)."""
+    n = len(episodes)
+    if val_episodes < 0 or val_episodes >= n and val_episodes > 0:
+        raise ValueError(f"--val-episodes {val_episodes} must be >= 0 and leave at least one of the {n} episode(s) "
+                         f"for training")
+    if val_episodes == 0:
+        return list(episodes), []
+    step = n // val_episodes
+    held = {n - 1 - i * step for i in range(val_episodes)}
+    return [e for i, e in enumerate(episodes) if i not in held], [e for i, e in enumerate(episodes) if i in held]
+
+
 @dataclass
 class _Episode:
     path: Path
@@ -78,6 +94,8 @@ class EpisodeChunkDataset:
         self._episodes: list[_Episode] = []
         self.index: list[tuple[int, int]] = []
         self._readers: dict[int, EpisodeReader] = {}
+        self._readers_pid = os.getpid()
+        self._interp: dict[tuple[int, str], tuple] = {}
         for path in map(Path, episodes):
             with EpisodeReader(path) as ep:
                 missing = [v for v in cfg.views if v not in ep.camera_names]
@@ -112,6 +130,8 @@ class EpisodeChunkDataset:
         return len(self.index)
 
     def _reader(self, e: int) -> EpisodeReader:
+        if self._readers_pid != os.getpid():  # a forked DataLoader worker: never share the parent's HDF5 handles
+            self._readers, self._readers_pid = {}, os.getpid()
         r = self._readers.get(e)
         if r is None:  # opened lazily, per process (safe with DataLoader workers)
             r = self._readers[e] = EpisodeReader(self._episodes[e].path)
@@ -124,10 +144,29 @@ class EpisodeChunkDataset:
         T_ref_base = se3.invert_T(T_base_ref)
         poses, grip = {}, {}
         for arm in self.cfg.arms:
-            poses[arm] = np.stack([T_ref_base @ ep.histories[arm].at(int(s)) for s in times])
+            poses[arm] = T_ref_base @ self._tcp_at(e, arm, times)
             stamps, g = ep.grippers[arm]
             grip[arm] = np.interp(times, stamps, g)
         return self.outputs.target_vector(poses, grip)
+
+    def _tcp_at(self, e: int, arm: str, times_ns: np.ndarray) -> np.ndarray:
+        """(n, 4, 4) T_base_tcp at the given stamps, as PoseHistory.at (linear position, slerp rotation between
+        neighbouring poses, ends held), for all stamps at once."""
+        key = (e, arm)
+        interp = self._interp.get(key)
+        if interp is None:
+            h = self._episodes[e].histories[arm]
+            stamps = np.asarray(h.stamps, dtype=np.int64)
+            poses = np.stack(list(h.poses))
+            rel = (stamps - stamps[0]).astype(np.float64)
+            slerp = Slerp(rel, Rotation.from_matrix(poses[:, :3, :3])) if len(stamps) > 1 else None
+            interp = self._interp[key] = (stamps[0], rel, poses, slerp)
+        t0, rel, poses, slerp = interp
+        t = np.clip((np.asarray(times_ns, dtype=np.int64) - t0).astype(np.float64), rel[0], rel[-1])
+        if slerp is None:
+            return np.repeat(poses[:1], len(t), axis=0)
+        pos = np.stack([np.interp(t, rel, poses[:, k, 3]) for k in range(3)], axis=-1)
+        return se3.make_T(slerp(t).as_matrix(), pos)
 
     def __getitem__(self, i: int) -> TrainingSample:
         e, t = self.index[i]
