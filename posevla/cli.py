@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "estop": ("posevla.tools.estop", "software e-stop without the ros2 CLI: stop, --release, --keys (keyboard / foot pedal)"),
     "doctor": ("posevla.tools.doctor", "pre-flight check: cameras, leader ports, controllers, calibration, checkpoint, GPU, e-stop, clock"),
     "gripper": ("posevla.robot.gripper_cli", "Feetech follower grippers: read, move, calibrate closed/open positions, simulate (gripper read|move|calibrate|sim)"),
+    "benchmark": ("posevla.sim.benchmark", "closed-loop benchmark on the MuJoCo twin: demos -> training -> trials (benchmark closed-loop)"),
     "trial": ("posevla.tools.trial", "evaluation trials: N per condition in randomised blocks, operator marks outcomes, resumable, success rates with Wilson intervals"),
     "xtrainer-sim": ("posevla.robot.simulator", "run the X-Trainer TCP simulator on loopback"),
 }

@@ -79,3 +79,18 @@ def test_mujoco_sim_refuses_bad_parameter(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out
     assert "parameter cameras: ['nose']" in out.stdout and "Traceback" not in out.stdout + out.stderr
+
+
+def test_mujoco_graphs_replace_simulator_and_replay() -> None:
+    sim = graph("sim_mujoco", checkpoint="/ckpt", instruction="pick")
+    assert [s.name for s in sim] == ["mujoco_sim", "xtrainer_driver", "policy", "executor"]
+    collect = graph("collect_mujoco", instruction="pick", task="pick_cube", overrides={"recorder": {"fps": 5.0}})
+    assert [s.name for s in collect] == ["mujoco_sim", "xtrainer_driver", "recorder"]  # the scripted leader streams
+    assert [s.name for s in graph("collect_mujoco", instruction="x", leader_dir="/tmp/l")][2] == "teleop"
+    rec = collect[-1]
+    assert rec.parameters["fps"] == 5.0 and rec.parameters["sound_cues"] is False
+    for spec in sim + collect:  # the lag model's file is not loaded; every robot node serves / reads the sim robot
+        assert "xtrainer_sim.yaml" not in spec.param_files
+        assert all(p.exists() for p in spec.param_paths())
+    with pytest.raises(ValueError, match="unknown node"):
+        graph("sim_mujoco", overrides={"nope": {}})

@@ -22,10 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+from geometry_msgs.msg import PoseStamped
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Int64, String
 from std_srvs.srv import Trigger
+from trajectory_msgs.msg import MultiDOFJointTrajectory
 
 from posevla.sim.task import JointPath, TaskState, scripted_pick, scripted_return
 from posevla.sim.twin import TwinSpec
@@ -56,6 +58,12 @@ class SimProbe:
         self.node.create_subscription(String, "/sim/episode", self._on_episode, LATCHED)
         self.node.create_subscription(Bool, "/sim/success", lambda m: setattr(self, "success", bool(m.data)), 10)
         self.node.create_subscription(Image, "/head/color/image_raw", self._on_head, qos_profile_sensor_data)
+        self.chunks = 0  # /policy/chunk messages seen
+        self.tcp_travel_m = 0.0  # path length of the left TCP (/left_arm/tcp_pose)
+        self._last_tcp: np.ndarray | None = None
+        self.node.create_subscription(MultiDOFJointTrajectory, "/policy/chunk",
+                                      lambda m: setattr(self, "chunks", self.chunks + 1), 10)
+        self.node.create_subscription(PoseStamped, "/left_arm/tcp_pose", self._on_tcp, 50)
         self._clients: dict[str, object] = {}
         self.command: dict[str, tuple[np.ndarray, float]] = {}  # arm -> joint targets (rad), gripper (0..1)
         self._path: tuple[str, JointPath, float] | None = None  # (arm, path, monotonic start) being played
@@ -89,6 +97,12 @@ class SimProbe:
 
     def _on_episode(self, m: String) -> None:
         self.episode = json.loads(m.data)
+
+    def _on_tcp(self, m: PoseStamped) -> None:
+        p = np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])
+        if self._last_tcp is not None:
+            self.tcp_travel_m += float(np.linalg.norm(p - self._last_tcp))
+        self._last_tcp = p
 
     def _on_head(self, m: Image) -> None:
         self.head = np.array(msg_to_image(m, "/head/color/image_raw"))
@@ -156,6 +170,18 @@ class DemoResult:
     seed: int
     success: bool
     seconds: float
+    takes: int = 1  # recordings of this seed (a take with missing measurements is recorded again)
+    nonfinite_frames: int = 0  # frames of the kept take with a NaN in the robot state or action
+
+
+def _nonfinite_frames(episode: Path) -> int:
+    """Frames whose measured robot state or action holds NaN/inf (e.g. a gripper read-back that went stale on a
+    busy machine); the trainer refuses such episodes."""
+    import h5py
+
+    with h5py.File(episode, "r") as h:
+        bad = ~np.isfinite(h["observations/qpos"][:]).all(1) | ~np.isfinite(h["action"][:]).all(1)
+    return int(bad.sum())
 
 
 class LoggedGraphRunner(GraphRunner):
@@ -188,8 +214,10 @@ def _start(specs, opts: GraphOptions) -> GraphRunner:
 
 
 def collect_demos(root: Path, task: str, instruction: str, seeds: list[int], opts: GraphOptions,
-                  on_progress: Callable[[DemoResult], None] = lambda r: None) -> list[DemoResult]:
-    """Record one scripted demonstration per seed into `root/task/` through the collect_mujoco graph."""
+                  on_progress: Callable[[DemoResult], None] = lambda r: None, max_attempts: int = 6) -> list[DemoResult]:
+    """Record one scripted demonstration per seed into `root/task/` through the collect_mujoco graph. A take whose
+    robot state or action has a NaN is recorded again (/recorder/rerecord_last moves it aside), up to
+    `max_attempts` takes."""
     spec = TwinSpec.from_files(opts.robot_config, opts.calibration_dir)
     q_home = {arm: k.home() for arm, k in spec.kins.items()}
     specs = graph("collect_mujoco", instruction=instruction, task=task, overrides={
@@ -204,25 +232,37 @@ def collect_demos(root: Path, task: str, instruction: str, seeds: list[int], opt
     try:
         for seed in seeds:
             t0 = time.monotonic()
-            state = probe.reset(seed)
-            path = scripted_pick(state, spec.T_base_armbase["left"], spec.kins["left"])
-            deadline = time.monotonic() + 60
-            while not (r := probe.trigger("/recorder/start")).success:  # until every stream is alive
-                if time.monotonic() > deadline or runner.dead():
-                    raise StageError(f"/recorder/start refused: {r.message} (exited nodes: {runner.dead()})")
+            saved_bad = False  # the previous take of this seed was saved with gaps: move it aside before recording
+            for takes in range(1, max_attempts + 1):  # noqa: B007 - the count is reported below
+                state = probe.reset(seed)
+                path = scripted_pick(state, spec.T_base_armbase["left"], spec.kins["left"])
+                start = "/recorder/rerecord_last" if saved_bad else "/recorder/start"
+                deadline = time.monotonic() + 60
+                while not (r := probe.trigger(start)).success:  # until every stream is alive
+                    if time.monotonic() > deadline or runner.dead():
+                        raise StageError(f"{start} refused: {r.message} (exited nodes: {runner.dead()})")
+                    probe.spin(0.5)
+                    if "moved" in r.message:  # rerecord_last moved the take aside but could not start yet
+                        start = "/recorder/start"
+                probe.play("left", path)
                 probe.spin(0.5)
-            probe.play("left", path)
-            probe.spin(0.5)
-            ok = probe.fresh_success()
-            r = probe.trigger("/recorder/stop_and_save")
-            if not r.success:
-                raise StageError(f"/recorder/stop_and_save refused: {r.message}")
-            if not ok:
-                probe.trigger("/recorder/mark_failure")
-            probe.play("left", scripted_return(path.q[-1], spec.T_base_armbase["left"], spec.kins["left"]))
-            if runner.dead():
-                raise StageError(f"node(s) exited: {runner.dead()}")
-            results.append(DemoResult(seed, ok, time.monotonic() - t0))
+                ok = probe.fresh_success()
+                r = probe.trigger("/recorder/stop_and_save")
+                probe.play("left", scripted_return(path.q[-1], spec.T_base_armbase["left"], spec.kins["left"]))
+                if runner.dead():
+                    raise StageError(f"node(s) exited: {runner.dead()}")
+                if not r.success:  # the recorder stopped the take itself (a stream went silent): record again
+                    saved_bad, gaps = False, -1
+                    continue
+                if not ok:
+                    probe.trigger("/recorder/mark_failure")
+                gaps = _nonfinite_frames(max((root / task).glob("episode_*.h5"), key=lambda f: f.stat().st_mtime))
+                saved_bad = gaps > 0
+                if not saved_bad:
+                    break
+            if gaps < 0:
+                raise StageError(f"seed {seed}: the recorder stopped all {max_attempts} takes (streams went silent)")
+            results.append(DemoResult(seed, ok, time.monotonic() - t0, takes, gaps))
             on_progress(results[-1])
     finally:
         runner.stop()
@@ -235,6 +275,8 @@ class TrialResult:
     seed: int
     success: bool
     frames: list[np.ndarray] = field(default_factory=list)  # head camera at start, middle, end
+    chunks: int = 0  # action chunks the policy published during the trial
+    tcp_travel_m: float = 0.0  # path length of the left TCP during the trial
 
 
 def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOptions, trial_s: float = 10.0,
@@ -250,8 +292,11 @@ def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOp
     runner = _start(specs, opts)
     results: list[TrialResult] = []
     try:
-        if not probe.spin(180.0, lambda: probe.episode is not None and probe.head is not None or bool(runner.dead())):
-            raise StageError("the twin published no episode / head image within 180 s")
+        ready = lambda: probe.episode is not None and probe.head is not None and probe.chunks > 0  # noqa: E731
+        if not probe.spin(300.0, lambda: ready() or bool(runner.dead())) or runner.dead():
+            raise StageError(f"the graph did not come up within 300 s (twin episode: {probe.episode is not None}, "
+                             f"head image: {probe.head is not None}, policy chunks: {probe.chunks}, "
+                             f"exited nodes: {runner.dead()})")
         for seed in seeds:
             for name in ("/executor/estop/trigger", "/xtrainer/estop/trigger"):
                 probe.trigger(name, 60.0)
@@ -261,6 +306,9 @@ def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOp
                 if not r.success:
                     raise StageError(f"{name} refused: {r.message}")
             frames = []
+            probe.head = None  # the strip's first frame shows this trial's placement, not the last one's
+            probe.spin(30.0, lambda: probe.head is not None)
+            probe.chunks, probe.tcp_travel_m = 0, 0.0
             t0 = time.monotonic()
             for mark in (0.0, 0.5, 1.0):
                 probe.spin(max(0.0, t0 + mark * trial_s - time.monotonic()))
@@ -269,7 +317,7 @@ def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOp
             ok = probe.fresh_success()
             if runner.dead():
                 raise StageError(f"node(s) exited: {runner.dead()}")
-            results.append(TrialResult(seed, ok, frames))
+            results.append(TrialResult(seed, ok, frames, probe.chunks, probe.tcp_travel_m))
             on_progress(results[-1])
     finally:
         runner.stop()

@@ -1,0 +1,85 @@
+"""The closed-loop benchmark end to end, small: `posevla benchmark closed-loop` records 2 scripted demos through the
+recorder, trains the tiny model for 2 steps, and runs 2 closed-loop trials through policy node, executor, driver and
+the MuJoCo twin. Fails if any stage breaks (recording, training, loading, evaluation, success reporting); the
+trained-for-2-steps policy is not expected to succeed. Plus the benchmark's statistics and ablation helpers."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+pytest.importorskip("mujoco")
+pytest.importorskip("rclpy")
+
+from posevla.calibration.files import HandEyeCalibration, load_calibrations  # noqa: E402
+from posevla.geometry import se3  # noqa: E402
+from posevla.sim.benchmark import perturbed_calibration, wilson_interval  # noqa: E402
+from posevla.sim.task import HELDOUT_SEED_BASE  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_wilson_interval_matches_reference_values():
+    # 95 % Wilson intervals (z = 1.96) from the closed form, e.g. 8/10 -> [0.490, 0.943]
+    lo, hi = wilson_interval(8, 10)
+    assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)
+    assert wilson_interval(0, 2)[0] == 0.0 and wilson_interval(0, 2)[1] == pytest.approx(0.658, abs=1e-3)
+    assert wilson_interval(30, 30)[1] == 1.0 and wilson_interval(30, 30)[0] == pytest.approx(0.886, abs=1e-3)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_perturbed_calibration_moves_only_the_head_by_2cm_2deg(tmp_path):
+    out = perturbed_calibration(REPO / "calibration", tmp_path / "perturbed")
+    true, bad = load_calibrations(REPO / "calibration"), load_calibrations(out)
+    assert set(true) == set(bad)
+    for frame in true:
+        T0, T1 = true[frame].T_parent_child, bad[frame].T_parent_child
+        if true[frame].kind == "eye_to_hand":
+            assert np.linalg.norm(T1[:3, 3] - T0[:3, 3]) == pytest.approx(0.02, abs=1e-9)
+            assert math.degrees(float(se3.rotation_angle(T0[:3, :3].T @ T1[:3, :3]))) == pytest.approx(2.0, abs=1e-6)
+        else:
+            assert np.allclose(T0, T1)
+    assert "perturbed" in HandEyeCalibration.load(out / "head_camera.yaml").method
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "cl"
+    proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--demos", "2",
+                           "--steps", "2", "--batch-size", "2", "--trials", "2", "--trial-s", "8", "--no-ablations",
+                           "--width", "96", "--height", "72",
+                           "--out", str(out)], capture_output=True, text=True, timeout=880)
+    log = (out / "nodes.log").read_text()[-3000:] if (out / "nodes.log").exists() else ""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + log
+    # recording: two complete episodes in the project's format, with the calibration and the task's instruction
+    episodes = sorted((out / "data" / "pick_cube").glob("episode_*.h5"))
+    assert len(episodes) == 2
+    for ep in episodes:
+        with h5py.File(ep, "r") as h:
+            meta = json.loads(h.attrs["meta"])
+            assert meta["complete"] and meta["instruction"] == "pick up the red cube"
+            assert "head_camera.yaml" in meta["calibration"]
+            assert h["action"].shape[0] == meta["num_frames"] > 20  # a ~7 s demo at 10 Hz
+            qpos = h["observations/qpos"][:]
+            assert np.ptp(qpos[:, 0:6], axis=0).max() > 0.2  # the left arm moved (rad)
+            assert np.ptp(qpos[:, 7:13], axis=0).max() < 0.02  # the right arm stayed home
+    # training and loading: a checkpoint the policy node loaded
+    assert (out / "train" / "checkpoint" / "model.safetensors").exists()
+    assert "loaded" in (out / "nodes.log").read_text()
+    # evaluation and success reporting
+    res = json.loads((out / "results.json").read_text())
+    full = res["conditions"]["full"]
+    assert full["trials"] == 2 and full["seeds"] == [HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 1]
+    assert full["successes"] == sum(full["success_per_seed"])
+    assert full["wilson95"] == pytest.approx(list(wilson_interval(full["successes"], 2)))
+    assert all(c > 0 for c in full["chunks_per_trial"]), full  # the policy answered during every trial
+    assert max(full["tcp_travel_m"]) > 0.01, full  # its chunks moved the arm through executor and driver
+    assert "full" in proc.stdout and "95% Wilson interval" in proc.stdout
+    assert (out / "rollouts.png").stat().st_size > 1000
