@@ -1,50 +1,42 @@
-"""CPU latency of PoseVLAPolicy.predict on the tiny config: 1 and 3 views, 10 flow steps, with and without
-reusing the prefix KV cache across flow steps."""
+"""Model latency per inference engine (`posevla bench model [--device cuda --config models/posevla_3b.yaml]`).
+
+Every engine (eager reference with the prefix KV reused, eager with the prefix recomputed every step,
+transformers' own PI0ForConditionalGeneration.sample_actions as the in-run anchor, the static-cache /
+CUDA-graph engine, its torch.compile'd-prefix variant on CUDA, onnxruntime) at the same sizes: p50/p90 per
+chunk, first-call time, peak memory, max |difference| from the eager actions. Default: the tiny config on the
+CPU with 1 and 3 views (slow, a check that every path runs). Histograms: runs/bench/model.png, figures:
+runs/bench/model.json.
+"""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from posevla.model.policy import PoseVLAPolicy
-from posevla.tools.latency_plot import save_latency_plot
+from posevla.model.engines import bench as table
+from posevla.tools.latency_plot import BENCH_OUT
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _time(fn, repeat: int) -> np.ndarray:
-    fn()
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return np.array(out) * 1e3
-
-
-def main() -> None:
-    torch.set_num_threads(2)
-    policy = PoseVLAPolicy.from_config(REPO / "models" / "tiny.yaml", device="cpu")
-    n_params = sum(p.numel() for p in policy.model.parameters())
-    print(f"tiny config: {n_params / 1e6:.2f} M parameters, image {policy.config.image_size} px, "
-          f"{policy.config.tokens_per_view} tokens/view, chunk {policy.config.chunk_length}, "
-          f"{policy.config.flow_steps} flow steps, device {policy.device}")
-    full = policy.synthetic_observation("pick up the red cube")
-    series = {}
-    for views in (("head",), ("head", "left_wrist", "right_wrist")):
-        obs = policy.synthetic_observation("pick up the red cube")
-        obs.views = {k: v for k, v in full.views.items() if k in views}
-        rows = {}
-        for reuse in (True, False):
-            ms = _time(lambda o=obs, r=reuse: policy.predict(o, noise_seed=0, reuse_prefix_cache=r), 20)
-            rows[reuse] = ms
-            series[f"{len(views)} view(s), KV reuse {'on' if reuse else 'off'}"] = ms
-            print(f"  {len(views)} view(s), KV reuse {'on ' if reuse else 'off'}: p50 {np.median(ms):7.1f} ms  "
-                  f"p99 {np.percentile(ms, 99):7.1f} ms")
-        print(f"  -> reuse speed-up {np.median(rows[False]) / np.median(rows[True]):.2f}x")
-    print(f"plot: {save_latency_plot(series, 'model', f'tiny Pose-VLA predict on {policy.device}')}")
+def main(device: str = "cpu", config: str | Path | None = None, iters: int | None = None) -> list[table.Row]:
+    config = Path(config) if config else REPO / "models" / "tiny.yaml"
+    cuda = torch.device(device).type == "cuda"
+    if not cuda:  # one thread: torch and onnxruntime alike, and stable on a shared CPU
+        torch.set_num_threads(1)
+    policy = table.build_policy(config, device)
+    print(f"{config.name}: {table.describe(policy)}")
+    engines = ["torch", "torch_recompute", "transformers_pi0", "torch_graphs", "onnxruntime"]
+    if cuda:  # last: slowest to build (on the CPU its C++ compilation takes minutes)
+        engines.append("torch_graphs_compiled")
+    print(table.HEADER)
+    rows = table.run_table(policy, views=(1, 3), iters=iters or (20 if cuda else 10), engines=tuple(engines),
+                           onnx_options={} if cuda else {"intra_op_threads": 1})
+    meta = {"config": str(config), "device": str(policy.device), "describe": table.describe(policy),
+            "title": f"Pose-VLA chunk latency, {config.stem} on {policy.device}"}
+    for path in table.save(rows, meta, BENCH_OUT / "model.json", BENCH_OUT, "model"):
+        print(f"wrote {path}")
+    return rows
 
 
 if __name__ == "__main__":

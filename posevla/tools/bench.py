@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import sys
 import time
 import traceback
@@ -14,6 +15,10 @@ BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", help="benchmark names (e.g. geometry model executor); default: all")
     parser.add_argument("--list", action="store_true", help="list the available benchmarks and exit")
+    parser.add_argument("--device", default=None,
+                        help="device for benchmarks that take one (model): cpu | cuda | cuda:N (default cpu)")
+    parser.add_argument("--config", default=None,
+                        help="model config YAML for benchmarks that take one (model; default models/tiny.yaml)")
 
 
 def _available() -> dict[str, Path]:
@@ -29,6 +34,20 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown benchmark(s) {unknown}; available: {sorted(available)}", file=sys.stderr)
         return 2
+    options = {k: v for k, v in (("device", args.device), ("config", args.config)) if v is not None}
+    if args.config is not None and not Path(args.config).is_file():
+        print(f"--config {args.config}: no such model config file", file=sys.stderr)
+        return 2
+    if args.device is not None:
+        import torch
+
+        try:
+            dev = torch.device(args.device)
+        except RuntimeError:
+            dev = None
+        if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cuda" and not torch.cuda.is_available()):
+            print(f"--device {args.device}: not cpu or an available CUDA device", file=sys.stderr)
+            return 2
     failed = []
     for name in args.names or list(available):
         print(f"\n=== benchmark: {name} ({available[name].relative_to(BENCH_DIR.parent)}) ===", flush=True)
@@ -37,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
             spec = importlib.util.spec_from_file_location(f"bench_{name}", available[name])
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
-            module.main()
+            accepted = inspect.signature(module.main).parameters
+            module.main(**{k: v for k, v in options.items() if k in accepted})
         except Exception:  # report and go on with the other benchmarks
             traceback.print_exc()
             failed.append(name)

@@ -4,26 +4,22 @@
     engine = make_engine(policy, "torch_graphs")
     engine.warmup()
     chunk = engine.predict(observation)      # same contract as PoseVLAPolicy.predict
+
+Importing this package does not import torch (the ROS node reads ENGINES before loading the model).
 """
 from __future__ import annotations
 
-from posevla.model.engines.base import ENGINES, Engine
+ENGINES = ("torch", "torch_graphs", "onnxruntime")
 
 
-def make_engine(policy, name: str, **options) -> Engine:
+def make_engine(policy, name: str, **options):
     """Build the named engine around a loaded PoseVLAPolicy; unknown names or options raise ValueError."""
     if name == "torch":
-        from posevla.model.engines.torch_engines import EagerEngine
-
-        cls = EagerEngine
+        from posevla.model.engines.torch_engines import EagerEngine as cls
     elif name == "torch_graphs":
-        from posevla.model.engines.torch_engines import GraphEngine
-
-        cls = GraphEngine
+        from posevla.model.engines.torch_engines import GraphEngine as cls
     elif name == "onnxruntime":
-        from posevla.model.engines.onnx_engine import OnnxEngine
-
-        cls = OnnxEngine
+        from posevla.model.engines.onnx_engine import OnnxEngine as cls
     else:
         raise ValueError(f"engine {name!r} must be one of {list(ENGINES)}")
     try:
@@ -32,4 +28,4 @@ def make_engine(policy, name: str, **options) -> Engine:
         raise ValueError(f"engine {name!r}: invalid options {sorted(options)}: {exc}") from exc
 
 
-__all__ = ["ENGINES", "Engine", "make_engine"]
+__all__ = ["ENGINES", "make_engine"]

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from posevla.model.config import MODALITIES
+from posevla.model.engines import ENGINES
 from posevla.model.engines.static_kv import prompt_bucket
 from posevla.types import ActionChunk, Observation
 
-ENGINES = ("torch", "torch_graphs", "onnxruntime")
+__all__ = ["ENGINES", "Engine", "ShapeKey", "StaticInputs", "modality_keep"]
 
 
 @dataclass(frozen=True)

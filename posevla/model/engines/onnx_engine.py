@@ -44,8 +44,8 @@ class PrefixGraph(nn.Module):
 
     def forward(self, pixel_values, raymaps, depth_priors, keep, prompt_ids, prompt_mask):
         embeds = self.core.prefix_embeddings(pixel_values, raymaps, depth_priors, keep, prompt_ids)
-        key_valid = torch.cat([torch.ones(self.shape.batch, self.shape.image_tokens, dtype=torch.bool),
-                               prompt_mask != 0], dim=1)
+        key_valid = torch.cat([torch.ones(self.shape.batch, self.shape.image_tokens, dtype=torch.bool,
+                                          device=prompt_mask.device), prompt_mask != 0], dim=1)
         ks, vs = [], []
 
         def keep_kv(_i: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -62,8 +62,8 @@ class SamplerGraph(nn.Module):
         self.core, self.shape = core, shape
 
     def forward(self, k_prefix, v_prefix, prompt_mask, state, noise, times, dts):
-        key_valid = torch.cat([torch.ones(self.shape.batch, self.shape.image_tokens, dtype=torch.bool),
-                               prompt_mask != 0], dim=1)
+        key_valid = torch.cat([torch.ones(self.shape.batch, self.shape.image_tokens, dtype=torch.bool,
+                                          device=prompt_mask.device), prompt_mask != 0], dim=1)
         kv_len = self.shape.prefix_len + self.shape.suffix_len  # no alignment padding needed here
         positions, bias = self.core.suffix_layout(key_valid, kv_len)
 
@@ -119,9 +119,13 @@ class OnnxEngine(Engine):
 
     # ------------------------------------------------------------------ export
     def _export_core(self) -> StaticPi0:
-        """A CPU copy of the model in the export dtype (the policy's own model is left untouched)."""
-        model = copy.deepcopy(self.policy.model).to("cpu", DTYPES[self.dtype_name]).eval()
-        return StaticPi0(model).eval()
+        """The model in the export dtype on the policy's device (traced there: a 3B prefix in fp16 on a CPU is
+        minutes); a copy unless the policy already has that dtype, so the policy's own model is untouched."""
+        dtype = DTYPES[self.dtype_name]
+        model = self.policy.model
+        if self.policy.dtype != dtype:
+            model = copy.deepcopy(model).to(dtype=dtype)
+        return StaticPi0(model.eval()).to(self.device).eval()
 
     def export(self, key: ShapeKey) -> tuple[Path, Path]:
         """Write prefix.onnx and sampler.onnx for this shape (skipped when both exist). Returns their paths."""
@@ -135,23 +139,32 @@ class OnnxEngine(Engine):
         folder.mkdir(parents=True, exist_ok=True)
         cfg = self.config
         s = cfg.image_size
-        f32 = torch.float32
-        prefix_args = (torch.zeros(1, key.views, 3, s, s), torch.zeros(1, key.views, 3, s, s),
-                       torch.zeros(1, key.views, 2, s, s), torch.ones(2),
-                       torch.zeros(1, key.prompt, dtype=torch.long), torch.ones(1, key.prompt, dtype=torch.long))
+        f32 = dict(dtype=torch.float32, device=self.device)
+        prefix_args = (torch.zeros(1, key.views, 3, s, s, **f32), torch.zeros(1, key.views, 3, s, s, **f32),
+                       torch.zeros(1, key.views, 2, s, s, **f32), torch.ones(2, **f32),
+                       torch.zeros(1, key.prompt, dtype=torch.long, device=self.device),
+                       torch.ones(1, key.prompt, dtype=torch.long, device=self.device))
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
             core = self._export_core()
             shape = core.shape(1, key.views, key.prompt)
-            prefix = PrefixGraph(core, shape)
+            # eval() on the wrappers: the exporter restores the wrapper's mode afterwards, recursively, and the
+            # wrappers share the policy's modules (a module left in training mode would drop modalities at random)
+            prefix = PrefixGraph(core, shape).eval()
             k, v = prefix(*prefix_args)
             torch.onnx.export(prefix, prefix_args, str(paths[0]), input_names=list(PREFIX_INPUTS),
                               output_names=["k_prefix", "v_prefix"], opset_version=OPSET, dynamo=False)
             times, dts = euler_grid(cfg.flow_steps)
-            sampler_args = (k, v, prefix_args[5], torch.zeros(1, cfg.state_dim, dtype=f32),
-                            torch.zeros(1, cfg.chunk_length, cfg.action_dim, dtype=f32), times, dts)
-            torch.onnx.export(SamplerGraph(core, shape), sampler_args, str(paths[1]), input_names=list(SAMPLER_INPUTS),
+            sampler_args = (k, v, prefix_args[5], torch.zeros(1, cfg.state_dim, **f32),
+                            torch.zeros(1, cfg.chunk_length, cfg.action_dim, **f32), times.to(self.device),
+                            dts.to(self.device))
+            torch.onnx.export(SamplerGraph(core, shape).eval(), sampler_args, str(paths[1]), input_names=list(SAMPLER_INPUTS),
                               output_names=["actions"], opset_version=OPSET, dynamo=False)
+            del core, prefix, k, v
+        if self.policy.model.training:
+            raise RuntimeError("ONNX export left the policy's model in training mode")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
         return paths
 
     def _session(self, path: Path):

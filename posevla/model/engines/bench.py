@@ -1,0 +1,262 @@
+"""The model latency table: every engine, the eager baseline and transformers' own PI0 sampler as an in-run
+anchor, at the same sizes, on one device, in one process. Used by `posevla bench model` (benchmarks/
+bench_model.py) and by scripts/gpu/infer_check.py.
+
+Per row: p50/p90 of one chunk (ms, host observation arrays in -> normalised actions on the host), the first
+call (s: includes CUDA-graph capture, compilation or ONNX export), peak memory (GiB; CUDA only: torch's peak
+allocation during that row, plus for onnxruntime the device memory its arena took), and the largest
+difference from the eager reference's actions for the same noise.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from posevla.model.batching import Batcher
+from posevla.model.engines import make_engine
+from posevla.model.engines.base import Engine
+
+INSTRUCTION = "pick up the red cube"
+
+
+@dataclass
+class Row:
+    name: str
+    views: int
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    first_s: float | None = None
+    peak_gib: float | None = None
+    max_abs_diff: float | None = None  # vs the eager engine's actions (normalised units)
+    note: str = ""
+    samples_ms: list[float] = field(default_factory=list)
+
+    def line(self) -> str:
+        def f(v, fmt):
+            return "-" if v is None else format(v, fmt)
+
+        return (f"| {self.name:<42} | {self.views} | {f(self.p50_ms, '8.1f')} | {f(self.p90_ms, '8.1f')} | "
+                f"{f(self.first_s, '7.2f')} | {f(self.peak_gib, '6.2f')} | {f(self.max_abs_diff, '8.1e')} | {self.note}")
+
+
+HEADER = ("| path                                       | views | p50 ms | p90 ms | first s | peak GiB | max|diff| | note\n"
+          "|---|---|---|---|---|---|---|---|")
+
+
+def build_policy(config: str | Path, device: str, seed: int = 0):
+    """Random-weight policy of the config; on CUDA the weights are initialised on the GPU (seconds, not minutes)."""
+    from posevla.model.policy import PoseVLAPolicy
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        with torch.device(dev):
+            return PoseVLAPolicy.from_config(config, seed=seed, device=device)
+    return PoseVLAPolicy.from_config(config, seed=seed, device=device)
+
+
+def observation(policy, views: int, instruction: str = INSTRUCTION):
+    obs = policy.synthetic_observation(instruction)
+    names = list(policy.config.views)[:views]
+    obs.views = {k: v for k, v in obs.views.items() if k in names}
+    return obs
+
+
+class _Mem:
+    """Peak device memory of one row: torch's peak allocation, plus memory taken outside torch (onnxruntime)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        if self.cuda:
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self.used0 = self._used()
+            self.reserved0 = torch.cuda.memory_reserved(device)
+
+    def _used(self) -> int:
+        free, total = torch.cuda.mem_get_info(self.device)
+        return total - free
+
+    def peak_gib(self) -> float | None:
+        if not self.cuda:
+            return None
+        torch.cuda.synchronize(self.device)
+        outside = max(0, (self._used() - self.used0) - (torch.cuda.memory_reserved(self.device) - self.reserved0))
+        return (torch.cuda.max_memory_allocated(self.device) + outside) / 2**30
+
+
+def _time_calls(call: Callable[[], np.ndarray], iters: int, warm: int, device: torch.device
+                ) -> tuple[float, np.ndarray, list[float]]:
+    """First call (s), its output, then `warm` untimed calls and `iters` timed ones (ms)."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    sync()
+    t0 = time.perf_counter()
+    out = call()
+    sync()
+    first = time.perf_counter() - t0
+    for _ in range(warm):
+        call()
+    samples = []
+    for _ in range(iters):
+        sync()
+        t0 = time.perf_counter()
+        call()
+        sync()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return first, out, samples
+
+
+def _fill(row: Row, first: float, samples: list[float]) -> Row:
+    row.first_s = first
+    row.samples_ms = [float(s) for s in samples]
+    if samples:
+        row.p50_ms, row.p90_ms = float(np.percentile(samples, 50)), float(np.percentile(samples, 90))
+    return row
+
+
+def _anchor_inputs(policy, views: int, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+    """transformers PI0ForConditionalGeneration.sample_actions inputs of the same sizes: image placeholder tokens
+    for every view + the same prompt, the same pixels and state (no geometry: it has none)."""
+    cfg, dev, dtype = policy.config, policy.device, policy.dtype
+    pi0 = policy.model.pi0
+    arrays = policy.batcher.observation_arrays([observation(policy, views)])
+    present = np.flatnonzero(arrays["view_mask"][0])
+    img_id = pi0.config.vlm_config.image_token_id
+    prompt = torch.from_numpy(arrays["prompt_ids"])
+    ids = torch.cat([torch.full((1, views * cfg.tokens_per_view), img_id, dtype=torch.long), prompt], dim=1)
+    width = pi0.config.max_action_dim
+    state = torch.nn.functional.pad(torch.from_numpy(arrays["state"]), (0, pi0.config.max_state_dim - cfg.state_dim))
+    return {"state": state.to(dev, dtype), "input_ids": ids.to(dev),
+            "pixel_values": torch.from_numpy(arrays["pixel_values"][:, present]).to(dev, dtype),
+            "noise": torch.nn.functional.pad(noise, (0, width - cfg.action_dim)).to(dev, dtype),
+            "attention_mask": torch.ones_like(ids).to(dev),
+            "pixel_attention_mask": torch.ones(1, views, dtype=torch.bool, device=dev),
+            "num_steps": cfg.flow_steps}
+
+
+def run_table(policy, views: tuple[int, ...] = (3,), iters: int = 20, warm: int = 2,
+              engines: tuple[str, ...] = ("torch", "torch_recompute", "transformers_pi0", "torch_graphs",
+                                          "onnxruntime", "torch_graphs_compiled"),
+              budget_s: float | None = None, onnx_options: dict | None = None,
+              log: Callable[[str], None] = print) -> list[Row]:
+    """Measure every requested path for every view count; rows are printed as they finish.
+
+    engines: torch (eager, prefix KV reused: the reference), torch_recompute (eager, prefix recomputed every
+    step), transformers_pi0 (the anchor), torch_graphs, torch_graphs_compiled (prefix torch.compile'd, then
+    captured), onnxruntime. budget_s: skip the slow-to-build paths (compiled, onnxruntime) once the time spent
+    exceeds budget_s minus a reserve, instead of overrunning."""
+    t_start = time.perf_counter()
+    device = policy.device
+    rows: list[Row] = []
+    slow_reserve_s = {"torch_graphs_compiled": 150.0, "onnxruntime": 120.0}
+    for nv in views:
+        obs = observation(policy, nv)
+        arrays = policy.batcher.observation_arrays([obs])
+        gen = torch.Generator().manual_seed(0)
+        noise = torch.randn((1, policy.config.chunk_length, policy.config.action_dim), generator=gen)
+        noise = noise.to(policy.dtype).float()  # representable in the model dtype: every path starts equal
+        reference: np.ndarray | None = None
+        for name in engines:
+            row = Row(name, nv)
+            spent = time.perf_counter() - t_start
+            if budget_s is not None and budget_s - spent < slow_reserve_s.get(name, 10.0):
+                row.note = f"skipped: {spent:.0f} s of the {budget_s:.0f} s budget spent"
+                rows.append(row)
+                log(row.line())
+                continue
+            mem = _Mem(device)
+            engine: Engine | None = None
+            try:
+                with torch.inference_mode():
+                    if name == "torch_recompute":
+                        batch = Batcher.to_torch(arrays, device, policy.dtype)
+                        x = noise.to(device, policy.dtype)
+
+                        def call(b=batch, x=x):
+                            return policy.model.sample_actions(b, x, reuse_prefix_cache=False)[0].float().cpu().numpy()
+                    elif name == "transformers_pi0":
+                        inputs = _anchor_inputs(policy, nv, noise)
+                        row.note = "no geometry priors; not comparable numerically"
+
+                        def call(inp=inputs):
+                            return policy.model.pi0.sample_actions(**inp)[0].float().cpu().numpy()
+                    else:
+                        if name == "torch_graphs_compiled":
+                            engine = make_engine(policy, "torch_graphs", compile_prefix=True)
+                        elif name == "onnxruntime":
+                            engine = make_engine(policy, "onnxruntime", **(onnx_options or {}))
+                            row.note = f"provider {engine.provider}, {engine.dtype_name}"
+                        else:
+                            engine = make_engine(policy, name)
+                        if name.startswith("torch_graphs"):
+                            row.note = "CUDA graphs" if engine.cuda_graphs else "static cache, no graphs (CPU)"
+
+                        def call(e=engine, a=arrays, n=noise):
+                            return e.sample(a, n)
+                    first, out, samples = _time_calls(call, iters, warm, device)
+                _fill(row, first, samples)
+                row.peak_gib = mem.peak_gib()
+                if name == "torch":
+                    reference = out
+                elif reference is not None and name != "transformers_pi0":
+                    row.max_abs_diff = float(np.abs(out[..., :reference.shape[-1]] - reference).max())
+            except (ValueError, ImportError, RuntimeError) as exc:
+                row.note = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            finally:
+                if engine is not None:
+                    engine.close()
+                del engine
+            rows.append(row)
+            log(row.line())
+    return rows
+
+
+def histogram(rows: list[Row], bins: int = 30) -> dict[str, dict[str, list[float]]]:
+    out = {}
+    for r in rows:
+        if r.samples_ms:
+            counts, edges = np.histogram(r.samples_ms, bins=bins)
+            out[f"{r.name} ({r.views} view(s))"] = {"counts": counts.tolist(), "edges_ms": edges.tolist()}
+    return out
+
+
+def save(rows: list[Row], meta: dict, json_path: Path | None, plot_dir: Path | None, plot_name: str) -> list[Path]:
+    """JSON (rows with samples, histograms, meta) and, when matplotlib is installed, a histogram PNG."""
+    written = []
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows],
+                                         "histograms": histogram(rows)}, indent=1))
+        written.append(json_path)
+    if plot_dir is not None:
+        try:
+            from posevla.tools.latency_plot import save_latency_plot
+
+            series = {f"{r.name} {r.views}v": np.array(r.samples_ms) for r in rows if r.samples_ms}
+            if series:
+                written.append(save_latency_plot(series, plot_name, meta.get("title", "Pose-VLA model latency"),
+                                                 out_dir=plot_dir))
+        except ImportError as exc:  # matplotlib is optional on GPU boxes: the JSON has the histograms
+            print(f"no histogram picture ({exc}); histogram counts are in the JSON")
+    return written
+
+
+def describe(policy) -> str:
+    cfg = policy.config
+    n = sum(p.numel() for p in policy.model.parameters())
+    dev = policy.device
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    return (f"{n / 1e6:.1f} M parameters, {policy.dtype}, image {cfg.image_size} px, {cfg.tokens_per_view} tokens/view, "
+            f"chunk {cfg.chunk_length}, {cfg.flow_steps} flow steps, device {dev} = {name}, torch {torch.__version__}")

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""GPU inference check: the full model-latency table and parity against eager, in one process.
+
+    PYTHONPATH=. python scripts/gpu/infer_check.py                       # CUDA, models/posevla_3b.yaml, 3 views
+    python scripts/gpu/infer_check.py --device cpu --config models/tiny.yaml   # the same on the CPU (< 60 s)
+
+Random weights, bf16 on CUDA (fp32 on CPU), the config's flow steps (10). Rows: eager with the prefix KV reused
+(the reference), eager with the prefix recomputed, transformers' PI0ForConditionalGeneration.sample_actions
+(anchor), torch_graphs (static KV cache + CUDA graphs), torch_graphs with a torch.compile'd prefix, onnxruntime
+(needs onnx + onnxruntime with the CUDA provider; otherwise the row says why it was skipped). Slow-to-build
+rows are skipped rather than overrunning --budget-s. Prints the table, the parity of every engine against
+eager, and the goals (graph path p50 < 30 ms and peak < 8 GB on the GPU); writes $OUT/infer_check.json (or
+--out) with every sample and the histograms, and infer_check.png when matplotlib is installed.
+Needs only torch, transformers, numpy, pyyaml, safetensors (+ onnxruntime, onnx, matplotlib if present).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# the compiled row comes last: the slowest to build, and a failed capture must not disturb the other rows
+ALL = ("torch", "torch_recompute", "transformers_pi0", "torch_graphs", "onnxruntime", "torch_graphs_compiled")
+GOAL_P50_MS = 30.0
+GOAL_PEAK_GB = 8.0
+# parity tolerance vs eager (normalised action units): fp32 arithmetic reordered on the CPU; on CUDA the eager
+# path runs the Euler integration in bf16 while the engines keep x in fp32 (and onnxruntime runs fp16)
+TOL = {"cpu": 1e-4, "cuda": 0.1}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu (default cuda)")
+    p.add_argument("--config", default=str(REPO / "models" / "posevla_3b.yaml"), help="model config YAML")
+    p.add_argument("--views", default="3", help="comma-separated view counts, e.g. 1,3 (default 3)")
+    p.add_argument("--iters", type=int, default=20, help="timed calls per row (default 20)")
+    p.add_argument("--engines", default=None,
+                   help=f"comma-separated subset of {','.join(ALL)} (default: all; on the CPU without the compiled "
+                        "row, whose C++ compilation takes minutes there)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd-prefix row")
+    p.add_argument("--budget-s", type=float, default=270.0, help="wall-clock budget; slow rows are skipped to fit")
+    p.add_argument("--out", default=None, help="output folder (default $OUT, else runs/bench)")
+    return p.parse_args(argv)
+
+
+def fail(msg: str) -> int:
+    print(f"infer_check: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    t0 = time.perf_counter()
+    args = parse(argv)
+    config = Path(args.config)
+    if not config.is_file():
+        return fail(f"--config {config}: no such model config file")
+    cpu_default = args.engines is None and args.device.strip().lower() == "cpu"
+    engines = tuple(e for e in (args.engines or ",".join(ALL)).split(",") if e)
+    if cpu_default:
+        engines = tuple(e for e in engines if e != "torch_graphs_compiled")
+    unknown = [e for e in engines if e not in ALL]
+    if unknown:
+        return fail(f"--engines: unknown {unknown}; choose from {list(ALL)}")
+    if args.no_compile:
+        engines = tuple(e for e in engines if e != "torch_graphs_compiled")
+    try:
+        views = tuple(int(v) for v in args.views.split(","))
+    except ValueError:
+        return fail(f"--views {args.views!r}: expected comma-separated integers")
+    if args.iters < 1:
+        return fail(f"--iters {args.iters}: must be >= 1")
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        return fail(f"--device {args.device!r}: not a torch device")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return fail(f"--device {args.device}: CUDA is not available")
+    if device.type not in ("cuda", "cpu"):
+        return fail(f"--device {args.device}: only cuda or cpu")
+    from posevla.model.engines import bench as table
+
+    try:
+        policy = table.build_policy(config, str(device))
+    except ValueError as exc:
+        return fail(str(exc))
+    bad = [v for v in views if not 1 <= v <= len(policy.config.views)]
+    if bad:
+        return fail(f"--views {bad}: the config has {len(policy.config.views)} views")
+    if device.type == "cpu":  # one thread for torch and onnxruntime alike: comparable, stable on a shared CPU
+        torch.set_num_threads(1)
+    build_s = time.perf_counter() - t0
+    print(f"{config.name}: {table.describe(policy)}; built in {build_s:.1f} s", flush=True)
+    print(table.HEADER, flush=True)
+    rows = table.run_table(policy, views=views, iters=args.iters, engines=engines,
+                           budget_s=args.budget_s - build_s,
+                           onnx_options={"intra_op_threads": 1} if device.type == "cpu" else {},
+                           log=lambda line: print(line, flush=True))
+    tol = TOL[device.type]
+    print(f"\nparity vs eager (max |diff| of normalised actions, tolerance {tol:g}):")
+    parity_ok = True
+    for r in rows:
+        if r.max_abs_diff is not None:
+            ok = r.max_abs_diff <= tol
+            parity_ok &= ok
+            print(f"  {r.name:<24} {r.views} view(s): {r.max_abs_diff:.2e} {'ok' if ok else 'OVER TOLERANCE'}")
+    goals = {}
+    for r in rows:
+        if r.name == "torch_graphs" and r.p50_ms is not None and device.type == "cuda":
+            goals[f"{r.views} view(s) p50 {r.p50_ms:.1f} ms < {GOAL_P50_MS:g} ms"] = r.p50_ms < GOAL_P50_MS
+            peak_gb = r.peak_gib * 2**30 / 1e9
+            goals[f"{r.views} view(s) peak {peak_gb:.2f} GB < {GOAL_PEAK_GB:g} GB"] = peak_gb < GOAL_PEAK_GB
+    for text, ok in goals.items():
+        print(f"goal torch_graphs {text}: {'met' if ok else 'MISSED'}")
+    out_dir = Path(args.out or os.environ.get("OUT") or REPO / "runs" / "bench")
+    meta = {"config": str(config), "device": str(device), "describe": table.describe(policy), "views": list(views),
+            "iters": args.iters, "tolerance": tol, "parity_ok": parity_ok, "goals": goals,
+            "wall_s": time.perf_counter() - t0,
+            "title": f"Pose-VLA chunk latency, {config.stem}, {table.describe(policy).split('= ')[-1].split(',')[0]}"}
+    for path in table.save(rows, meta, out_dir / "infer_check.json", out_dir, "infer_check"):
+        print(f"wrote {path}")
+    print(f"total {time.perf_counter() - t0:.1f} s")
+    return 0 if parity_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
