@@ -119,3 +119,35 @@ def test_cli_rejects_bad_arguments() -> None:
     proc = _cli("--timeout", "0")
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2 and "--timeout" in out and "Traceback" not in out, out
+
+
+def test_keys_mode_stops_on_space_and_quits_on_q(node_ex) -> None:
+    """`posevla estop --keys` on a terminal (a pty here; a USB foot pedal types the same keys)."""
+    import pty
+
+    node, ex = node_ex
+    got: list[bool] = []
+    subscribe_estop(node, lambda m: got.append(m.data))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "posevla.cli", "estop", "--keys", "--timeout", "2", "--hold", "0"],
+                            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ.copy())
+    os.close(slave)
+    try:
+        spin(ex, 60, until=lambda: proc.poll() is not None or _cli_publisher_up(node))
+        os.write(master, b" ")
+        spin(ex, 60, until=lambda: bool(got) or proc.poll() is not None)
+        assert got and got[0] is True
+        os.write(master, b"q")
+        rc, out = _run_while_spinning(ex, proc, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert rc == 0, out
+    assert "SPACE, ENTER or s stops the robot" in out and "delivered to" in out, out
+
+
+def _cli_publisher_up(node) -> bool:
+    """True once the CLI's latched e-stop publisher has appeared on the graph."""
+    return node.count_publishers(TOPIC) > 0
