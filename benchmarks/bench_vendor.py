@@ -43,7 +43,10 @@ def main() -> None:
     q = kin.home()
     _row("nova2 fk (tool 197 mm)", _times(lambda: kin.fk(q), 2000), "us", 1e6)
     T = kin.fk(q + 0.2)
-    _row("nova2 ik (from home, 0.2 rad away)", _times(lambda: kin.ik(T, q), 50))
+    _row("nova2 ik closed form (0.2 rad away)", _times(lambda: kin.ik(T, q), 200))
+    legacy = ArmKinematics()
+    T_legacy = legacy.fk(legacy.home() + 0.2)
+    _row("legacy model ik, damped LSQ", _times(lambda: legacy.ik(T_legacy, legacy.home()), 30))
     dt = feedback_dtype()
     data = bytes(PACKET_SIZE)
     _row("feedback packet decode (numpy)", _times(lambda: np.frombuffer(data, dtype=dt)[0]["q_actual"].copy(), 5000),

@@ -127,3 +127,38 @@ def test_bad_model_names_the_parameter():
         ArmKinematics.nova("nova3")
     with pytest.raises(ValueError, match="arm"):
         ArmKinematics.nova("nova2", arm="middle")
+
+
+@pytest.mark.parametrize("model", ["nova2", "nova5"])
+def test_closed_form_ik_finds_every_configuration_and_the_urdf_agrees(model):
+    kin = ArmKinematics.nova(model)
+    tool = np.eye(4)
+    tool[2, 3] = 0.197
+    rng = np.random.default_rng(11)
+    counts = []
+    for _ in range(60):
+        q = rng.uniform(0.9 * kin.q_min, 0.9 * kin.q_max)
+        T = kin.fk(q)
+        sols = kin.ik_all(T, q)
+        counts.append(len(sols))
+        assert any(np.abs(s - q).max() < 1e-6 for s in sols), f"true configuration {np.rad2deg(q).round(1)} missed"
+        for s in sols:
+            assert kin.within_limits(s)
+            dp, dr = _pose_error(urdf_flange(model, s) @ tool, T)
+            assert dp < (1e-4 if model == "nova2" else 4e-4) and dr < 1e-4
+        np.testing.assert_allclose(kin.ik(T, q + rng.normal(0, 0.03, 6)), q, atol=1e-6)  # the branch near the seed
+    assert max(counts) == 8 and min(counts) >= 2
+
+
+def test_closed_form_ik_at_the_wrist_singularity_and_out_of_reach():
+    kin = ArmKinematics.nova("nova2")
+    q = np.deg2rad([10, -20, 100, 30, 0.0, 40])  # theta5 = 0: J4 and J6 aligned
+    T = kin.fk(q)
+    sol = kin.ik(T, q)
+    assert sol is not None
+    dp, dr = _pose_error(kin.fk(sol), T)
+    assert dp < 1e-6 and dr < 1e-6
+    far = T.copy()
+    far[:3, 3] = [0.0, -0.9, 0.2]
+    assert kin.ik_all(far) == [] and kin.ik(far, q) is None
+    assert kin.ik_all(np.full((4, 4), np.nan)) == []
