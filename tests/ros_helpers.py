@@ -27,6 +27,7 @@ def sim_robot_yaml(folder: Path) -> Path:
     ports = free_ports(6)
     for i, arm in enumerate(("left", "right")):
         cfg["arms"][arm].update(dashboard_port=ports[3 * i], motion_port=ports[3 * i + 1], feedback_port=ports[3 * i + 2])
+        cfg["grippers"][arm]["port"] = str(Path(folder) / f"{arm}_gripper")  # this test's own simulated bus
     path = Path(folder) / "robot.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

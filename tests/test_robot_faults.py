@@ -19,7 +19,7 @@ LIM = SafetyLimits.from_dict({"workspace": {"left": {"lo": [0.0, -0.5, 0.0], "hi
 CFG = GuardConfig()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.lists(st.tuples(st.floats(-0.08, 0.08), st.floats(-0.08, 0.08), st.floats(-0.08, 0.08),
                           st.floats(-0.6, 0.6), st.integers(1, 150), st.floats(-0.01, 0.01)),
                 min_size=5, max_size=60))
@@ -41,15 +41,13 @@ def test_guard_never_sends_beyond_the_limits_over_the_real_interval(steps) -> No
             continue
         assert np.linalg.norm(sp.T_base_tcp[:3, 3] - T_arm[:3, 3]) <= CFG.max_lead_m + 1e-9
         assert LIM.workspace["left"].contains(sp.T_base_tcp[:3, 3])
-        if prev is not None and (now - prev[0]) * 1e-9 <= CFG.max_gap_s:
-            v = (sp.T_base_tcp[:3, 3] - prev[1][:3, 3]) / sp.t_s
-            v_prev = prev[2]
-        else:
-            v = (sp.T_base_tcp[:3, 3] - T_arm[:3, 3]) / sp.t_s
-            v_prev = np.zeros(3)
+        continuing = prev is not None and (now - prev[0]) * 1e-9 <= CFG.max_gap_s
+        # after a gap: at rest, at the last set-point when the arm is there, else at the arm
+        base = prev[1] if continuing or (prev is not None and g._near(prev[1], T_arm)) else T_arm
+        v = (sp.T_base_tcp[:3, 3] - base[:3, 3]) / sp.t_s
+        v_prev = prev[2] if continuing else np.zeros(3)
         assert np.linalg.norm(v) <= LIM.max_linear_speed * (1 + 1e-6)
         assert np.linalg.norm(v - v_prev) / sp.t_s <= LIM.max_linear_accel * (1 + 1e-6)
-        base = prev[1] if prev is not None and (now - prev[0]) * 1e-9 <= CFG.max_gap_s else T_arm
         assert se3.rotation_angle(base[:3, :3].T @ sp.T_base_tcp[:3, :3]) / sp.t_s <= LIM.max_angular_speed * (1 + 1e-6)
         g.commit(sp, now)
         prev = (now, sp.T_base_tcp, v)
@@ -107,12 +105,15 @@ def test_fault_suite_bounds_at_the_controller(fault_results) -> None:
     for name, per_arm in fault_results.items():
         for arm, s in per_arm.items():
             where = f"{name} / {arm}"
-            assert s.max_speed <= faults.LIMITS["max_linear_speed"] * 1.001, where
-            assert s.max_accel <= faults.LIMITS["max_linear_accel"] * 1.001, where
-            assert s.max_angular_speed <= faults.LIMITS["max_angular_speed"] * 1.001, where
+            # the controller receives mm with 4 decimals and t with 0.1 ms: at t = 5 ms the measured acceleration
+            # carries up to ~0.5 % of rounding
+            assert s.max_speed <= faults.LIMITS["max_linear_speed"] * 1.005, where
+            assert s.max_accel <= faults.LIMITS["max_linear_accel"] * 1.01, where
+            assert s.max_angular_speed <= faults.LIMITS["max_angular_speed"] * 1.005, where
             # lead bound vs the trusted measured pose at send time, plus what the arm moved until arrival
             assert s.max_distance_to_arm <= cfg.max_lead_m + 0.01, where
             assert s.after_last_stop == 0, where
+            assert s.foreign == 0, where  # the controller received only what the driver sent, in order
 
 
 def test_fault_suite_specific_outcomes(fault_results) -> None:
@@ -121,7 +122,7 @@ def test_fault_suite_specific_outcomes(fault_results) -> None:
     assert r["future-stamped commands"]["left"].setpoints == 0
     assert r["feedback glitch 100 mm / 50 ms"]["left"].notes["arm_moved_m"] < 0.005
     assert r["feedback offset 100 mm, persistent"]["left"].notes["arm_moved_m"] < 0.01
-    assert r["slow SetGripper 0.45 s"]["left"].setpoints >= 40  # the arm's stream was not stalled by the gripper
+    assert r["dashboard replies 0.45 s"]["left"].setpoints >= 40  # the arm's stream was not stalled by the dashboard
     assert r["link drop + reconnect"]["left"].notes["reconnects"] >= 1
     for arm in ("left", "right"):
         assert r["e-stop while streaming"][arm].stops >= 1

@@ -129,7 +129,10 @@ def test_leader_drives_followers_with_safe_start_and_unplug_freezes(tmp_path, rc
         leader.sims["left"].unplug()
         probe.spin(1.0, until=lambda: probe.states[-1].startswith("frozen"))
         assert probe.states[-1].startswith("frozen") and "leader" in probe.states[-1], probe.states[-1]
-        leader.pose({a: moved + 0.2 for a in ARMS})
+        # where the leader goes meanwhile: 0.2 rad on three joints, the followers' TCP staying in the workspace box
+        # (the driver checks every ServoJ's TCP through the kinematics against the box)
+        away = moved + np.array([-0.2, 0.0, 0.0, 0.2, 0.0, 0.2])
+        leader.pose({a: away for a in ARMS})
         probe.spin(0.5)
         frozen_at = {a: probe.q[a][-1][1] for a in ARMS}
         probe.spin(1.5)
@@ -145,7 +148,7 @@ def test_leader_drives_followers_with_safe_start_and_unplug_freezes(tmp_path, rc
         probe.spin(10.0, until=lambda: probe.states[-1].startswith("mirroring"))
         probe.spin(0.5)
         for arm in ARMS:
-            np.testing.assert_allclose(probe.q[arm][-1][1], moved + 0.2, atol=0.06)
+            np.testing.assert_allclose(probe.q[arm][-1][1], away, atol=0.06)
         assert not runner.dead() and not teleop.dead(), (runner.dead(), teleop.dead())
     finally:
         probe.node.destroy_node()

@@ -31,7 +31,8 @@ _OFFSET_DRIFT_NS_PER_PACKET = 20_000
 
 @dataclass
 class Feedback:
-    """One decoded feedback packet (stack units): joints rad, T_armbase_tcp metres, gripper 0..1 (NaN: none).
+    """One decoded feedback packet (stack units): joints rad, T_armbase_tcp metres (of the selected tool frame).
+    gripper: always NaN here (the grippers are not on the Dobot controller; the driver adds them).
 
     stamp_ns: capture time on this PC's wall clock (controller time mapped); recv_ns: arrival time;
     delay_s: how much later than the fastest recent packet this one arrived (stale feedback has a large one).
@@ -194,7 +195,7 @@ class DobotArmClient:
         return Feedback(stamp_ns=stamp, seq=self._seq, mode=int(pkt["robot_mode"]),
                         q=units.joints_from_controller(pkt["q_actual"]),
                         T_armbase_tcp=units.pose_from_controller(pkt["tool_vector_actual"]),
-                        gripper=float(pkt["gripper_actual"]), controller_ms=ctrl_ms, recv_ns=recv, delay_s=delay)
+                        gripper=float("nan"), controller_ms=ctrl_ms, recv_ns=recv, delay_s=delay)
 
     def latest(self) -> Feedback | None:
         return self._latest

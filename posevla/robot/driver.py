@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,13 +27,16 @@ from posevla.geometry import se3
 from posevla.robot import protocol as P
 from posevla.robot import units
 from posevla.robot.client import DobotArmClient, Feedback
+from posevla.robot.feetech import GripperConfig, load_grippers
+from posevla.robot.gripper_channel import GripperChannel
 from posevla.robot.guard import FeedbackMonitor, GuardConfig, Setpoint, SetpointGuard, TrustedPose
-from posevla.robot.kinematics import ArmKinematics
+from posevla.robot.kinematics import ArmKinematics, tool_from_controller
 from posevla.types import ArmState, RobotState
 from posevla.yaml_file import read_yaml
 
 TOP_LEVEL_KEYS = {"arms", "safety", "guard", "stale_command_s", "reconnect_period_s", "motion_fault_hold_s",
-                  "tool", "grippers"}
+                  "tool", "grippers", "kinematics", "speed_factor"}
+KINEMATIC_MODELS = ("nova2", "nova5", "sim")  # vendor Nova models; "sim": the simulator's Nova-like approximation
 ARM_KEYS = {"host", "dashboard_port", "motion_port", "feedback_port", "mount_xyz", "mount_rpy"}
 
 
@@ -53,9 +57,20 @@ class XTrainerConfig:
     stale_command_s: float = 0.2  # commands older than this (header stamp vs wall clock) are not sent
     reconnect_period_s: float = 0.5
     motion_fault_hold_s: float = 0.2  # after the controller rejects a set-point, hold this long, then restart
-    tool: dict = field(default_factory=dict)  # tool frame (see the robot issue); kept for the episode metadata
-    grippers: dict = field(default_factory=dict)
+    # tool frame selected at start-up: SetTool(index, {x,y,z mm, rx,ry,rz deg}) + Tool(index); None: the flange
+    tool_index: int = 0
+    tool_mm_deg: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    kinematics: str = "sim"
+    speed_factor: int | None = None  # SpeedFactor(n) at start-up (the vendor sets one; ServoJ/ServoP ignore it)
+    grippers: dict[str, GripperConfig] = field(default_factory=dict)
     source: str = field(default="<dict>", compare=False)
+
+    def arm_kinematics(self, arm: str, with_tool: bool = True) -> ArmKinematics:
+        """The arm's kinematic model, TCP = the configured tool frame (or the flange: with_tool=False)."""
+        T_tool = tool_from_controller(np.array(self.tool_mm_deg)) if with_tool and self.tool_index else np.eye(4)
+        if self.kinematics == "sim":
+            return ArmKinematics(T_flange_tool=T_tool)
+        return ArmKinematics.nova(self.kinematics, T_flange_tool=T_tool, arm=arm)
 
     @property
     def servo_t(self) -> float:
@@ -92,16 +107,43 @@ class XTrainerConfig:
             if not v > 0:
                 raise ValueError(f"{source}: field {k}={v} must be > 0")
         guard = GuardConfig.from_dict(data.get("guard"), f"{source}:guard")
+        tool = data.get("tool") or {}
+        if not isinstance(tool, dict) or set(tool) - {"index", "offset_mm_deg"}:
+            raise ValueError(f"{source}: field tool must be {{index: 1..9, offset_mm_deg: [x, y, z, rx, ry, rz]}}")
+        tool_index = int(tool.get("index", 0))
+        offset = tuple(float(v) for v in tool.get("offset_mm_deg", (0.0,) * 6))
+        if tool and (not 1 <= tool_index <= 9 or len(offset) != 6 or not np.all(np.isfinite(offset))):
+            raise ValueError(f"{source}: field tool needs index 1..9 and offset_mm_deg of 6 finite numbers")
+        kin = str(data.get("kinematics", "sim"))
+        if kin not in KINEMATIC_MODELS:
+            raise ValueError(f"{source}: field kinematics={kin!r} must be one of {KINEMATIC_MODELS}")
+        sf = data.get("speed_factor")
+        if sf is not None and not (isinstance(sf, int) and 1 <= sf <= 100):
+            raise ValueError(f"{source}: field speed_factor={sf!r} must be an integer 1..100")
         return cls(arms, SafetyLimits.from_dict(data["safety"], f"{source}:safety"), guard=guard,
-                   tool=dict(data.get("tool") or {}), grippers=dict(data.get("grippers") or {}), source=source,
-                   **extra)
+                   tool_index=tool_index, tool_mm_deg=offset, kinematics=kin, speed_factor=sf,
+                   grippers=_grippers(data.get("grippers"), source), source=source, **extra)
+
+
+def _grippers(value: object, source: str) -> dict[str, GripperConfig]:
+    """`grippers:` is a gripper YAML path (relative to the robot YAML) or {arm: {port, servo_id, ...}}."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        base = Path(source).parent if source != "<dict>" else Path(".")
+        path = Path(value) if Path(value).is_absolute() else base / value
+        return load_grippers(path)
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: field grippers must be a gripper YAML path or a mapping arm -> gripper")
+    return {arm: GripperConfig.from_mapping(v, f"{source}: grippers.{arm}") for arm, v in value.items()}
 
 
 class XTrainerDriver:
-    def __init__(self, cfg: XTrainerConfig, kinematics: ArmKinematics | None = None) -> None:
+    def __init__(self, cfg: XTrainerConfig) -> None:
         self.cfg = cfg
-        self.kin = kinematics or ArmKinematics()
-        self.monitors = {arm: FeedbackMonitor(cfg.guard, ep.T_base_armbase, self.kin.fk) for arm, ep in cfg.arms.items()}
+        self.kins = {arm: cfg.arm_kinematics(arm) for arm in cfg.arms}
+        self.monitors = {arm: FeedbackMonitor(cfg.guard, ep.T_base_armbase, self.kins[arm].fk)
+                         for arm, ep in cfg.arms.items()}
         self.guards = {arm: SetpointGuard(arm, cfg.safety, cfg.guard) for arm in cfg.arms}
         self.clients = {arm: DobotArmClient(ep.host, ep.dashboard_port, ep.motion_port, ep.feedback_port,
                                             on_feedback=self.monitors[arm].update,
@@ -116,12 +158,13 @@ class XTrainerDriver:
         self.brakes = dict.fromkeys(cfg.arms, 0)
         self.reconnects = dict.fromkeys(cfg.arms, 0)
         self.stops_sent = 0
+        # (monotonic send time ns, command text) of every motion command, for measurements against what the
+        # controller received (posevla.robot.faults)
+        self.sent_log: dict[str, deque[tuple[int, str]]] = {arm: deque(maxlen=100_000) for arm in cfg.arms}
         self._lock = threading.RLock()
         self._running = False
         self._threads: list[threading.Thread] = []
-        self._gripper_goal: dict[str, float] = {}
-        self._gripper_sent: dict[str, float] = {}
-        self._gripper_event = threading.Event()
+        self.grippers: dict[str, GripperChannel] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def connect(self, enable: bool = True, supervise: bool = True) -> None:
@@ -141,9 +184,13 @@ class XTrainerDriver:
                         raise ConnectionError(f"{arm} arm ({client.host}) did not enable (mode "
                                               f"{P.MODE_NAMES.get(fb.mode, fb.mode) if fb else 'unknown'})")
                     time.sleep(0.01)
+            self._start_up(arm, client)
+        for arm, gcfg in self.cfg.grippers.items():
+            if arm in self.cfg.arms and arm not in self.grippers:
+                self.grippers[arm] = GripperChannel(gcfg)
         if not self._running:
             self._running = True
-            targets = [(self._brake_loop, "xtrainer-brake"), (self._gripper_loop, "xtrainer-gripper")]
+            targets = [(self._brake_loop, "xtrainer-brake")]
             if supervise:
                 targets.append((self._supervise, "xtrainer-reconnect"))
             for target, name in targets:
@@ -151,9 +198,25 @@ class XTrainerDriver:
                 t.start()
                 self._threads.append(t)
 
+    def _start_up(self, arm: str, client: DobotArmClient) -> None:
+        """The vendor's start-up: the tool frame (SetTool + Tool) and speed factor. Errors are not cleared here:
+        ClearError() is an operator action (/xtrainer/clear_error)."""
+        cmds = []
+        if self.cfg.tool_index:
+            vals = ",".join(f"{v:g}" for v in self.cfg.tool_mm_deg)
+            cmds += [f"SetTool({self.cfg.tool_index},{{{vals}}})", f"Tool({self.cfg.tool_index})"]
+        if self.cfg.speed_factor is not None:
+            cmds.append(f"SpeedFactor({self.cfg.speed_factor})")
+        for cmd in cmds:
+            try:
+                client.request(cmd, 2.0)
+            except P.ProtocolError as exc:
+                raise ConnectionError(f"{arm} arm ({client.host}) refused {cmd}: {exc}") from exc
+
     def close(self) -> None:
         self._running = False
-        self._gripper_event.set()
+        for g in self.grippers.values():
+            g.close()
         for client in self.clients.values():
             client.close()
 
@@ -190,7 +253,12 @@ class XTrainerDriver:
         t = self.trusted(arm)
         if fb is None or isinstance(t, str):
             return None
-        return ArmState(T_base_tcp=t.T_base_tcp, joints=t.q, gripper=fb.gripper, stamp_ns=t.stamp_ns)
+        return ArmState(T_base_tcp=t.T_base_tcp, joints=t.q, gripper=self.gripper_opening(arm), stamp_ns=t.stamp_ns)
+
+    def gripper_opening(self, arm: str) -> float:
+        """Measured opening (0 closed .. 1 open) from the gripper's own bus; NaN when not measured."""
+        ch = self.grippers.get(arm)
+        return float("nan") if ch is None else ch.opening()
 
     def robot_state(self) -> RobotState | None:
         arms = {arm: s for arm in self.clients if (s := self.arm_state(arm)) is not None}
@@ -298,10 +366,12 @@ class XTrainerDriver:
         else:
             values = units.pose_to_controller(self.T_armbase_base[arm] @ sp.T_base_tcp)
         try:
-            self.clients[arm].send_motion(P.format_command(name, *values, t=sp.t_s))
+            text = P.format_command(name, *values, t=sp.t_s)
+            self.clients[arm].send_motion(text)
         except (ConnectionError, P.ProtocolError, ValueError) as exc:
             self.guards[arm].forget()
             return str(exc)
+        self.sent_log[arm].append((now_ns, text))
         self.guards[arm].commit(sp, now_ns)
         self.sent[arm] += 1
         return None
@@ -335,8 +405,8 @@ class XTrainerDriver:
             if isinstance(meas, str):
                 return self._refuse(arm, meas)
             now = time.monotonic_ns()
-            T_base_armbase = self.cfg.arms[arm].T_base_armbase
-            sp = self.guards[arm].shape_joints(q, now, meas, lambda qq: T_base_armbase @ self.kin.fk(qq))
+            T_base_armbase, kin = self.cfg.arms[arm].T_base_armbase, self.kins[arm]
+            sp = self.guards[arm].shape_joints(q, now, meas, lambda qq: T_base_armbase @ kin.fk(qq))
             if isinstance(sp, str):
                 return self._refuse(arm, sp)
             why = self._send(arm, "ServoJ", sp, now)
@@ -365,28 +435,15 @@ class XTrainerDriver:
                         g.forget()
                         continue
                     T_base_armbase = self.cfg.arms[arm].T_base_armbase
-                    sp = g.brake(now, lambda qq, T0=T_base_armbase: T0 @ self.kin.fk(qq))
+                    sp = g.brake(now, lambda qq, T0=T_base_armbase, k=self.kins[arm]: T0 @ k.fk(qq))
                     if sp is not None and self._send(arm, "ServoP" if sp.q is None else "ServoJ", sp, now) is None:
                         self.brakes[arm] += 1
 
     # ------------------------------------------------------------------ gripper
     def command_gripper(self, arm: str, opening: float) -> None:
-        """Ask for a gripper opening (0 closed .. 1 open, clamped to the safety range); sent by a worker thread,
-        so a slow gripper never delays the arm's set-points. The latest request wins."""
-        if not np.isfinite(opening) or self._estop:
+        """Ask for a gripper opening (0 closed .. 1 open, clamped to the safety range); the gripper's own thread
+        sends it, so a slow gripper never delays the arm's set-points. The latest request wins."""
+        ch = self.grippers.get(arm)
+        if ch is None or not np.isfinite(opening) or self._estop:
             return
-        self._gripper_goal[arm] = self.cfg.safety.clamp_gripper(opening)
-        self._gripper_event.set()
-
-    def _gripper_loop(self) -> None:
-        while self._running:
-            self._gripper_event.wait(0.1)
-            self._gripper_event.clear()
-            for arm, g in list(self._gripper_goal.items()):
-                if self._estop or abs(self._gripper_sent.get(arm, -1.0) - g) < 0.005:
-                    continue
-                try:
-                    self.clients[arm].request(P.format_command(P.GRIPPER_COMMAND, int(round(g * 1000))), 0.5)
-                    self._gripper_sent[arm] = g
-                except (ConnectionError, P.ProtocolError) as exc:
-                    self.refusals[arm] = f"gripper: {exc}"
+        ch.command(self.cfg.safety.clamp_gripper(opening))

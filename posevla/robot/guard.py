@@ -20,7 +20,7 @@ from the reference) or when the shaped set-point would be further than `max_lead
 measured arm. Braking (`brake`) continues the last velocity with the deceleration limit to standstill.
 
 Guarantees at the controller (tests/test_robot_faults.py measures them): every set-point is within `max_lead_m`
-of the latest trusted measured TCP position; |step| / t <= max_linear_speed; |step/t - previous step/t| / t <=
+(+ max_linear_speed x the measurement's age, at most `feedback_timeout_s`) of the latest trusted measured TCP; |step| / t <= max_linear_speed; |step/t - previous step/t| / t <=
 max_linear_accel (previous = 0 after a gap); the rotation step / t <= max_angular_speed; the TCP is inside the box.
 Frames: T_base_tcp (base_link, metres); times in ns unless named _s.
 """
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -55,6 +55,9 @@ class GuardConfig:
     plausible_angular_speed: float = 8.0  # (rad/s)
     fk_tolerance_m: float = 0.005  # |FK(q_actual) - TCP| above this: the packet is implausible; 0 disables (m)
     retrust_s: float = 0.2  # after an implausible packet, feedback must be plausible this long to be trusted (s)
+    restart_tolerance_m: float = 0.005  # after a gap, restart from the last set-point if the arm is this close (m)
+    rest_speed: float = 0.003  # after a gap, restart only once the measured TCP is slower than this (m/s)
+    restart_max_age_s: float = 0.05  # ... and measured no longer ago than this (s)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -86,6 +89,8 @@ class TrustedPose:
     q: np.ndarray
     stamp_ns: int
     recv_ns: int
+    speed: float = 0.0  # TCP speed between the two newest trusted packets (m/s; inf after only one)
+    age_s: float = 0.0  # how old the measurement is when a set-point is judged against it
 
 
 class FeedbackMonitor:
@@ -149,8 +154,11 @@ class FeedbackMonitor:
                 return
             if fb.recv_ns < self._bad_until_ns:
                 return
-            self._trusted = TrustedPose(self.T_base_armbase @ np.asarray(fb.T_armbase_tcp, float),
-                                        np.asarray(fb.q, float).copy(), fb.stamp_ns, fb.recv_ns)
+            T = self.T_base_armbase @ np.asarray(fb.T_armbase_tcp, float)
+            speed, old = float("inf"), self._trusted  # unknown until two packets
+            if old is not None and fb.stamp_ns > old.stamp_ns:
+                speed = float(np.linalg.norm(T[:3, 3] - old.T_base_tcp[:3, 3])) / ((fb.stamp_ns - old.stamp_ns) * 1e-9)
+            self._trusted = TrustedPose(T, np.asarray(fb.q, float).copy(), fb.stamp_ns, fb.recv_ns, speed)
 
     def trusted(self, now_ns: int) -> TrustedPose | str:
         """The newest trusted pose, or why there is none (the arm must hold). now_ns: wall clock."""
@@ -163,7 +171,7 @@ class FeedbackMonitor:
         age = (now_ns - t.stamp_ns) * 1e-9
         if age > self.cfg.feedback_timeout_s:
             return f"feedback is {age:.3f} s old" + (f" (last problem: {problem})" if problem else "")
-        return t
+        return replace(t, age_s=max(age, 0.0))
 
 
 @dataclass
@@ -195,15 +203,27 @@ class SetpointGuard:
         return float(np.linalg.norm(self.last.v)) > 1e-6 or (self.last.qd is not None and
                                                               float(np.abs(self.last.qd).max()) > 1e-6)
 
-    def _reference(self, now_ns: int, meas: TrustedPose) -> tuple[np.ndarray, np.ndarray, float, bool]:
-        """(T_ref, v_prev, t, continuing) for a set-point sent at monotonic time now_ns."""
+    def _reference(self, now_ns: int, meas: TrustedPose) -> tuple[np.ndarray, np.ndarray, float, bool] | str:
+        """(T_ref, v_prev, t, continuing) for a set-point sent at monotonic time now_ns, or why not now."""
         if self.last is not None and self.last_ns is not None:
             gap = (now_ns - self.last_ns) * 1e-9
             if gap <= self.cfg.max_gap_s:
                 # t as sent (0.1 ms resolution, rounded down): the limits are checked over exactly that t
                 t = max(np.floor(gap * 1e4) / 1e4, self.cfg.min_servo_t)
                 return self.last.T_base_tcp, self.last.v, t, True
+        # after a gap the arm is at rest: at its last set-point when it is there (the controller's set-point
+        # stream stays continuous), else at the measured pose (reconnect, e-stop, blocked arm)
+        if meas.speed > self.cfg.rest_speed:
+            return f"waiting for the arm to come to rest before restarting ({meas.speed:.3f} m/s)"
+        if meas.age_s > self.cfg.restart_max_age_s:
+            return f"waiting for fresh feedback before restarting (newest is {meas.age_s * 1e3:.0f} ms old)"
+        if self.last is not None and self._near(self.last.T_base_tcp, meas.T_base_tcp):
+            return self.last.T_base_tcp, np.zeros(3), self.cfg.servo_t, False
         return meas.T_base_tcp, np.zeros(3), self.cfg.servo_t, False
+
+    def _near(self, T_a: np.ndarray, T_b: np.ndarray) -> bool:
+        return (float(np.linalg.norm(T_a[:3, 3] - T_b[:3, 3])) <= self.cfg.restart_tolerance_m
+                and float(se3.rotation_angle(T_a[:3, :3].T @ T_b[:3, :3])) <= 10 * self.cfg.restart_tolerance_m)
 
     def _static_check(self, T: np.ndarray) -> str:
         if T.shape != (4, 4) or not np.all(np.isfinite(T)):
@@ -218,9 +238,11 @@ class SetpointGuard:
         return ""
 
     def _lead_check(self, T: np.ndarray, meas: TrustedPose) -> str:
+        # the arm may have followed the set-points (at most max_linear_speed) since it was measured
+        bound = self.cfg.max_lead_m + self.limits.max_linear_speed * meas.age_s
         lead = float(np.linalg.norm(T[:3, 3] - meas.T_base_tcp[:3, 3]))
-        if lead > self.cfg.max_lead_m:
-            return f"set-point would be {lead * 1e3:.0f} mm from the measured arm (limit {self.cfg.max_lead_m * 1e3:.0f})"
+        if lead > bound:
+            return f"set-point would be {lead * 1e3:.0f} mm from the measured arm (limit {bound * 1e3:.0f})"
         turn = float(se3.rotation_angle(meas.T_base_tcp[:3, :3].T @ T[:3, :3]))
         if turn > self.cfg.max_lead_rad:
             return f"set-point would be rotated {np.rad2deg(turn):.0f} deg from the measured arm"
@@ -232,7 +254,10 @@ class SetpointGuard:
         why = self._static_check(T_req)
         if why:
             return why
-        T_ref, v_prev, t, _ = self._reference(now_ns, meas)
+        ref = self._reference(now_ns, meas)
+        if isinstance(ref, str):
+            return ref
+        T_ref, v_prev, t, _ = ref
         dist = float(np.linalg.norm(T_req[:3, 3] - T_ref[:3, 3]))
         if dist > self.cfg.max_request_m:
             return f"request is {dist * 1e3:.0f} mm from the current set-point (limit {self.cfg.max_request_m * 1e3:.0f})"
@@ -262,6 +287,10 @@ class SetpointGuard:
         last = self.last
         if last is None or self.last_ns is None or not self.moving():
             return None
+        if (now_ns - self.last_ns) * 1e-9 > self.cfg.max_gap_s:
+            # too late to brake smoothly: the controller has long reached its last set-point and stands there
+            self.last = replace(last, v=np.zeros(3), qd=None if last.qd is None else np.zeros(6))
+            return None
         t = min(max(np.floor((now_ns - self.last_ns) * 1e-5) / 1e4, self.cfg.min_servo_t), self.cfg.servo_t)
         speed = float(np.linalg.norm(last.v))
         new_speed = max(0.0, speed - self.limits.max_linear_accel * t)
@@ -288,7 +317,10 @@ class SetpointGuard:
         why = self._static_check(T_req)
         if why:
             return why
-        T_ref, v_prev, t, continuing = self._reference(now_ns, meas)
+        ref = self._reference(now_ns, meas)
+        if isinstance(ref, str):
+            return ref
+        T_ref, v_prev, t, continuing = ref
         q_ref = self.last.q if continuing and self.last is not None and self.last.q is not None else meas.q
         if float(np.linalg.norm(T_req[:3, 3] - T_ref[:3, 3])) > self.cfg.max_request_m:
             return "joint request moves the TCP further than max_request_m from the current set-point"

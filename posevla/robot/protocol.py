@@ -12,8 +12,9 @@ Facts from Dobot's public TCP/IP protocol documents:
 - RobotMode: 1 init, 2 brake open, 4 disabled, 5 enabled/idle, 6 backdrive, 7 running, 8 single move,
   9 error, 10 pause, 11 collision.
 
-Not from a public source (verify on the robot): the gripper command. The X-Trainer's follower grippers
-are driven here with `GRIPPER_COMMAND` below (opening in per mille); it is formatted in this one place.
+The feedback layout is the vendor's (`posevla.robot.dobot_fields`, transcribed once from Dobot's SDK and guide):
+the simulator encodes and the client decodes through that one table. The X-Trainer's grippers are not behind the
+Dobot controller (Feetech servos on RS-485: `posevla.robot.feetech`), so nothing here carries a gripper.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from posevla.robot import dobot_fields
 
 DASHBOARD_PORT = 29999
 MOTION_PORT = 30003
@@ -33,18 +36,7 @@ MODE_RUNNING, MODE_SINGLE_MOVE, MODE_ERROR, MODE_PAUSE, MODE_COLLISION = 7, 8, 9
 MODE_NAMES = {1: "init", 2: "brake_open", 4: "disabled", 5: "enabled", 6: "backdrive", 7: "running",
               8: "single_move", 9: "error", 10: "pause", 11: "collision"}
 
-GRIPPER_COMMAND = "SetGripper"  # SetGripper(permille): 0 closed .. 1000 fully open (assumption, see above)
-
-FEEDBACK_DTYPE = np.dtype({
-    "names": ["len", "digital_inputs", "digital_outputs", "robot_mode", "timestamp_ms", "test_value",
-              "speed_scaling", "q_target", "q_actual", "qd_actual", "tool_vector_actual", "tool_vector_target",
-              "gripper_actual"],
-    "formats": ["<u2", "<u8", "<u8", "<u8", "<u8", "<u8", "<f8", ("<f8", 6), ("<f8", 6), ("<f8", 6), ("<f8", 6),
-                ("<f8", 6), "<f8"],
-    # gripper_actual sits in a reserved area of the packet (simulator and this driver only)
-    "offsets": [0, 8, 16, 24, 32, 48, 64, 192, 432, 480, 624, 768, 1400],
-    "itemsize": PACKET_SIZE,
-})
+FEEDBACK_DTYPE = dobot_fields.feedback_dtype()
 
 
 class ProtocolError(RuntimeError):
@@ -101,7 +93,7 @@ def parse_command(text: str) -> tuple[str, list[float], dict[str, float]]:
     if m is None:
         raise ProtocolError(f"unparseable command {text!r}")
     args, kwargs = [], {}
-    body = m.group(2).strip()
+    body = m.group(2).replace("{", "").replace("}", "").strip()  # SetTool(1,{x,y,z,rx,ry,rz}): flattened
     for part in body.split(",") if body else []:
         part = part.strip()
         try:
@@ -117,7 +109,7 @@ def parse_command(text: str) -> tuple[str, list[float], dict[str, float]]:
 
 def pack_feedback(**fields) -> bytes:
     pkt = np.zeros(1, dtype=FEEDBACK_DTYPE)
-    pkt["len"] = PACKET_SIZE
+    pkt["message_size"] = PACKET_SIZE
     pkt["test_value"] = TEST_VALUE
     for k, v in fields.items():
         pkt[k] = v
@@ -128,6 +120,6 @@ def unpack_feedback(data: bytes) -> np.void:
     if len(data) != PACKET_SIZE:
         raise ProtocolError(f"feedback packet has {len(data)} bytes, expected {PACKET_SIZE}")
     pkt = np.frombuffer(data, dtype=FEEDBACK_DTYPE)[0]
-    if int(pkt["test_value"]) != TEST_VALUE or int(pkt["len"]) != PACKET_SIZE:
+    if int(pkt["test_value"]) != TEST_VALUE or int(pkt["message_size"]) != PACKET_SIZE:
         raise ProtocolError("feedback packet failed its TestValue/MessageSize check (stream out of sync)")
     return pkt

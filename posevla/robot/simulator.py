@@ -16,11 +16,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from posevla.geometry import se3
 from posevla.robot import protocol as P
 from posevla.robot import units
+from posevla.robot.feetech import GripperConfig
+from posevla.robot.feetech_sim import FeetechBusSim
 from posevla.robot.kinematics import ArmKinematics
 
 ERROR_IK = 22  # controller alarm id used by the simulator for an unreachable Cartesian target
@@ -41,17 +45,17 @@ class Faults:
 
 @dataclass
 class ArmSim:
-    """State of one simulated arm (radians, gripper opening 0..1)."""
+    """State of one simulated arm (radians). Its gripper is not here: the X-Trainer's grippers are Feetech servos
+    on their own RS-485 bus (`posevla.robot.feetech_sim` simulates that bus on a pty)."""
 
     name: str
     kin: ArmKinematics = field(default_factory=ArmKinematics)
     lag_s: float = 0.04
     max_joint_speed: float = 3.0  # rad/s
-    gripper_speed: float = 2.0  # opening per second
     q: np.ndarray = field(default=None)
     q_target: np.ndarray = field(default=None)
-    gripper: float = 1.0
-    gripper_target: float = 1.0
+    tool_index: int = 0  # the selected tool frame (Tool(i)); 0 = the flange
+    tools: dict[int, np.ndarray] = field(default_factory=dict)  # SetTool(i, {x,y,z,rx,ry,rz}) -> T_flange_tool
     mode: int = P.MODE_DISABLED
     errors: list[int] = field(default_factory=list)
     # every command received: (monotonic time, text, port "motion"|"dashboard", T_armbase_tcp of the arm then)
@@ -70,14 +74,13 @@ class ArmSim:
                 dq = (self.q_target - self.q) * min(1.0, dt / self.lag_s)
                 dq = np.clip(dq, -self.max_joint_speed * dt, self.max_joint_speed * dt)
                 self.q = self.q + dq
-                dg = np.clip(self.gripper_target - self.gripper, -self.gripper_speed * dt, self.gripper_speed * dt)
-                self.gripper += dg
                 moving = np.abs(self.q_target - self.q).max() > 1e-5
                 self.mode = P.MODE_RUNNING if moving else P.MODE_ENABLED
 
     def feedback(self) -> bytes:
         with self.lock:
-            tcp = units.pose_to_controller(self.kin.fk(self.q))
+            T_tcp = self.kin.fk(self.q)
+            tcp = units.pose_to_controller(T_tcp)
             if self.faults.tcp_offset_m is not None:
                 tcp[:3] += np.asarray(self.faults.tcp_offset_m, float) * units.MM_PER_M
             if self.faults.tcp_nan:
@@ -87,7 +90,9 @@ class ArmSim:
                                    q_target=units.joints_to_controller(self.q_target),
                                    tool_vector_actual=tcp,
                                    tool_vector_target=units.pose_to_controller(self.kin.fk(self.q_target)),
-                                   gripper_actual=self.gripper, speed_scaling=1.0)
+                                   actual_quaternion=np.roll(se3.quat_from_matrix(T_tcp[:3, :3]), 1),  # xyzw -> the wire's wxyz
+                                   tool=self.tool_index, enable_status=int(self.mode in (P.MODE_ENABLED, P.MODE_RUNNING)),
+                                   speed_scaling=1.0)
 
     # ------------------------------------------------------------------ commands
     def handle(self, text: str, motion: bool) -> str:
@@ -124,7 +129,6 @@ class ArmSim:
             return 0, []
         if name in ("stop", "emergencystop"):
             self.q_target = self.q.copy()
-            self.gripper_target = self.gripper
             if name == "emergencystop":
                 self.mode = P.MODE_DISABLED
             return 0, []
@@ -136,11 +140,20 @@ class ArmSim:
             return 0, list(units.joints_to_controller(self.q))
         if name == "getpose":
             return 0, list(units.pose_to_controller(self.kin.fk(self.q)))
-        if name == P.GRIPPER_COMMAND.lower():
-            if len(args) != 1 or not 0 <= args[0] <= 1000:
+        if name == "settool":  # SetTool(index, {x, y, z, rx, ry, rz}) in mm/deg, on the flange
+            if len(args) != 7 or not 0 <= args[0] <= 9:
                 return -2, []
-            self.gripper_target = args[0] / 1000.0
+            self.tools[int(args[0])] = units.pose_from_controller(np.array(args[1:7]))
+            self._apply_tool()
             return 0, []
+        if name == "tool":
+            if len(args) != 1 or int(args[0]) != 0 and int(args[0]) not in self.tools:
+                return -1, []
+            self.tool_index = int(args[0])
+            self._apply_tool()
+            return 0, []
+        if name in ("speedfactor", "accj", "accl", "speedj", "speedl"):
+            return (0, []) if len(args) == 1 and 1 <= args[0] <= 100 else (-2, [])
         if name in ("servoj", "servop", "movj"):
             if self.mode not in (P.MODE_ENABLED, P.MODE_RUNNING):
                 return -1, []  # not enabled (or in error): the command is refused
@@ -157,6 +170,9 @@ class ArmSim:
             self.q_target = q
             return 0, []
         return -10000, []  # unknown command
+
+    def _apply_tool(self) -> None:
+        self.kin.T_flange_tool = self.tools.get(self.tool_index, np.eye(4)) if self.tool_index else np.eye(4)
 
     def _alarm(self, error_id: int) -> tuple[int, list]:
         self.errors.append(error_id)
@@ -288,9 +304,27 @@ class XTrainerSimulator:
     """Both arms plus the physics thread. Ports default to free ones (0); pass the real ones for a demo."""
 
     def __init__(self, hosts: dict[str, str] | None = None, ports: dict[str, dict[str, int]] | None = None,
-                 physics_hz: float = 500.0, lag_s: float = 0.04) -> None:
+                 physics_hz: float = 500.0, lag_s: float = 0.04,
+                 grippers: dict[str, GripperConfig] | None = None,
+                 kinematics: dict[str, ArmKinematics] | None = None) -> None:
+        """grippers: arm -> the gripper's configuration; a simulated Feetech bus is linked at its `port` path.
+        kinematics: arm -> its model (flange frame; the tool comes from SetTool/Tool as on the controller)."""
         hosts = hosts or {"left": "127.0.0.1", "right": "127.0.0.1"}
-        self.arms = {name: ArmSim(name, lag_s=lag_s) for name in hosts}
+        self.gripper_buses: dict[str, FeetechBusSim] = {}
+        self._links: list[Path] = []
+        for arm, g in (grippers or {}).items():
+            bus = FeetechBusSim({g.servo_id: g.open_pos})
+            link = Path(g.port)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink():
+                link.unlink()
+            elif link.exists():
+                raise OSError(f"simulated gripper port {link} exists and is not a link: refusing to replace it")
+            link.symlink_to(bus.port)
+            self.gripper_buses[arm] = bus
+            self._links.append(link)
+        self.arms = {name: ArmSim(name, lag_s=lag_s, **({"kin": kinematics[name]} if kinematics and name in kinematics
+                                                        else {})) for name in hosts}
         self.controllers = {name: ArmController(self.arms[name], host, **(ports or {}).get(name, {}))
                             for name, host in hosts.items()}
         self._running = True
@@ -315,6 +349,11 @@ class XTrainerSimulator:
         self._running = False
         for c in self.controllers.values():
             c.close()
+        for bus in self.gripper_buses.values():
+            bus.close()
+        for link in self._links:
+            if link.is_symlink():
+                link.unlink()
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -1,6 +1,7 @@
 """xtrainer_sim: run the X-Trainer TCP simulator (posevla.robot.simulator) from `ros2 run`/the graph runner.
 
-It speaks only the Dobot TCP protocol (no ROS topics), exactly like the real controllers; ROS arguments
+It speaks only the Dobot TCP protocol (no ROS topics), exactly like the real controllers, and the Feetech
+protocol of the grippers on pseudo-terminals linked at the gripper ports of the robot YAML; ROS arguments
 are accepted and parameters read from `--params-file` (robot_config: the robot YAML whose hosts/ports
 the simulator binds).
 """
@@ -30,7 +31,8 @@ def main(args: list[str] | None = None) -> None:
     ports = {arm: {"dashboard_port": ep.dashboard_port, "motion_port": ep.motion_port,
                    "feedback_port": ep.feedback_port} for arm, ep in cfg.arms.items()}
     try:
-        sim = XTrainerSimulator(hosts, ports, lag_s=p["lag_s"])
+        sim = XTrainerSimulator(hosts, ports, lag_s=p["lag_s"], grippers=cfg.grippers,
+                                kinematics={arm: cfg.arm_kinematics(arm, with_tool=False) for arm in cfg.arms})
     except OSError as exc:
         node.get_logger().error(f"cannot bind the simulator ports of {path}: {exc}")
         rclpy.try_shutdown()
