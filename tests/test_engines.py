@@ -185,3 +185,46 @@ def test_infer_check_script_runs_on_cpu(tmp_path):
     bad = subprocess.run([sys.executable, cmd[1], "--device", "cpu", "--config", str(tmp_path / "nope.yaml")],
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--config" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _start_policy_node(rclpy, ckpt: Path, engine: str):
+    from posevla_ros.policy_node import PolicyNode
+
+    rclpy.init(args=["--ros-args", "-p", f"checkpoint:={ckpt}", "-p", f"engine:={engine}", "-p", "device:=cpu",
+                     "-p", "instruction:=pick up the red cube"])
+    try:
+        return PolicyNode()
+    except Exception:
+        rclpy.shutdown()
+        raise
+
+
+def test_policy_node_engine_and_stage_timings(policy, tmp_path):
+    rclpy = pytest.importorskip("rclpy")
+    from posevla_ros.policy_node import STAGES
+
+    from posevla.serving import ChunkTiming
+
+    ckpt = policy.save_pretrained(tmp_path / "ckpt")
+    node = _start_policy_node(rclpy, ckpt, "torch_graphs")
+    try:
+        assert node.engine.name == "torch_graphs"
+        obs = node.policy.synthetic_observation("pick up the red cube")
+        chunk = node._predict(obs)
+        ref = node.policy.predict(obs, noise_seed=1)
+        assert chunk.frame_id == ref.frame_id and chunk.arms.keys() == ref.arms.keys()
+        node._publish_chunk(chunk, ChunkTiming(queued=0.25, model=0.01, obs_age_at_publish=0.1))
+        sent = []
+        node.diag_pub.publish = sent.append
+        node._publish_diagnostics()
+        values = {kv.key: kv.value for kv in sent[0].status[0].values}
+        assert values["engine"] == "torch_graphs"
+        assert float(values["queue_p50_s"]) == 0.25
+        for stage in STAGES:
+            assert 0.0 <= float(values[f"{stage}_p50_s"]) <= float(values[f"{stage}_max_s"]) < 60.0
+        assert float(values["model_p50_s"]) > 0.0
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+    with pytest.raises(ValueError, match="engine"):
+        _start_policy_node(rclpy, ckpt, "tensorrt")

@@ -10,15 +10,19 @@ subscribes /policy/instruction (std_msgs/String) plus the camera and TCP-pose to
 """
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from std_msgs.msg import String
 from trajectory_msgs.msg import MultiDOFJointTrajectory
 
+from posevla.model.engines import ENGINES  # torch-free import
 from posevla.serving import AsyncPolicyRunner, ChunkTiming
 from posevla.types import ActionChunk, Observation
 from posevla_ros.msg_conv import chunk_to_msg, ns_to_time
@@ -26,6 +30,7 @@ from posevla_ros.node_main import spin_node
 from posevla_ros.params import declare_checked
 
 MODALITIES = ("rgb", "rgb+ray", "rgb+depth", "full")
+STAGES = ("queue", "preprocess", "model", "postprocess", "publish")
 
 
 class PolicyNode(Node):
@@ -39,6 +44,8 @@ class PolicyNode(Node):
             "min_period_s": (0.0, "minimum seconds between model calls", (0.0, 10.0)),
             "warmup": (True, "run the model once at start-up", None),
             "compile": (False, "torch.compile the model", None),
+            "engine": ("torch", "inference engine: torch (eager) | torch_graphs (static KV cache, CUDA graphs) | "
+                       "onnxruntime", ENGINES),
             "diagnostics_period_s": (1.0, "period of /diagnostics", (0.1, 60.0)),
         })
         ckpt = Path(p["checkpoint"])
@@ -50,10 +57,14 @@ class PolicyNode(Node):
         device = None if p["device"] == "auto" else p["device"]
         self.policy = PoseVLAPolicy.from_pretrained(ckpt, device=device, compile=p["compile"])
         self.get_logger().info(f"loaded {ckpt} on {self.policy.device} in {time.perf_counter() - t0:.1f} s")
-        if p["warmup"]:
-            t0 = time.perf_counter()
-            self.policy.warmup()
-            self.get_logger().info(f"warm-up done in {time.perf_counter() - t0:.2f} s")
+        from posevla.model.engines import make_engine
+
+        self.engine = make_engine(self.policy, p["engine"])
+        if p["warmup"]:  # also captures the CUDA graphs / exports the ONNX graphs for the full-view shape
+            self.get_logger().info(f"engine {p['engine']}: warm-up done in {self.engine.warmup():.2f} s")
+        # per-stage seconds of recent chunks: queue, preprocess, model, postprocess, publish (worker thread writes)
+        self._stages: dict[str, deque[float]] = {k: deque(maxlen=500) for k in STAGES}
+        self._stages_lock = threading.Lock()
         self.instruction = p["instruction"]
         self.modalities = p["modalities"]
         self.chunk_pub = self.create_publisher(MultiDOFJointTrajectory, "/policy/chunk", 10)
@@ -61,6 +72,7 @@ class PolicyNode(Node):
         self.create_subscription(String, "/policy/instruction", self._on_instruction, 10)
         self.add_on_set_parameters_callback(self._on_params)
         self.last_timing: ChunkTiming | None = None
+        self._last_engine_timing: dict[str, float] = {}
         self.runner = AsyncPolicyRunner(self._predict, self._publish_chunk, now_ns=self._now_ns,
                                         min_period_s=p["min_period_s"], on_error=self._on_error)
         from posevla_ros.observation_source import ObservationSource
@@ -97,10 +109,20 @@ class PolicyNode(Node):
         self.runner.submit(obs)
 
     def _predict(self, obs: Observation) -> ActionChunk:
-        return self.policy.predict(obs, modalities=self.modalities)
+        chunk = self.engine.predict(obs, modalities=self.modalities)
+        self._last_engine_timing = dict(self.engine.last_timing)
+        return chunk
 
     def _publish_chunk(self, chunk: ActionChunk, timing: ChunkTiming) -> None:
+        t0 = time.perf_counter()
         self.chunk_pub.publish(chunk_to_msg(chunk))
+        et = self._last_engine_timing
+        stages = {"queue": timing.queued, "preprocess": et.get("preprocess_s", float("nan")),
+                  "model": et.get("model_s", float("nan")), "postprocess": et.get("postprocess_s", float("nan")),
+                  "publish": time.perf_counter() - t0}
+        with self._stages_lock:
+            for k, v in stages.items():
+                self._stages[k].append(v)
         self.last_timing = timing
 
     def _on_error(self, obs: Observation, exc: Exception) -> None:
@@ -113,13 +135,21 @@ class PolicyNode(Node):
         status.message = self.runner.last_error or "running"
         values = {k: (f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in st.items()}
         values.update({f"source_{k}": str(v) for k, v in self.source.stats().items()})
+        values["engine"] = self.engine.name
+        with self._stages_lock:
+            stages = {k: list(v) for k, v in self._stages.items()}
+        for k, xs in stages.items():  # seconds per stage of the recent chunks
+            values[f"{k}_p50_s"] = f"{np.median(xs):.4f}" if xs else "nan"
+            values[f"{k}_max_s"] = f"{max(xs):.4f}" if xs else "nan"
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = ns_to_time(self._now_ns())
         self.diag_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        self.runner.close()
+        for part in ("runner", "engine"):  # absent when the constructor refused a parameter
+            if hasattr(self, part):
+                getattr(self, part).close()
         super().destroy_node()
 
 
