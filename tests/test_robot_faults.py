@@ -131,3 +131,13 @@ def test_fault_suite_specific_outcomes(fault_results) -> None:
         assert r["trickling dashboard + e-stop"][arm].notes["estop_returned_s"] < 1.0
     assert r["malformed replies"]["left"].notes["protocol_errors_raised"] == 1
     assert r["malformed replies"]["left"].setpoints <= 5  # garbage motion replies hold the arm
+
+
+def test_nodes_keep_dds_discovery_on_this_machine_unless_opted_in() -> None:
+    pytest.importorskip("rclpy")
+    from posevla_ros.network import apply_network_policy
+
+    env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}
+    assert apply_network_policy(env) == "LOCALHOST"
+    env = {"POSEVLA_ROBOT_NETWORK": "1", "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}
+    assert apply_network_policy(env) == "SUBNET"

@@ -55,6 +55,9 @@ def spin_node(make_node: Callable[[], object], name: str, args: list[str] | None
     if wants_help(argv):
         print(help_text(name, params, doc), end="")
         raise SystemExit(0)
+    from posevla_ros.network import apply_network_policy
+
+    apply_network_policy()  # DDS discovery on this machine only, unless POSEVLA_ROBOT_NETWORK=1
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions

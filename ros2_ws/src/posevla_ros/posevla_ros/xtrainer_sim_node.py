@@ -15,10 +15,12 @@ import rclpy
 from posevla.robot.driver import XTrainerConfig
 from posevla.robot.simulator import XTrainerSimulator
 from posevla_ros.graph import config_dir
+from posevla_ros.network import apply_network_policy
 from posevla_ros.params import declare_checked
 
 
 def main(args: list[str] | None = None) -> None:
+    apply_network_policy()
     rclpy.init(args=args)
     node = rclpy.create_node("xtrainer_sim")
     p = declare_checked(node, {
