@@ -96,6 +96,8 @@ class RecorderNode(Node):
         "mark_failure_buttons": ([2, 10], "button indices that mark the last episode failed", None),
         "rerecord_buttons": ([3, 11], "button indices that move the last episode aside and record again", None),
         "sound_cues": (True, "play a tone on start, save and error", None),
+        "storage": ("video", "episode storage: video (H.264 colour, lossless FFV1 depth) or jpeg (ALOHA-style)",
+                    ("video", "jpeg")),
     }
 
     def __init__(self) -> None:
@@ -117,7 +119,7 @@ class RecorderNode(Node):
         self.rec = Recorder(RecorderConfig(Path(p["root"]), p["task"], p["instruction"], tuple(p["cameras"]),
                                            p["operator"], p["fps"], p["stream_timeout_s"], p["target_episodes"],
                                            p["reset_period_s"], calib_files,
-                                           require_action=p["require_action"]))
+                                           require_action=p["require_action"], storage=p["storage"]))
         for path in self.rec.incomplete_on_start:
             self.get_logger().warning(f"incomplete episode from an earlier run kept aside: {path}")
         for cam in self.rec.cfg.cameras:
