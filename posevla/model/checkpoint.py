@@ -85,7 +85,7 @@ def load_weights(module: torch.nn.Module, path: Path, assign: bool = False) -> N
 # (paligemma.{vision_tower,multi_modal_projector}, paligemma.language_model.model) are accepted.
 PI0_LEROBOT_RENAMES = (
     ("paligemma_with_expert.paligemma.model.", "pi0.model.vlm."),
-    ("paligemma_with_expert.paligemma.language_model.model.", "pi0.model.vlm.language_model."),
+    ("paligemma_with_expert.paligemma.language_model.", "pi0.model.vlm.language_model."),
     ("paligemma_with_expert.paligemma.vision_tower.", "pi0.model.vlm.vision_tower."),
     ("paligemma_with_expert.paligemma.multi_modal_projector.", "pi0.model.vlm.multi_modal_projector."),
     ("paligemma_with_expert.gemma_expert.model.", "pi0.model.dit."),
@@ -104,40 +104,69 @@ PI0_DROPPED = ("paligemma_with_expert.gemma_expert.lm_head.", "pi0.model.dit.emb
 EMBED_KEY = "pi0.model.vlm.language_model.embed_tokens.weight"
 
 
-def pi0_format(directory: Path, keys: list[str]) -> str:
-    """'transformers' (PI0ForConditionalGeneration.save_pretrained) or 'lerobot' (PI0Policy / openpi PyTorch)."""
-    if any("paligemma_with_expert." in k for k in keys):
-        return "lerobot"
-    if any(k.startswith(("model.vlm.", "model.dit.")) for k in keys):
+# LeRobot names -> transformers 5 module names inside the VLM (SigLIP without its vision_model level, Gemma
+# without the model level of a causal LM).
+PI0_LEROBOT_INFIXES = ((".vision_tower.vision_model.", ".vision_tower."), (".language_model.model.", ".language_model."))
+
+
+def pi0_format(directory: Path) -> str:
+    """'transformers' (config.json with model_type pi0: PI0ForConditionalGeneration.save_pretrained) or 'lerobot'
+    (PI0Policy / openpi PyTorch weights: config.json with type pi0, keys paligemma_with_expert.*)."""
+    import json
+
+    try:
+        meta = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"pi0 checkpoint {directory}: config.json is missing or unreadable ({exc})") from exc
+    if meta.get("model_type") == "pi0":
         return "transformers"
-    raise ValueError(f"{directory / WEIGHTS}: neither a transformers-format (model.vlm.*) nor a LeRobot-format "
-                     f"(paligemma_with_expert.*) pi0 checkpoint; first keys {keys[:3]}")
+    if meta.get("type") == "pi0":
+        return "lerobot"
+    raise ValueError(f"pi0 checkpoint {directory}/config.json: neither model_type: pi0 (transformers) nor "
+                     f"type: pi0 (LeRobot)")
+
+
+def _transformers_pi0_state(directory: Path) -> dict[str, torch.Tensor]:
+    """transformers reads its own layout (it renames the hub's keys on load); no random initialisation is run."""
+    from transformers import PI0ForConditionalGeneration
+
+    try:
+        model = PI0ForConditionalGeneration.from_pretrained(directory, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"pi0 checkpoint {directory} (transformers format) cannot be loaded: {exc}") from exc
+    return {"pi0." + k: v for k, v in model.state_dict().items()}
 
 
 def pi0_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], str]:
     """A pi0 checkpoint's tensors under Pose-VLA's names, and its format. Unknown tensors are named as errors."""
-    path = Path(directory) / WEIGHTS
-    if not path.is_file():
-        raise ValueError(f"pi0 checkpoint {directory} has no {WEIGHTS}")
-    try:
-        raw = read_tensors(path)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"pi0 checkpoint weights {path} are corrupt or unreadable: {exc}") from exc
-    fmt = pi0_format(Path(directory), list(raw))
+    directory = Path(directory)
+    fmt = pi0_format(directory)
+    if fmt == "transformers":
+        raw = _transformers_pi0_state(directory)
+    else:
+        path = directory / WEIGHTS
+        if not path.is_file():
+            raise ValueError(f"pi0 checkpoint {directory} has no {WEIGHTS}")
+        try:
+            raw = read_tensors(path)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"pi0 checkpoint weights {path} are corrupt or unreadable: {exc}") from exc
     out: dict[str, torch.Tensor] = {}
     lm_head = None
     unknown = []
     for key, value in raw.items():
         if fmt == "transformers":
-            name = "pi0." + key
+            name = key
         else:
-            k = key.removeprefix("model.") if key.startswith("model.") else key
+            k = key.removeprefix("model.")
             if k in PI0_LEROBOT_LM_HEADS:
                 lm_head = value
                 continue
             name = next((new + k[len(old):] for old, new in PI0_LEROBOT_RENAMES if k.startswith(old)), None)
             if name is None:
                 name = k if k.startswith(PI0_DROPPED) else None
+            for old, new in PI0_LEROBOT_INFIXES:
+                name = name.replace(old, new) if name else None
         if name is None:
             unknown.append(key)
             continue
@@ -145,7 +174,7 @@ def pi0_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], str]:
             continue
         out[name] = value
     if unknown:
-        raise ValueError(f"pi0 checkpoint {path}: unknown tensors {unknown[:5]}{'...' if len(unknown) > 5 else ''}")
+        raise ValueError(f"pi0 checkpoint {directory}: unknown tensors {unknown[:5]}{'...' if len(unknown) > 5 else ''}")
     if EMBED_KEY not in out and lm_head is not None:
         out[EMBED_KEY] = lm_head
     return out, fmt

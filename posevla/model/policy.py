@@ -125,6 +125,9 @@ class PoseVLAPolicy:
         if not path.is_dir():
             raise ValueError(f"pi0 checkpoint {path} is not a directory")
         state, fmt = ckpt.pi0_state_dict(path)
+        source = path / "config.json" if fmt == "transformers" else (
+            config if config is not None and not isinstance(config, PoseVLAConfig) else
+            "the given model config" if config is not None else "models/posevla_3b.yaml")
         if config is None:
             config = Path(__file__).resolve().parents[2] / "models" / "posevla_3b.yaml"
         cfg = config if isinstance(config, PoseVLAConfig) else PoseVLAConfig.from_yaml(config)
@@ -167,7 +170,7 @@ class PoseVLAPolicy:
         for name, tensor in state.items():
             if tensor.shape != own[name].shape:
                 raise ValueError(f"pi0 checkpoint {path}: tensor {name} has shape {tuple(tensor.shape)}, the model "
-                                 f"config expects {tuple(own[name].shape)} (sizes from {config if fmt == 'lerobot' else path / 'config.json'})")
+                                 f"config expects {tuple(own[name].shape)} (sizes from {source})")
         model.load_state_dict(state, strict=False, assign=True)
         materialize_buffers(model)
         dev, auto_dtype = select_device(device)
