@@ -279,3 +279,38 @@ def test_gripper_cli_sim_writes_a_config_the_driver_can_use(tmp_path):
         assert grip.read_opening()[0] == 1.0
     finally:
         grip.close()
+
+
+def test_poller_reads_at_the_control_rate_and_freezes_on_unplug(bus):
+    from posevla.robot.feetech import GripperPoller
+
+    sim, grip = bus
+    poller = GripperPoller(grip, rate_hz=50.0, stale_s=2 * REPLY_TIMEOUT_S).start()
+    try:
+        _wait(lambda: poller.reads >= 25, what="25 readings")
+        t0, n0 = time.monotonic(), poller.reads
+        _wait(lambda: poller.reads >= n0 + 25, what="25 more readings")
+        rate = (poller.reads - n0) / (time.monotonic() - t0)
+        assert 15.0 < rate < 70.0, rate  # paced at 50 Hz (generous bounds for a loaded CI box)
+        g, stamp = poller.latest()
+        assert g == 1.0 and abs(time.time_ns() - stamp) < 2e9
+        poller.command_opening(0.6)
+        _wait(lambda: abs(poller.latest()[0] - 0.6) < 2e-3, what="the poller to see 0.6")
+        sim.unplug()
+        t0 = time.monotonic()
+        _wait(lambda: poller.frozen is not None, what="the freeze")
+        assert time.monotonic() - t0 < 3 * REPLY_TIMEOUT_S + 1.0
+        with pytest.raises(FeetechError, match="gripper frozen: .*id 21"):
+            poller.latest()
+        with pytest.raises(FeetechError, match="frozen"):
+            poller.command_opening(0.0)
+        goal = sim.register(21, 42, 2)
+        sim.plug_in()
+        time.sleep(0.2)
+        with pytest.raises(FeetechError, match="frozen"):  # stays frozen after the servo is back
+            poller.latest()
+        assert sim.register(21, 42, 2) == goal  # nothing was commanded while frozen
+        poller.resume()
+        assert poller.latest()[0] == pytest.approx(0.6, abs=2e-3)
+    finally:
+        poller.stop()

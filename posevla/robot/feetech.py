@@ -323,3 +323,76 @@ class FeetechGripper:
 def describe_status_error(bits: int) -> str:
     names = [name for bit, name in ERROR_BITS.items() if bits & bit]
     return ", ".join(names) if names else "none"
+
+
+class GripperPoller:
+    """Reads one gripper at a fixed rate on its own thread and keeps the latest measurement.
+
+    A failed read, or no successful read for ``stale_s``, FREEZES the gripper: `latest()` and `command_opening()`
+    raise `FeetechError` with the reason until the operator calls `resume()` (which succeeds only if the servo
+    answers again) -- the same rule as for the leader arms. Nothing is commanded while frozen."""
+
+    def __init__(self, gripper: FeetechGripper, rate_hz: float = 50.0, stale_s: float = 0.2) -> None:
+        if not rate_hz > 0 or not stale_s > 0:
+            raise ValueError(f"gripper poller: rate_hz={rate_hz} and stale_s={stale_s} must be > 0")
+        self.gripper, self.period_s, self.stale_s = gripper, 1.0 / rate_hz, stale_s
+        self._lock = threading.Lock()
+        self._latest: tuple[float, int] | None = None
+        self._last_ok = time.monotonic()
+        self.frozen: str | None = None
+        self.reads = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> GripperPoller:
+        self._last_ok = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"gripper-{self.gripper.cfg.servo_id}")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def _freeze(self, why: str) -> None:
+        with self._lock:
+            if self.frozen is None:
+                self.frozen = why
+
+    def _run(self) -> None:
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                g, stamp = self.gripper.read_opening()
+                with self._lock:
+                    self._latest, self._last_ok = (g, stamp), time.monotonic()
+                    self.reads += 1
+            except FeetechError as exc:
+                self._freeze(str(exc))
+            if time.monotonic() - self._last_ok > self.stale_s:
+                self._freeze(f"gripper servo id {self.gripper.cfg.servo_id}: no reading for {self.stale_s} s")
+            next_t += self.period_s
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+            next_t = max(next_t, time.monotonic() - self.period_s)
+
+    def latest(self) -> tuple[float, int]:
+        """(opening 0 closed .. 1 open, stamp_ns) of the last successful read; FeetechError when frozen."""
+        with self._lock:
+            if self.frozen is not None:
+                raise FeetechError(f"gripper frozen: {self.frozen}")
+            if self._latest is None:
+                raise FeetechError(f"gripper servo id {self.gripper.cfg.servo_id}: no reading yet")
+            return self._latest
+
+    def command_opening(self, g: float) -> None:
+        with self._lock:
+            if self.frozen is not None:
+                raise FeetechError(f"gripper frozen: {self.frozen}")
+        self.gripper.command_opening(g)
+
+    def resume(self) -> None:
+        """Operator's request after a fault: clears the freeze if the servo answers now (else FeetechError)."""
+        g, stamp = self.gripper.read_opening()
+        with self._lock:
+            self._latest, self._last_ok, self.frozen = (g, stamp), time.monotonic(), None
