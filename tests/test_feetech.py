@@ -155,9 +155,17 @@ def test_unplug_gives_a_clear_error_within_a_deadline_and_recovers(bus):
     assert time.monotonic() - t0 < 1.0
 
 
-def test_wrong_id_fails_at_open_naming_it():
+def test_wrong_id_mode_or_limits_fail_at_open_naming_them():
     sim = FeetechBusSim({21: OPEN})
     try:
+        sim.set_register(21, 33, bytes([1]))  # wheel mode
+        with pytest.raises(FeetechError, match="mode 1, expected 0"):
+            FeetechGripper(sim.port, 21, CLOSED, OPEN, reply_timeout_s=REPLY_TIMEOUT_S).open()
+        sim.set_register(21, 33, bytes([0]))
+        sim.set_register(21, 11, (3000).to_bytes(2, "little"))  # max angle limit below closed_pos 3055
+        with pytest.raises(FeetechError, match="closed_pos=3055 lies outside the servo's angle limits 0..3000"):
+            FeetechGripper(sim.port, 21, CLOSED, OPEN, reply_timeout_s=REPLY_TIMEOUT_S).open()
+        sim.set_register(21, 11, (4095).to_bytes(2, "little"))
         with pytest.raises(FeetechError, match=f"id 5 on {sim.port}: ping failed"):
             FeetechGripper(sim.port, 5, closed_pos=CLOSED, open_pos=OPEN).open()
         with pytest.raises(FeetechError, match="cannot be opened"):

@@ -231,12 +231,32 @@ class FeetechGripper:
             model, result, error = self._call("ping", lambda: self._ph.ping(self._port, self.cfg.servo_id))
             self._check(result, error, "ping")
             self.model_number = int(model)
+            self._check_setup()
             self._write(*REG["torque_limit"], self.cfg.torque_limit, "write torque limit")
             if torque:
                 self.torque(True)
         except FeetechError:
             self.close()
             raise
+
+    def _check_setup(self) -> None:
+        """The servo must be in position mode with the calibrated range inside its angle limits."""
+        mode = self._read(*REG["mode"], "read mode")
+        if mode != 0:
+            raise FeetechError(self._where(f"servo is in mode {mode}, expected 0 (position servo)"))
+        lo, hi = self._read(*REG["min_angle_limit"], "read angle limits"), self._read(*REG["max_angle_limit"], "")
+        if lo < hi:  # 0/0 means no limits (multi-turn); otherwise the range must lie inside them
+            for name in ("closed_pos", "open_pos"):
+                v = getattr(self.cfg, name)
+                if not lo <= v <= hi:
+                    raise FeetechError(self._where(f"{name}={v} lies outside the servo's angle limits {lo}..{hi}"))
+
+    def _read(self, addr: int, size: int, what: str) -> int:
+        data, result, error = self._call("read", lambda: self._ph.readTxRx(self._port, self.cfg.servo_id, addr, size))
+        self._check(result, error, what or "read")
+        if len(data) != size:
+            raise FeetechError(self._where(f"{what or 'read'} returned {len(data)} bytes, expected {size}"))
+        return int.from_bytes(bytes(data), "little")
 
     def close(self) -> None:
         with self._lock:

@@ -141,6 +141,11 @@ class FeetechBusSim:
             m = self.servos[servo_id].mem
             return int.from_bytes(bytes(m[addr:addr + size]), "little")
 
+    def set_register(self, servo_id: int, addr: int, data: bytes) -> None:
+        """Write the memory table directly (EPROM settings such as mode or angle limits)."""
+        with self._lock:
+            self.servos[servo_id].mem[addr:addr + len(data)] = data
+
     def move_by_hand(self, servo_id: int, pos: float) -> None:
         """Someone moves the horn (torque off): the present position jumps there."""
         with self._lock:
