@@ -85,6 +85,8 @@ def test_random_access_decodes_at_most_one_gop_and_matches_sequential(tmp_path: 
             assert decoded <= i % 8 + 1, (i, decoded)  # from the keyframe at or before i, never the whole episode
         with pytest.raises(IndexError):
             ep.rgb("head", 24)
+        only = ep.frame(5, cameras=["head"])  # the trainer decodes only the views it uses
+        assert list(only.cameras) == ["head"] and "left_wrist" not in ep._colour and "left_wrist" not in ep._depth
 
 
 def test_both_storage_formats_read_through_one_api(tmp_path: Path, clip) -> None:

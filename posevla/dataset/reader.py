@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,11 +155,13 @@ class EpisodeReader:
     def array(self, key: str) -> np.ndarray:
         return self._h[key][:]
 
-    def frame(self, i: int) -> DatasetFrame:
+    def frame(self, i: int, cameras: Iterable[str] | None = None) -> DatasetFrame:
+        """Frame i with every camera, or only `cameras` (the others are not decoded: cheaper for training)."""
         if not 0 <= i < self.num_frames:
             raise IndexError(f"frame {i} outside 0..{self.num_frames - 1} of {self.path}")
+        names = self.camera_names if cameras is None else [c for c in self.camera_names if c in set(cameras)]
         cams = {}
-        for name in self.camera_names:
+        for name in names:
             depth = self.raw_depth(name, i).astype(np.float32) * np.float32(self.depth_scale[name])
             cams[name] = CameraFrame(name, self.rgb(name, i), depth, self.intrinsics[name],
                                      int(self._h[f"stamps/{name}"][i]), f"{name}_camera_color_optical_frame")
