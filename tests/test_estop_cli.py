@@ -58,7 +58,11 @@ def test_estop_subscription_accepts_default_and_latched_publishers(node_ex, qos)
     old: list[bool] = []
     node.create_subscription(Bool, TOPIC, lambda m: old.append(m.data), SENDER_QOS)
     pub = node.create_publisher(Bool, TOPIC, qos)
-    spin(ex, 20.0, until=lambda: pub.get_subscription_count() >= 2)
+    # subscriptions each publisher kind matches: reliable+TL all 4; reliable+volatile 2; best effort 1
+    matched = {QoSReliabilityPolicy.BEST_EFFORT: 1}.get(qos.reliability,
+                                                       4 if qos.durability == QoSDurabilityPolicy.TRANSIENT_LOCAL else 2)
+    spin(ex, 20.0, until=lambda: pub.get_subscription_count() >= matched)
+    assert pub.get_subscription_count() == matched
     deadline = time.monotonic() + 20.0
     while not got and time.monotonic() < deadline:  # best effort may lose the first message during discovery
         pub.publish(Bool(data=True))
