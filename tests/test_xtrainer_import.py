@@ -110,6 +110,7 @@ def test_import_converts_joints_to_tool_poses_and_flips_the_gripper(tmp_path, co
             np.testing.assert_allclose(mean, COLOURS[vendor], atol=12)  # RGB order kept through both JPEGs
         meta = ep.meta
         assert meta["import"]["kinematics"] == "nova2" and meta["import"]["tool_mm_deg"][2] == pytest.approx(197)
+        assert meta["import"]["tool_index"] == 1
         assert meta["instruction"] == "clean the dish" and meta["fps"] == 50.0
         assert set(meta["calibration"]) == {"head_camera.yaml", "left_wrist_camera.yaml", "right_wrist_camera.yaml"}
     assert json.loads(json.dumps(meta))  # plain JSON

@@ -14,9 +14,9 @@ files:
     /compress_len (n_cams, T)    JPEG lengths (optional)
     no timestamps, no depth, no camera intrinsics.
 
-Conversion: joints are kept; TCP poses are ``T_base_armbase @ FK(q)`` through the vendor Nova kinematics and the
-tool frame (`ArmKinematics.nova`, default the X-Trainer's SetTool(1, {0,0,197,0,0,0})), with the mounting
-transforms from the robot YAML; gripper opening (0 closed .. 1 open) = 1 - vendor value, for qpos and action;
+Conversion: joints are kept; TCP poses are ``T_base_armbase @ FK(q)`` through the robot YAML's kinematics, tool
+frame and mountings (`XTrainerConfig.arm_kinematics`: the vendor Nova model and SetTool(1, {0,0,197,0,0,0}) in
+the shipped config); gripper opening (0 closed .. 1 open) = 1 - vendor value, for qpos and action;
 frame stamps are ``start + k / fps`` (the vendor's loop sleeps 20 ms per cycle but does not record stamps, so fps
 is the operator's statement); depth is written as all-invalid (0). The camera intrinsics and the hand-eye
 calibration come from the operator. What was assumed is written into each episode's metadata (``import``).
@@ -33,7 +33,7 @@ import numpy as np
 
 from posevla.dataset import format as F
 from posevla.geometry.intrinsics import CameraIntrinsics
-from posevla.robot.kinematics import XTRAINER_TOOL_Z_M, ArmKinematics
+from posevla.robot.kinematics import ArmKinematics
 from posevla.types import ARM_NAMES, ArmState, RobotState
 from posevla.yaml_file import read_yaml
 
@@ -125,13 +125,13 @@ def load_intrinsics(path: str | Path) -> dict[str, CameraIntrinsics]:
     return out
 
 
-def robot_state(kin: ArmKinematics, T_base_armbase: dict[str, np.ndarray], row: np.ndarray,
+def robot_state(kin: dict[str, ArmKinematics], T_base_armbase: dict[str, np.ndarray], row: np.ndarray,
                 stamp_ns: int) -> RobotState:
     """One vendor qpos row -> RobotState (TCP of the tool frame in base_link, opening 0 closed .. 1 open)."""
     arms = {}
     for i, arm in enumerate(ARM_NAMES):
         q = row[i * 7:i * 7 + 6]
-        arms[arm] = ArmState(T_base_armbase[arm] @ kin.fk(q), q.copy(), float(1.0 - row[i * 7 + 6]), stamp_ns)
+        arms[arm] = ArmState(T_base_armbase[arm] @ kin[arm].fk(q), q.copy(), float(1.0 - row[i * 7 + 6]), stamp_ns)
     return RobotState(arms, stamp_ns)
 
 
@@ -142,11 +142,12 @@ def action_row(row: np.ndarray) -> np.ndarray:
 
 
 def import_xtrainer(sources: list[Path], out_root: Path, task: str, instruction: str, robot_yaml: Path,
-                    intrinsics_yaml: Path, fps: float = 50.0, model: str = "nova2",
-                    tool_z_m: float = XTRAINER_TOOL_Z_M, calibration_dir: Path | None = None,
+                    intrinsics_yaml: Path, fps: float = 50.0, calibration_dir: Path | None = None,
                     storage: str = "video", operator: str = "xtrainer-import") -> list[Path]:
     """Convert vendor files (or folders of *.hdf5) into episodes under out_root/task. Returns the written paths.
-    storage: the episode storage format (None: the writer's default)."""
+    The kinematic model, tool frame and arm mountings are the robot YAML's (`kinematics`, `tool`, `arms`), so the
+    imported TCP poses are of the same tool frame as the stack's. storage: the episode storage format (None: the
+    writer's default)."""
     from posevla.calibration.files import file_sha256, load_calibrations
     from posevla.dataset.writer import EpisodeWriter, FrameRecord
     from posevla.robot.driver import XTrainerConfig
@@ -171,7 +172,7 @@ def import_xtrainer(sources: list[Path], out_root: Path, task: str, instruction:
     if missing:
         raise ValueError(f"{robot_yaml}: arms {missing} missing (both arms' mountings are needed)")
     T_base_armbase = {a: robot.arms[a].T_base_armbase for a in ARM_NAMES}
-    kin = ArmKinematics.nova(model, tool_z_m=tool_z_m)
+    kin = {a: robot.arm_kinematics(a) for a in ARM_NAMES}
     intr = load_intrinsics(intrinsics_yaml)
     calib = {}
     if calibration_dir is not None:
@@ -195,8 +196,8 @@ def import_xtrainer(sources: list[Path], out_root: Path, task: str, instruction:
                 "software_version": "posevla 0.1.0", "start_time_ns": int(start_ns),
                 "import": {"from": "dobot_xtrainer ALOHA-style HDF5", "file": ep.source.name,
                            "sha256": hashlib.sha256(ep.source.read_bytes()).hexdigest(),
-                           "kinematics": model, "tool_T_flange_tool": kin.T_flange_tool.tolist(),
-                           "tool_mm_deg": [0.0, 0.0, tool_z_m * 1000.0, 0.0, 0.0, 0.0],
+                           "robot_config": str(robot_yaml), "kinematics": kin["left"].model,
+                           "tool_index": robot.tool_index, "tool_mm_deg": list(robot.tool_mm_deg),
                            "gripper": "1 - vendor value; vendor qpos gripper is the leader's command, not measured",
                            "stamps": f"synthetic: start (file mtime) + k / {fps} s", "depth": "none (all 0)"}}
         kw = {} if storage is None else {"storage": storage}
@@ -228,13 +229,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--task", required=True, help="task folder name")
     x.add_argument("--instruction", required=True, help="language instruction stored with every episode")
     x.add_argument("--robot", type=Path, default=Path("config/xtrainer_robot.yaml"),
-                   help="robot YAML with the arms' mounting transforms (base_link <- arm base)")
+                   help="robot YAML: arm mountings (base_link <- arm base), kinematics (nova2|nova5) and tool frame")
     x.add_argument("--intrinsics", type=Path, required=True,
                    help="YAML: camera (head, left_wrist, right_wrist) -> camera_info fields k, d, width, height")
     x.add_argument("--calibration", type=Path, help="folder of hand-eye calibration files to store with the episodes")
     x.add_argument("--fps", type=float, default=50.0, help="recording rate (Hz); the vendor files carry no stamps")
-    x.add_argument("--model", choices=("nova2", "nova5"), default="nova2", help="Nova arm model (X-Trainer: nova2)")
-    x.add_argument("--tool-z-mm", type=float, default=197.0, help="tool frame along flange z, mm (vendor SetTool: 197)")
     x.add_argument("--storage", choices=getattr(F, "STORAGE_FORMATS", None),
                    help="storage format of the episodes (default: the recorder's)")
 
@@ -245,8 +244,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         written = import_xtrainer(args.paths, args.out, args.task, args.instruction, args.robot, args.intrinsics,
-                                  fps=args.fps, model=args.model, tool_z_m=args.tool_z_mm / 1000.0,
-                                  calibration_dir=args.calibration, storage=args.storage)
+                                  fps=args.fps, calibration_dir=args.calibration, storage=args.storage)
     except (ValueError, FileNotFoundError) as exc:
         print(f"posevla dataset import-xtrainer: {exc}", file=sys.stderr)
         return 2
