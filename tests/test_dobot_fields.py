@@ -130,6 +130,18 @@ def test_encoding_with_the_table_matches_struct_byte_for_byte():
 REAL_REPLY = "-30001,{},MovJ(joint={10.000,20.000,30.000,0.000,0.000,0.000},a=20,v=50);"
 
 
+# The two reply examples printed in the V4 guide (section 1, "Message format").
+GUIDE_REPLIES = [("0,{},MovL(-500,100,200,150,0,90);", 0, "", "MovL(-500,100,200,150,0,90)"),
+                 ("-10000,{},Mov(-500,100,200,150,0,90);", -10000, "", "Mov(-500,100,200,150,0,90)")]
+
+
+@pytest.mark.parametrize("text, error_id, values, echo", GUIDE_REPLIES)
+def test_guide_reply_examples_parse(text, error_id, values, echo):
+    m = df.REPLY_PATTERN.match(text)
+    assert m is not None and (int(m.group(1)), m.group(2), m.group(3)) == (error_id, values, echo)
+    assert df.describe_error_id(error_id) in (df.REPLY_ERRORS[0], "command does not exist")
+
+
 def test_real_reply_transcript_parses_and_its_error_id_is_described():
     m = df.REPLY_PATTERN.match(REAL_REPLY)
     assert m is not None
