@@ -244,7 +244,7 @@ class FeetechGripper:
         mode = self._read(*REG["mode"], "read mode")
         if mode != 0:
             raise FeetechError(self._where(f"servo is in mode {mode}, expected 0 (position servo)"))
-        lo, hi = self._read(*REG["min_angle_limit"], "read angle limits"), self._read(*REG["max_angle_limit"], "")
+        lo, hi = self._read(*REG["min_angle_limit"], "read angle limits"), self._read(*REG["max_angle_limit"], "read angle limits")
         if lo < hi:  # 0/0 means no limits (multi-turn); otherwise the range must lie inside them
             for name in ("closed_pos", "open_pos"):
                 v = getattr(self.cfg, name)
@@ -253,9 +253,9 @@ class FeetechGripper:
 
     def _read(self, addr: int, size: int, what: str) -> int:
         data, result, error = self._call("read", lambda: self._ph.readTxRx(self._port, self.cfg.servo_id, addr, size))
-        self._check(result, error, what or "read")
+        self._check(result, error, what)
         if len(data) != size:
-            raise FeetechError(self._where(f"{what or 'read'} returned {len(data)} bytes, expected {size}"))
+            raise FeetechError(self._where(f"{what} returned {len(data)} bytes, expected {size}"))
         return int.from_bytes(bytes(data), "little")
 
     def close(self) -> None:
