@@ -205,3 +205,23 @@ def test_one_recorder_per_dataset_folder(tmp_path: Path) -> None:
     finally:
         again.send_signal(signal.SIGINT)
         again.communicate(timeout=60)
+
+
+def test_node_defaults_come_from_the_config_dataclasses() -> None:
+    from posevla_ros.camera_node import CameraNode
+    from posevla_ros.recorder_node import RecorderNode
+    from posevla_ros.teleop_node import TeleopNode
+
+    from posevla.dataset.recorder import RecorderConfig
+    from posevla.perception.realsense import RealSenseConfig
+    from posevla.teleop.controller import TeleopLimits
+
+    for node_cls, cfg_cls, names in ((CameraNode, RealSenseConfig, ["serial", "width", "height", "fps"]),
+                                     (TeleopNode, TeleopLimits, ["align_speed", "max_speed", "leader_timeout_s"]),
+                                     (RecorderNode, RecorderConfig, ["fps", "stream_timeout_s", "cameras"])):
+        fields = {f.name: f.default for f in dataclasses.fields(cfg_cls)}
+        for n in names:
+            default = fields[n]
+            assert node_cls.PARAMS[n][0] == (list(default) if isinstance(default, tuple) else default), (node_cls, n)
+    with pytest.raises(ValueError, match="has no field 'nope'"):
+        spec_from_dataclass(TeleopLimits, {"nope": ("x", None)})

@@ -19,19 +19,22 @@ from sensor_msgs.msg import CameraInfo, Image
 from posevla.perception.realsense import RealSenseCamera, RealSenseConfig
 from posevla_ros.msg_conv import image_to_msg, intrinsics_to_msg, ns_to_time
 from posevla_ros.node_main import spin_node
-from posevla_ros.params import ParamSpec, declare_checked, reject_unknown
+from posevla_ros.params import ParamSpec, declare_checked, reject_unknown, spec_from_dataclass
 
 
 class CameraNode(Node):
+    # defaults from RealSenseConfig (posevla.perception.realsense), the one place they are written
     PARAMS: ParamSpec = {
         "camera_name": ("head", "head | left_wrist | right_wrist (topic prefix and frame id)",
                         ("head", "left_wrist", "right_wrist")),
-        "serial": ("", "RealSense serial number, a string (empty: any one camera; see `posevla doctor`)", None),
-        "width": (640, "color/depth width (pixels)", (64, 1920)),
-        "height": (480, "color/depth height (pixels)", (48, 1080)),
-        "fps": (30, "frame rate (Hz)", (5, 90)),
-        "playback_file": ("", "play a recording (.db3/.bag) instead of a live camera", None),
-        "inter_cam_sync_mode": (0, "hardware sync: 0 default, 1 master, 2 slave", (0, 2)),
+        **spec_from_dataclass(RealSenseConfig, {
+            "serial": ("RealSense serial number, a string (empty: any one camera; see `posevla doctor`)", None),
+            "width": ("color/depth width (pixels)", (64, 1920)),
+            "height": ("color/depth height (pixels)", (48, 1080)),
+            "fps": ("frame rate (Hz)", (5, 90)),
+            "playback_file": ("play a recording (.db3/.bag) instead of a live camera", None),
+            "inter_cam_sync_mode": ("hardware sync: 0 default, 1 master, 2 slave", (0, 2)),
+        }),
     }
 
     def __init__(self) -> None:

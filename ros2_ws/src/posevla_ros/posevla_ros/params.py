@@ -84,24 +84,32 @@ def declare_checked(node: Node, specs: ParamSpec, dynamic: Sequence[str] | None 
     return values
 
 
-def spec_from_dataclass(cls: type, names: Sequence[str] | None = None, **defaults: Any) -> ParamSpec:
-    """A ParamSpec from a config dataclass: default from the field, description and range (or choices) from
-    `field(metadata={"description": ..., "range": (lo, hi) | (choice, ...)})`; `defaults` replace field defaults."""
+def spec_from_dataclass(cls: type, table: dict[str, tuple[str, Any]] | None = None,
+                        names: Sequence[str] | None = None, **defaults: Any) -> ParamSpec:
+    """A ParamSpec whose defaults come from a config dataclass (the one place they are written).
+
+    Description and range (or choices) per field: from `table` (name -> (description, constraint)) when given,
+    else from `field(metadata={"description": ..., "range": ...})`. Fields: those in `table`, or `names`, or all.
+    `defaults` replace field defaults; tuples become lists (ROS array parameters)."""
     out: ParamSpec = {}
-    for f in dataclasses.fields(cls):
-        if names is not None and f.name not in names:
-            continue
-        if f.name in defaults:
-            default = defaults[f.name]
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    wanted = list(table) if table else list(names) if names is not None else list(by_name)
+    for name in wanted:
+        if name not in by_name:
+            raise ValueError(f"{cls.__name__} has no field {name!r}")
+        f = by_name[name]
+        if name in defaults:
+            default = defaults[name]
         elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
-            raise ValueError(f"{cls.__name__}.{f.name} has no default; pass it to spec_from_dataclass")
+            raise ValueError(f"{cls.__name__}.{name} has no default; pass it to spec_from_dataclass")
         if isinstance(default, tuple):
             default = list(default)
-        out[f.name] = (default, f.metadata.get("description", f.name), f.metadata.get("range"))
+        description, constraint = (table or {}).get(name, (f.metadata.get("description", name), f.metadata.get("range")))
+        out[name] = (default, description, constraint)
     return out
 
 

@@ -33,7 +33,7 @@ from posevla.dataset.recorder import Recorder, RecorderConfig, Refusal
 from posevla.paths import calibration_dir
 from posevla_ros.msg_conv import msg_to_image, msg_to_intrinsics, ns_to_time, pose_to_T, time_to_ns
 from posevla_ros.node_main import spin_node
-from posevla_ros.params import ParamSpec, declare_checked, reject_unknown
+from posevla_ros.params import ParamSpec, declare_checked, reject_unknown, spec_from_dataclass
 
 ARMS = ("left", "right")
 LOCK_NAME = ".recorder.lock"
@@ -83,21 +83,22 @@ class RecorderNode(Node):
         "root": ("data", "dataset root folder", None),
         "task": ("task", "task name (one folder per task: <root>/<task>)", None),
         "instruction": ("", "language instruction stored with every episode (required)", None),
-        "operator": ("", "operator name", None),
-        "cameras": (["head", "left_wrist", "right_wrist"], "cameras to record", None),
-        "fps": (30.0, "recording rate (Hz)", (1.0, 120.0)),
-        "stream_timeout_s": (0.5, "stop the episode when a stream is silent this long (s)", (0.05, 10.0)),
-        "target_episodes": (100, "episodes wanted for this task", (1, 100000)),
-        "reset_period_s": (5.0, "pause between episodes (s)", (0.0, 600.0)),
+        # defaults from RecorderConfig (posevla.dataset.recorder), the one place they are written
+        **spec_from_dataclass(RecorderConfig, {
+            "operator": ("operator name", None),
+            "cameras": ("cameras to record", None),
+            "fps": ("recording rate (Hz)", (1.0, 120.0)),
+            "stream_timeout_s": ("stop the episode when a stream is silent this long (s)", (0.05, 10.0)),
+            "target_episodes": ("episodes wanted for this task", (1, 100000)),
+            "reset_period_s": ("pause between episodes (s)", (0.0, 600.0)),
+            "require_action": ("the command stream /xtrainer/servo_joint_command must be alive", None),
+        }),
         "calibration_dir": ("", "calibration files copied into each episode (default: the installed calibration/)", None),
-        "require_action": (True, "the command stream /xtrainer/servo_joint_command must be alive", None),
         "start_stop_buttons": ([0, 8], "button indices on /teleop/buttons that start / stop-and-save", None),
         "discard_buttons": ([1, 9], "button indices that discard the current episode", None),
         "mark_failure_buttons": ([2, 10], "button indices that mark the last episode failed", None),
         "rerecord_buttons": ([3, 11], "button indices that move the last episode aside and record again", None),
         "sound_cues": (True, "play a tone on start, save and error", None),
-        "storage": ("video", "episode storage: video (H.264 colour, lossless FFV1 depth) or jpeg (ALOHA-style)",
-                    ("video", "jpeg")),
     }
 
     def __init__(self) -> None:
@@ -119,7 +120,7 @@ class RecorderNode(Node):
         self.rec = Recorder(RecorderConfig(Path(p["root"]), p["task"], p["instruction"], tuple(p["cameras"]),
                                            p["operator"], p["fps"], p["stream_timeout_s"], p["target_episodes"],
                                            p["reset_period_s"], calib_files,
-                                           require_action=p["require_action"], storage=p["storage"]))
+                                           require_action=p["require_action"]))
         for path in self.rec.incomplete_on_start:
             self.get_logger().warning(f"incomplete episode from an earlier run kept aside: {path}")
         for cam in self.rec.cfg.cameras:

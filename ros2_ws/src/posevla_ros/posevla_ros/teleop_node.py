@@ -24,7 +24,7 @@ from posevla.teleop.gello import LeaderArm, LeaderConfig, LeaderReadError, Leade
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import ns_to_time
 from posevla_ros.node_main import spin_node
-from posevla_ros.params import ParamSpec, declare_checked, reject_unknown
+from posevla_ros.params import ParamSpec, declare_checked, reject_unknown, spec_from_dataclass
 
 BUTTONS_PER_ARM = 8
 
@@ -36,10 +36,13 @@ class TeleopNode(Node):
         "right_port": ("", "override the right leader's serial port", None),
         "arms": (["left", "right"], "arms to teleoperate", None),
         "rate_hz": (50.0, "teleoperation rate (Hz)", (5.0, 500.0)),
-        "align_speed": (0.3, "follower joint speed while moving to the leader pose (rad/s)", (0.01, 2.0)),
-        "max_speed": (2.0, "follower joint speed limit while mirroring (rad/s)", (0.1, 6.0)),
-        "max_leader_jump": (0.35, "a larger leader change between two readings freezes (rad)", (0.01, 3.0)),
-        "leader_timeout_s": (0.2, "a leader silent this long freezes the followers (s)", (0.01, 5.0)),
+        # defaults from TeleopLimits (posevla.teleop.controller), the one place they are written
+        **spec_from_dataclass(TeleopLimits, {
+            "align_speed": ("follower joint speed while moving to the leader pose (rad/s)", (0.01, 2.0)),
+            "max_speed": ("follower joint speed limit while mirroring (rad/s)", (0.1, 6.0)),
+            "max_leader_jump": ("a larger leader change between two readings freezes (rad)", (0.01, 3.0)),
+            "leader_timeout_s": ("a leader silent this long freezes the followers (s)", (0.01, 5.0)),
+        }),
     }
 
     def __init__(self) -> None:
