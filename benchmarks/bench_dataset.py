@@ -13,6 +13,7 @@ Writes runs/bench/dataset.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import tempfile
 import time
@@ -37,18 +38,21 @@ def record(root: Path, storage: str, codec: ColourCodec, seconds: float, fps: fl
     gens = {c: SyntheticRGBD(c, cfg, seed=i) for i, c in enumerate(CAMS)}
     n = int(round(seconds * fps))
     streams = {c: g.frames(n, unique=unique) for c, g in gens.items()}
+    calib = {f.name: {"sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "yaml": f.read_text()}
+             for f in sorted((REPO / "calibration").glob("*.yaml"))}  # so the training dataset can use the episode
     w = EpisodeWriter(root, f"bench_{storage}_{codec.preset}_{codec.crf}_{codec.gop}_{depth_codec}",
-                      {"instruction": "bench", "fps": fps}, {c: g.intrinsics for c, g in gens.items()},
+                      {"instruction": "bench", "fps": fps, "calibration": calib}, {c: g.intrinsics for c, g in gens.items()},
                       min_free_bytes=256 * 1024 * 1024, storage=storage, colour_codec=codec, depth_codec=depth_codec)
     kept: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    state = RobotState({a: ArmState(se3.T_from_xyz_rpy([0.4, 0.3, 0.2], [3.1, 0, 0]), np.zeros(6), 0.5, 0)
-                        for a in ("left", "right")}, 0)
     t0 = time.perf_counter()
     for k in range(n):
         frames = {c: next(s) for c, s in streams.items()}
         if k % keep_every == 0:
             kept[k] = frames
         stamp = 1_700_000_000_000_000_000 + int(k * 1e9 / fps)
+        state = RobotState({a: ArmState(se3.T_from_xyz_rpy([0.4, 0.3 * (1 if a == "left" else -1), 0.2 + 0.001 * k],
+                                                           [3.1, 0, 0]), np.zeros(6), 0.5, stamp) for a in ("left", "right")},
+                           stamp)
         rec = FrameRecord(stamp, {c: f[0] for c, f in frames.items()}, {c: f[1] for c, f in frames.items()},
                           {c: stamp for c in CAMS}, state, np.zeros(14))
         while w.backlog >= 48:  # measure the encoder, not the queue: wait for room
@@ -89,8 +93,28 @@ def loader_rate(path: str, samples: int, seed: int = 0) -> dict:
             ep.frame(int(i))
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         decoded = sum(d.frames_decoded for d in ep._colour.values())
-    return {"samples_per_s": samples / dt, "ms_per_sample": 1e3 * dt / samples, "cpu_ms_per_sample": 1e3 * cpu / samples,
-            "colour_frames_decoded_per_sample": decoded / (samples + 1) / len(CAMS) if decoded else 1.0}
+    out = {"samples_per_s": samples / dt, "ms_per_sample": 1e3 * dt / samples, "cpu_ms_per_sample": 1e3 * cpu / samples,
+           "colour_frames_decoded_per_sample": decoded / (samples + 1) / len(CAMS) if decoded else 1.0}
+    try:  # the trainer's dataset (observation builder, targets) on the same episode, tiny model config
+        import yaml
+
+        from posevla.model.config import PoseVLAConfig
+        from posevla.training.episode_dataset import EpisodeChunkDataset
+
+        cfg = PoseVLAConfig.from_dict(yaml.safe_load((REPO / "models" / "tiny.yaml").read_text()))
+        data = EpisodeChunkDataset([path], cfg)
+        idx = np.random.default_rng(seed + 1).integers(0, len(data), samples)
+        data[int(idx[0])]
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in idx:
+            data[int(i)]
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        data.close()
+        out.update(train_samples_per_s=samples / dt, train_cpu_ms_per_sample=1e3 * cpu / samples,
+                   train_views=list(cfg.views))
+    except Exception as exc:  # noqa: BLE001 - the trainer is optional here; say why it was skipped
+        out["train_error"] = f"{type(exc).__name__}: {exc}"
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,18 +152,24 @@ def main(argv: list[str] | None = None) -> None:
           f"(measured on {args.seconds:.0f} s)")
     print(f"{'format':28s} {'MB/30s':>7s} {'colour':>7s} {'depth':>7s} {'smaller':>7s} {'PSNR dB (min)':>14s} "
           f"{'depth exact':>11s} {'enc CPU ms/set':>14s} {'cores@' + str(int(args.fps)) + 'Hz':>9s} {'wall/period':>11s} "
-          f"{'loader samples/s':>16s} {'CPU ms/sample':>13s}")
+          f"{'loader samples/s':>16s} {'CPU ms/sample':>13s} {'train samples/s':>15s} {'CPU ms':>7s}")
     for r in rows:
         name = ("jpeg q90 + deflate (today)" if r["storage"] == "jpeg" else
                 f"h264 {r['preset'][:5]} crf{r['crf']} gop{r['gop']}+{r['depth_codec']}")
         print(f"{name:28s} {r['mb_per_30s']:7.1f} {r['colour_mb_per_30s']:7.1f} {r['depth_mb_per_30s']:7.1f} "
               f"{old['mb_per_30s'] / r['mb_per_30s']:6.2f}x {r['psnr_db_mean']:6.2f} ({r['psnr_db_min']:5.2f}) "
               f"{str(r['depth_bit_exact']):>11s} {r['encode_cpu_ms_per_frame_set']:14.1f} {r['cores_needed']:9.2f} "
-              f"{r['headroom']:11.2f} {r['loader']['samples_per_s']:16.1f} {r['loader']['cpu_ms_per_sample']:13.1f}")
+              f"{r['headroom']:11.2f} {r['loader']['samples_per_s']:16.1f} {r['loader']['cpu_ms_per_sample']:13.1f} "
+              f"{r['loader'].get('train_samples_per_s', float('nan')):15.1f} "
+              f"{r['loader'].get('train_cpu_ms_per_sample', float('nan')):7.1f}")
     print(f"enc CPU = encoder thread time per frame set (3 cameras), load-independent; cores@{args.fps:.0f}Hz = CPU "
           f"per set x rate (this machine has 2, shared); wall/period = writer wall time per set / {period_ms:.1f} ms "
           "(< 1 keeps up, inflated when the box is busy). loader = EpisodeReader.frame at random indices (3 cameras "
-          "colour + depth, one process).")
+          "colour + depth, one process); train = EpisodeChunkDataset[i] (models/tiny.yaml views, observation "
+          "builder and targets), one process.")
+    for r in rows:
+        if "train_error" in r["loader"]:
+            print(f"training dataset skipped for {r['storage']}: {r['loader']['train_error']}")
     out = REPO / "runs" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "dataset.json").write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
