@@ -101,6 +101,11 @@ def test_kill_9_mid_episode_keeps_earlier_episodes_and_flags_the_partial_one(tmp
     assert F.next_index(task) == 3  # numbering continues after the crashed one
     out = subprocess.run([sys.executable, "-m", "posevla.cli", "dataset", "check", str(task)], capture_output=True, text=True)
     assert out.returncode == 0 and "incomplete episode" in out.stdout and "2 episodes checked, 0 with problems" in out.stdout
+    for p in done:  # the default storage is video: the crash happened inside H.264/FFV1 encoding
+        with EpisodeReader(p) as ep:
+            assert ep.storage == "video" and ep.num_frames == 8
+    info = subprocess.run([sys.executable, "-m", "posevla.cli", "dataset", "info", str(task)], capture_output=True, text=True)
+    assert info.returncode == 0 and info.stdout.splitlines()[-1] == "2 episodes, 0 unreadable, 1 incomplete, 0 discarded"
 
 
 def test_full_disk_is_refused_before_recording(tmp_path: Path) -> None:
