@@ -7,10 +7,8 @@ so the normalised actions (|a| ~ 1-4) agree to ATOL = 1e-4 (measured ~5e-7).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,14 +163,23 @@ def test_engine_errors(policy):
             make_engine(policy, "onnxruntime", provider="quantum")
 
 
-def test_infer_check_script_runs_on_cpu(tmp_path):
-    """scripts/gpu/infer_check.py end to end on the tiny config: the table, parity and the JSON in $OUT."""
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, str(REPO / "scripts" / "gpu" / "infer_check.py"), "--device", "cpu", "--config", str(TINY),
-           "--iters", "2", "--engines", "torch,torch_recompute,transformers_pi0,torch_graphs"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "parity vs eager" in proc.stdout and "torch_graphs" in proc.stdout
+def _infer_check():
+    spec = importlib.util.spec_from_file_location("infer_check", REPO / "scripts" / "gpu" / "infer_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_infer_check_script_runs_on_cpu(tmp_path, monkeypatch, capsys):
+    """scripts/gpu/infer_check.py end to end on the tiny config (in-process: torch is already imported): the
+    table, parity and the JSON in $OUT."""
+    monkeypatch.setenv("OUT", str(tmp_path))
+    script = _infer_check()
+    code = script.main(["--device", "cpu", "--config", str(TINY), "--iters", "2",
+                        "--engines", "torch,torch_recompute,transformers_pi0,torch_graphs"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "parity vs eager" in out and "torch_graphs" in out
     data = json.loads((tmp_path / "infer_check.json").read_text())
     rows = {r["name"]: r for r in data["rows"]}
     assert set(rows) == {"torch", "torch_recompute", "transformers_pi0", "torch_graphs"}
@@ -182,9 +189,14 @@ def test_infer_check_script_runs_on_cpu(tmp_path):
     assert data["meta"]["parity_ok"] is True
     assert sum(data["histograms"]["torch_graphs (3 view(s))"]["counts"]) == 2
     # bad input: one line naming the flag, exit code 2, no traceback
-    bad = subprocess.run([sys.executable, cmd[1], "--device", "cpu", "--config", str(tmp_path / "nope.yaml")],
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--config" in bad.stderr and "Traceback" not in bad.stderr
+    assert script.main(["--device", "cpu", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert script.main(["--device", "cpu", "--config", str(TINY), "--engines", "tensorflow"]) == 2
+    err = capsys.readouterr().err
+    assert "--config" in err and "--engines" in err and "Traceback" not in err
+    # --help works without running anything
+    with pytest.raises(SystemExit) as done:
+        script.main(["--help"])
+    assert done.value.code == 0 and "--budget-s" in capsys.readouterr().out
 
 
 def _start_policy_node(rclpy, ckpt: Path, engine: str):

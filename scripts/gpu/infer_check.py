@@ -9,7 +9,7 @@ Random weights, bf16 on CUDA (fp32 on CPU), the config's flow steps (10). Rows: 
 (anchor), torch_graphs (static KV cache + CUDA graphs), torch_graphs with a torch.compile'd prefix, onnxruntime
 (needs onnx + onnxruntime with the CUDA provider; otherwise the row says why it was skipped). Slow-to-build
 rows are skipped rather than overrunning --budget-s. Prints the table, the parity of every engine against
-eager, and the goals (graph path p50 < 30 ms and peak < 8 GB on the GPU); writes $OUT/infer_check.json (or
+eager (on CUDA also with the model cast to fp32 and TF32 off, the last step), and the goals (graph path p50 < 30 ms and peak < 8 GB on the GPU); writes $OUT/infer_check.json (or
 --out) with every sample and the histograms, and infer_check.png when matplotlib is installed.
 Needs only torch, transformers, numpy, pyyaml, safetensors (+ onnxruntime, onnx, matplotlib if present).
 """
@@ -46,6 +46,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd-prefix row")
     p.add_argument("--budget-s", type=float, default=270.0, help="wall-clock budget; slow rows are skipped to fit")
     p.add_argument("--out", default=None, help="output folder (default $OUT, else runs/bench)")
+    p.add_argument("--no-fp32-parity", action="store_true",
+                   help="skip the final fp32 parity check (the model cast to fp32, torch_graphs vs eager)")
     return p.parse_args(argv)
 
 
@@ -111,6 +113,17 @@ def main(argv: list[str] | None = None) -> int:
             ok = r.max_abs_diff <= tol
             parity_ok &= ok
             print(f"  {r.name:<24} {r.views} view(s): {r.max_abs_diff:.2e} {'ok' if ok else 'OVER TOLERANCE'}")
+    fp32 = {}
+    if not args.no_fp32_parity and device.type == "cuda":
+        if time.perf_counter() - t0 < args.budget_s - 20:
+            fp32 = table.fp32_parity(policy, max(views))
+            for name, diff in fp32.items():
+                ok = diff <= TOL["cpu"] * 10
+                parity_ok &= ok
+                print(f"  {name:<24} {max(views)} view(s), model in fp32 (TF32 off): {diff:.2e} "
+                      f"{'ok' if ok else 'OVER TOLERANCE'} (tolerance {TOL['cpu'] * 10:g})")
+        else:
+            print("  fp32 parity skipped: budget spent")
     goals = {}
     for r in rows:
         if r.name == "torch_graphs" and r.p50_ms is not None and device.type == "cuda":
@@ -121,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"goal torch_graphs {text}: {'met' if ok else 'MISSED'}")
     out_dir = Path(args.out or os.environ.get("OUT") or REPO / "runs" / "bench")
     meta = {"config": str(config), "device": str(device), "describe": table.describe(policy), "views": list(views),
-            "iters": args.iters, "tolerance": tol, "parity_ok": parity_ok, "goals": goals,
+            "iters": args.iters, "tolerance": tol, "parity_ok": parity_ok, "goals": goals, "fp32_parity": fp32,
             "wall_s": time.perf_counter() - t0,
             "title": f"Pose-VLA chunk latency, {config.stem}, {table.describe(policy).split('= ')[-1].split(',')[0]}"}
     for path in table.save(rows, meta, out_dir / "infer_check.json", out_dir, "infer_check"):

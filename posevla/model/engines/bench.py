@@ -260,3 +260,26 @@ def describe(policy) -> str:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     return (f"{n / 1e6:.1f} M parameters, {policy.dtype}, image {cfg.image_size} px, {cfg.tokens_per_view} tokens/view, "
             f"chunk {cfg.chunk_length}, {cfg.flow_steps} flow steps, device {dev} = {name}, torch {torch.__version__}")
+
+
+def fp32_parity(policy, views: int = 3, engines: tuple[str, ...] = ("torch_graphs",)) -> dict[str, float]:
+    """Cast the policy to fp32 IN PLACE (TF32 off) and return max |engine - eager| of the normalised actions for one
+    noise: the graph path's numerics at full size on the device, without bf16 rounding hiding or causing a gap.
+    Call it last: the policy stays fp32 afterwards."""
+    if policy.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    policy.model.float()
+    policy.dtype = torch.float32
+    arrays = policy.batcher.observation_arrays([observation(policy, views)])
+    noise = torch.randn((1, policy.config.chunk_length, policy.config.action_dim),
+                        generator=torch.Generator().manual_seed(0))
+    ref = make_engine(policy, "torch").sample(arrays, noise)
+    out = {}
+    for name in engines:
+        engine = make_engine(policy, name)
+        try:
+            out[name] = float(np.abs(engine.sample(arrays, noise) - ref).max())
+        finally:
+            engine.close()
+    return out
