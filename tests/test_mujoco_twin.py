@@ -192,3 +192,22 @@ def test_mjcf_is_valid_xml_and_loads():
     assert spec.kins["left"].fk(np.zeros(6)).shape == (4, 4)
     model = mujoco.MjModel.from_xml_string(build_mjcf(spec))
     assert model.nu == 8  # 6 joints + 2 fingers
+
+
+def test_scripted_paths_respect_the_driver_speed_limit(spec):
+    """The scripted leader's paths stay under the robot YAML's max_linear_speed, so the driver never refuses them
+    for speed, and the way back ends exactly at home."""
+    from posevla.robot.driver import XTrainerConfig
+    from posevla.sim.task import scripted_return
+
+    limit = XTrainerConfig.from_yaml(REPO / "config" / "xtrainer_sim_robot.yaml").safety.max_linear_speed
+    T_ab, kin = spec.T_base_armbase["left"], spec.kins["left"]
+    for seed in train_seeds(2):
+        pick = scripted_pick(PickLiftTask().sample(seed), T_ab, kin)
+        back = scripted_return(pick.q[-1], T_ab, kin)
+        for path in (pick, back):
+            xyz = np.array([(T_ab @ kin.fk(q))[:3, 3] for q in path.q])
+            speed = np.linalg.norm(np.diff(xyz, axis=0), axis=1) / path.dt
+            assert speed.max() < 0.8 * limit, (seed, speed.max())
+        assert np.allclose(back.q[-1], kin.home()) and back.gripper[-1] == 1.0
+        assert pick.gripper[0] == 1.0 and pick.gripper[-1] == 0.0

@@ -101,8 +101,9 @@ def _mujoco_graph(setup: str, checkpoint: str, instruction: str, task: str, lead
     nodes += [n for n in base if n.executable not in ("xtrainer_sim", "replay_node")
               and not (n.executable == "teleop_node" and not leader_dir)]
     for n in nodes:
-        if n.name == "recorder":  # sample at the twin's camera rate (config/mujoco_sim.yaml), no sound
-            n.parameters.update(fps=10.0, sound_cues=False)
+        if n.name == "recorder":  # sample at the twin's camera rate (config/mujoco_sim.yaml), no sound; a rendered
+            # camera on a busy machine may pause longer than a RealSense would before the episode is stopped
+            n.parameters.update(fps=10.0, sound_cues=False, stream_timeout_s=2.0)
         if "xtrainer_sim.yaml" in n.param_files:  # that file also holds the lag model's parameter
             n.param_files.remove("xtrainer_sim.yaml")
             n.parameters["robot_config"] = "xtrainer_sim_robot.yaml"
