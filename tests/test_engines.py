@@ -24,9 +24,17 @@ TINY = REPO / "models" / "tiny.yaml"
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def policy() -> PoseVLAPolicy:
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread in this module (robust on a loaded machine); the suite's setting is restored after."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def policy(one_thread) -> PoseVLAPolicy:
     pol = PoseVLAPolicy.from_config(TINY, seed=3, device="cpu")
     # geometry's output projections start at zero; give them weights so the modalities change the answer
     gen = torch.Generator().manual_seed(7)
@@ -240,3 +248,22 @@ def test_policy_node_engine_and_stage_timings(policy, tmp_path):
         rclpy.shutdown()
     with pytest.raises(ValueError, match="engine"):
         _start_policy_node(rclpy, ckpt, "tensorrt")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CUDA-graph capture and replay)")
+def test_cuda_graphs_match_eager_on_gpu():
+    """Capture once, then replay with other inputs: every replay matches eager (fp32, TF32 off)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    pol = PoseVLAPolicy.from_config(TINY, seed=3, device="cuda")
+    pol.model.float()
+    pol.dtype = torch.float32
+    eager_e, graphs_e = make_engine(pol, "torch"), make_engine(pol, "torch_graphs")
+    assert graphs_e.cuda_graphs
+    for seed, instruction, modalities in ((1, "pick up the red cube", "full"), (2, "stack the cups", "rgb"),
+                                          (3, "pick up the red cube", "rgb+depth")):
+        _, arrays = _arrays(pol, None, instruction)
+        noise = eager_e.noise(seed)
+        np.testing.assert_allclose(graphs_e.sample(arrays, noise, modalities), eager_e.sample(arrays, noise, modalities),
+                                   rtol=0, atol=1e-3)
+    assert len(graphs_e._graphs) >= 1
