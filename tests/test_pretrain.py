@@ -72,7 +72,7 @@ def test_iou_matches_monte_carlo_for_general_orientations() -> None:
         b = box(rng.uniform(-0.05, 0.05, 3) + [0, 0, 1], rng.uniform(0.1, 0.3, 3), rng.uniform(-np.pi, np.pi, 3))
         p = rng.uniform(-0.4, 0.4, (400_000, 3)) + [0, 0, 1]
 
-        def inside(bx: Box3D) -> np.ndarray:
+        def inside(bx: Box3D, p: np.ndarray = p) -> np.ndarray:
             local = se3.transform_points(se3.invert_T(bx.T_cam_obj), p)
             return np.all(np.abs(local) <= bx.size_xyz / 2, axis=1)
 

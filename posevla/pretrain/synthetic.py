@@ -123,22 +123,33 @@ def _render(T_cam_table: np.ndarray, boxes: list[tuple[Box3D, tuple[int, int, in
 
 
 def make_scene(rng: np.random.Generator, intr: CameraIntrinsics | None = None,
-               models: tuple[BoxModel, ...] = MODELS, max_objects: int = 3) -> Scene:
-    """One random scene: camera 0.45-0.75 m from the table centre, 1..max_objects boxes (no overlaps)."""
+               models: tuple[BoxModel, ...] = MODELS, max_objects: int = 3, fixed_camera: bool = False,
+               grid: int = 0) -> Scene:
+    """One random scene: 1..max_objects boxes (no overlaps); the camera 0.45-0.75 m from the table centre at
+    45-70 deg elevation, or, with fixed_camera, always 0.6 m away at 60 deg (a head camera over a table).
+    Boxes stand anywhere within +-0.16 m with yaw in +-45 deg, or, with grid = n > 0, on the cells of an n x n
+    lattice over +-0.12 m with yaw 0 (a controlled layout for quick learning checks)."""
     intr = intr or default_intrinsics()
-    dist = rng.uniform(0.45, 0.75)
-    elev = np.deg2rad(rng.uniform(45.0, 70.0))
-    azim = np.deg2rad(rng.uniform(-30.0, 30.0))
+    if fixed_camera:
+        dist, elev, azim, target = 0.6, np.deg2rad(60.0), 0.0, np.zeros(3)
+    else:
+        dist = rng.uniform(0.45, 0.75)
+        elev = np.deg2rad(rng.uniform(45.0, 70.0))
+        azim = np.deg2rad(rng.uniform(-30.0, 30.0))
+        target = np.r_[rng.uniform(-0.03, 0.03, 2), 0.0]
     eye = dist * np.array([np.cos(elev) * np.sin(azim), -np.cos(elev) * np.cos(azim), np.sin(elev)])
-    target = np.r_[rng.uniform(-0.03, 0.03, 2), 0.0]
     T_cam_table = se3.invert_T(look_at(eye, target))
     placed: list[tuple[BoxModel, np.ndarray]] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         model = models[int(rng.integers(len(models)))]
         for _try in range(20):
-            xy = rng.uniform(-0.16, 0.16, 2)
-            if all(np.linalg.norm(xy - T[:2, 3]) > 0.13 for _, T in placed):
-                yaw = rng.uniform(-np.pi / 4, np.pi / 4)
+            if grid > 0:
+                cells = np.linspace(-0.12, 0.12, grid) if grid > 1 else np.zeros(1)
+                xy = cells[rng.integers(grid, size=2)]
+            else:
+                xy = rng.uniform(-0.16, 0.16, 2)
+            if all(np.linalg.norm(xy - T[:2, 3]) > 0.11 for _, T in placed):
+                yaw = 0.0 if grid > 0 else rng.uniform(-np.pi / 4, np.pi / 4)
                 T_table_obj = se3.T_from_xyz_rpy(np.r_[xy, model.size_xyz[2] / 2], np.array([0.0, 0.0, yaw]))
                 placed.append((model, T_table_obj))
                 break
@@ -167,7 +178,8 @@ def _projected_box(box: Box3D, intr: CameraIntrinsics) -> list[float]:
 
 
 def write_dataset(out: str | Path, num_images: int, split: str = "train", seed: int = 0,
-                  intr: CameraIntrinsics | None = None, max_objects: int = 3) -> dict:
+                  intr: CameraIntrinsics | None = None, max_objects: int = 3, fixed_camera: bool = False,
+                  grid: int = 0) -> dict:
     """Generate `num_images` scenes and write them in both layouts. Returns paths and the ground truth."""
     out = Path(out)
     rng = np.random.default_rng(seed)
@@ -177,7 +189,7 @@ def write_dataset(out: str | Path, num_images: int, split: str = "train", seed: 
     ann_id = 0
     bop_scenes: dict[int, dict[str, dict]] = {}
     for i in range(num_images):
-        scene = make_scene(rng, intr, max_objects=max_objects)
+        scene = make_scene(rng, intr, max_objects=max_objects, fixed_camera=fixed_camera, grid=grid)
         rel = f"images/synthetic/{split}/{i:06d}.png"
         _write_png(o3d_root / rel, scene.rgb)
         depth_mm = np.round(scene.depth_m * 1000.0).clip(0, 65535).astype(np.uint16)
@@ -245,12 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=160, help="image width in pixels")
     p.add_argument("--height", type=int, default=120, help="image height in pixels")
     p.add_argument("--max-objects", type=int, default=3, help="boxes per image: 1..max")
+    p.add_argument("--fixed-camera", action="store_true", help="one camera pose for every image (else random)")
+    p.add_argument("--grid", type=int, default=0, help="n > 0: boxes on an n x n lattice, yaw 0 (else anywhere)")
     args = p.parse_args(argv)
-    if args.images < 1 or args.width < 16 or args.height < 16 or args.max_objects < 1:
-        print("posevla synthetic: --images and --max-objects must be >= 1, --width/--height >= 16", file=sys.stderr)
+    if args.images < 1 or args.width < 16 or args.height < 16 or args.max_objects < 1 or args.grid < 0:
+        print("posevla synthetic: --images and --max-objects must be >= 1, --grid >= 0, --width/--height >= 16", file=sys.stderr)
         return 2
     info = write_dataset(args.out, args.images, args.split, args.seed, default_intrinsics(args.width, args.height),
-                         args.max_objects)
+                         args.max_objects, args.fixed_camera, args.grid)
     print(f"wrote {args.images} images: {info['omni3d_json']} and {info['bop_root']}/{args.split}")
     return 0
 

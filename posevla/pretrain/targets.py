@@ -23,14 +23,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from posevla.geometry import se3
 from posevla.model.batching import TrainingSample
 from posevla.model.config import PoseVLAConfig
-from posevla.model.pose_sequence import (SEPARATOR, PoseParseError, PoseTrajectory, PoseTuple, encode_trajectory,
-                                         encode_tuples, parse_trajectory)
+from posevla.model.pose_sequence import (
+    SEPARATOR,
+    PoseParseError,
+    PoseTrajectory,
+    PoseTuple,
+    encode_trajectory,
+    encode_tuples,
+    parse_trajectory,
+)
 from posevla.model.pose_tokens import PoseTokenizer
 from posevla.pretrain.boxes import Box3D
-from posevla.pretrain.records import AnnotatedImage, Object3D, model_pixel, normalised_centre, object_centre_pixel
+from posevla.pretrain.records import (
+    AnnotatedImage,
+    Object3D,
+    model_pixel,
+    normalised_centre,
+    object_centre_pixel,
+)
 from posevla.types import ArmState, ModelView, Observation, RobotState
 
 NO_OBJECT = "no object"
@@ -118,7 +130,3 @@ def parse_trajectory_answer(text: str, tok: PoseTokenizer) -> dict[str, np.ndarr
     if not out:
         raise PoseParseError("empty trajectory answer", 0)
     return out
-
-
-def rigid(T: np.ndarray) -> bool:
-    return se3.is_rigid(T, 1e-5)

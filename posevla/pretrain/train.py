@@ -85,8 +85,8 @@ def _dist() -> tuple[int, int, int]:
 
 def make_policy(args: argparse.Namespace, device: str):
     """The model to pre-train, in float32 (autocast gives bf16 on CUDA), with the pose bins to train with."""
-    from posevla.model.pose_tokens import PoseTokenizer
     from posevla.model.policy import PoseVLAPolicy
+    from posevla.model.pose_tokens import PoseTokenizer
 
     if args.init is not None:
         if args.bins is not None:

@@ -100,10 +100,12 @@ class EpisodeTrajectories:
     def translations(self, max_samples: int = 2000, seed: int = 0) -> np.ndarray:
         """(N, 3) camera-frame TCP positions of a sample of targets (for fitting bins), no image decoded."""
         rng = np.random.default_rng(seed)
-        out = []
+        out, stamps = [], {}
         for i in rng.permutation(len(self.index))[:max_samples]:
             e, t, camera = self.index[int(i)]
-            stamp = int(self._reader(e).camera_stamps(camera)[t])
+            if (e, camera) not in stamps:
+                stamps[e, camera] = self._reader(e).camera_stamps(camera)
+            stamp = int(stamps[e, camera][t])
             for T in self.future_poses(e, camera, stamp).values():
                 out.append(T[:, :3, 3])
         return np.concatenate(out) if out else np.zeros((0, 3))
