@@ -43,10 +43,10 @@ class Probe:
     def __init__(self, ctx) -> None:
         self.node = rclpy.create_node("execution_probe", context=ctx)
         self.tcp: dict[str, np.ndarray] = {}
-        self.commands: list[float] = []
+        self.commands: list[float] = []  # when each servo command was *sent* (its header stamp, wall clock, s)
         self.node.create_subscription(PoseStamped, "/left_arm/tcp_pose", lambda m: self.tcp.__setitem__("left", pose_to_T(m.pose)), 10)
         self.node.create_subscription(MultiDOFJointTrajectory, "/xtrainer/servo_command",
-                                      lambda m: self.commands.append(time.monotonic()), 50)
+                                      lambda m: self.commands.append(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9), 50)
         self.pub = self.node.create_publisher(MultiDOFJointTrajectory, "/policy/chunk", 10)
         # the operator's e-stop publisher exists all along (as a real e-stop button node would), so the
         # measurement below is the reaction time, not DDS discovery of a new publisher
@@ -82,10 +82,13 @@ def test_head_frame_chunk_ends_at_expected_base_pose_then_watchdog_and_estop(gra
         probe.pub.publish(chunk_to_msg(chunk))
         probe.spin(0.1)
     T = probe.tcp["left"]
+    logs = "\n".join(f"{n}: {line.rstrip()}" for n, tail in graph.tail.items() for line in list(tail)[-15:])
+    if np.linalg.norm(T[:3, 3] - T_goal[:3, 3]) >= 1e-3:
+        print(logs)
     assert np.linalg.norm(T[:3, 3] - T_goal[:3, 3]) < 1e-3, np.linalg.norm(T[:3, 3] - T_goal[:3, 3])
     assert np.rad2deg(se3.rotation_angle(T[:3, :3].T @ T_goal[:3, :3])) < 0.5
     # the chunk source stops: commands stop within one watchdog period (0.3 s) + one control period
-    t_stop = time.monotonic()
+    t_stop = time.time()
     probe.spin(1.0)
     last = max(probe.commands)
     assert last - t_stop < 0.3 + 0.02 + 0.05, last - t_stop
@@ -98,15 +101,17 @@ def test_head_frame_chunk_ends_at_expected_base_pose_then_watchdog_and_estop(gra
         probe.spin(0.05)
     n_before = len(probe.commands)
     assert n_before > 0
-    t_trigger = time.monotonic()
+    t_trigger = time.time()
     probe.estop.publish(Bool(data=True))  # the operator's e-stop: latched, reaches the executor and the driver
     for _ in range(10):
         now = probe.node.get_clock().now().nanoseconds
         probe.pub.publish(chunk_to_msg(ActionChunk("head_camera_color_optical_frame", now, 0.04,
                                                    {"left": ArmChunk(np.tile(T_head_goal, (20, 1, 1)), np.full(20, 0.5))})))
         probe.spin(0.05)
-    after = [t for t in probe.commands if t > t_trigger + 0.02 + 0.03]
-    assert not after, f"{len(after)} commands after the e-stop"
+    # stamps are the executor's send times, so a busy machine delaying their delivery to this probe does not
+    # count; the e-stop's own DDS delivery to the executor is allowed 0.1 s on top of one control period
+    after = [t - t_trigger for t in probe.commands if t > t_trigger + 0.02 + 0.1]
+    assert not after, f"{len(after)} commands sent after the e-stop ({after[:3]} s after it)"
     # interlock: a reset is refused while /estop is still true, accepted once it is released
     for name in ("/executor/estop/reset", "/xtrainer/estop/reset"):
         res = call_trigger(probe.node, probe.ex, name, 5.0)

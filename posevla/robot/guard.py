@@ -57,7 +57,7 @@ class GuardConfig:
     retrust_s: float = 0.2  # after an implausible packet, feedback must be plausible this long to be trusted (s)
     restart_tolerance_m: float = 0.005  # after a gap, restart from the last set-point if the arm is this close (m)
     rest_speed: float = 0.003  # after a gap, restart only once the measured TCP is slower than this (m/s)
-    restart_max_age_s: float = 0.05  # ... and measured no longer ago than this (s)
+    restart_max_age_s: float = 0.1  # ... and measured no longer ago than this (s)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -14,7 +14,6 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
-from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
@@ -25,6 +24,7 @@ from posevla.calibration.transforms import CameraToBase, PoseHistory
 from posevla.control.executor import BLEND_MODES, ChunkExecutor, ExecutorConfig, Hold
 from posevla.robot import state_codec
 from posevla.robot.driver import XTrainerConfig
+from posevla_ros.estop import subscribe_estop
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import (
     chunk_to_msg,
@@ -35,28 +35,29 @@ from posevla_ros.msg_conv import (
     time_to_ns,
 )
 from posevla_ros.node_main import spin_node
-from posevla_ros.params import declare_checked
+from posevla_ros.params import ParamSpec, declare_checked, reject_unknown
 from posevla_ros.static_tf import broadcast_static, static_transforms
-
-LATCHED = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
 
 
 class ExecutorNode(Node):
+    PARAMS: ParamSpec = {
+        "robot_config": ("xtrainer_robot.yaml", "robot YAML with the safety limits; relative to config/", None),
+        "calibration_dir": ("", "directory of hand-eye calibration files (default: the repository's calibration/)", None),
+        "rate_hz": (50.0, "control rate (Hz)", (1.0, 500.0)),
+        "watchdog_s": (0.5, "hold when no fresh chunk arrived for this long (s)", (0.02, 10.0)),
+        "max_chunk_age_s": (1.0, "refuse chunks whose observation is older (s)", (0.01, 10.0)),
+        "blend": ("ensemble", "ensemble | rtc | replace", BLEND_MODES),
+        "ensemble_k": (0.01, "ACT temporal ensembling weight exp(-k i)", (0.0, 10.0)),
+        "rtc_freeze_s": (0.1, "rtc: keep the committed chunk this long (s)", (0.0, 5.0)),
+        "rtc_blend_s": (0.2, "rtc: cross-fade duration (s)", (0.0, 5.0)),
+        "plan_margin": (0.85, "plan at this fraction of the safety limits (the driver checks the full ones)",
+                        (0.1, 1.0)),
+    }
+
     def __init__(self) -> None:
         super().__init__("executor")
-        p = declare_checked(self, {
-            "robot_config": ("xtrainer_robot.yaml", "robot YAML with the safety limits; relative to config/", None),
-            "calibration_dir": ("", "directory of hand-eye calibration files (default: the repository's calibration/)", None),
-            "rate_hz": (50.0, "control rate (Hz)", (1.0, 500.0)),
-            "watchdog_s": (0.5, "hold when no fresh chunk arrived for this long (s)", (0.02, 10.0)),
-            "max_chunk_age_s": (1.0, "refuse chunks whose observation is older (s)", (0.01, 10.0)),
-            "blend": ("ensemble", "ensemble | rtc | replace", BLEND_MODES),
-            "ensemble_k": (0.01, "ACT temporal ensembling weight exp(-k i)", (0.0, 10.0)),
-            "rtc_freeze_s": (0.1, "rtc: keep the committed chunk this long (s)", (0.0, 5.0)),
-            "rtc_blend_s": (0.2, "rtc: cross-fade duration (s)", (0.0, 5.0)),
-            "plan_margin": (0.85, "plan at this fraction of the safety limits (the driver checks the full ones)",
-                            (0.1, 1.0)),
-        })
+        p = declare_checked(self, self.PARAMS, dynamic=())
+        reject_unknown(self)
         robot_path = config_dir() / p["robot_config"] if "/" not in p["robot_config"] else p["robot_config"]
         self.robot = XTrainerConfig.from_yaml(robot_path)
         calib_dir = p["calibration_dir"] or str(config_dir().parent / "calibration")
@@ -79,7 +80,7 @@ class ExecutorNode(Node):
         for arm in self.robot.arms:
             self.create_subscription(PoseStamped, f"/{arm}_arm/tcp_pose", lambda m, a=arm: self._on_tcp(a, m), 50)
         self.create_subscription(JointState, "/joint_states", self._on_joint_states, 20)
-        self.create_subscription(Bool, "/estop", self._on_estop, LATCHED)
+        subscribe_estop(self, self._on_estop)  # latched, default-QoS and best-effort senders alike
         self.create_service(Trigger, "/executor/estop/trigger", self._srv_estop)
         self.create_service(Trigger, "/executor/estop/reset", self._srv_reset)
         self.create_timer(1.0 / p["rate_hz"], self._tick)
@@ -181,7 +182,7 @@ class ExecutorNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    spin_node(ExecutorNode, "executor_node", args)
+    spin_node(ExecutorNode, "executor_node", args, params=ExecutorNode.PARAMS, doc=__doc__)
 
 
 if __name__ == "__main__":

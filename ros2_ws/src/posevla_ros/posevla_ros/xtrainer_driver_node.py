@@ -12,7 +12,6 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
-from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
@@ -21,22 +20,24 @@ from trajectory_msgs.msg import MultiDOFJointTrajectory
 from posevla.robot import protocol as P
 from posevla.robot import state_codec
 from posevla.robot.driver import XTrainerConfig, XTrainerDriver
+from posevla_ros.estop import subscribe_estop
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import T_to_pose_stamped, msg_to_servo_command, ns_to_time, time_to_ns
 from posevla_ros.node_main import spin_node
-from posevla_ros.params import declare_checked
-
-LATCHED = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+from posevla_ros.params import ParamSpec, declare_checked, reject_unknown
 
 
 class XTrainerDriverNode(Node):
+    PARAMS: ParamSpec = {
+        "robot_config": ("xtrainer_robot.yaml", "robot YAML (arms, mounting, safety); relative to config/", None),
+        "publish_rate_hz": (100.0, "rate of /joint_states and TCP poses", (1.0, 500.0)),
+        "connect_timeout_s": (10.0, "give up connecting at start-up after this long", (0.5, 600.0)),
+    }
+
     def __init__(self) -> None:
         super().__init__("xtrainer_driver")
-        p = declare_checked(self, {
-            "robot_config": ("xtrainer_robot.yaml", "robot YAML (arms, mounting, safety); relative to config/", None),
-            "publish_rate_hz": (100.0, "rate of /joint_states and TCP poses", (1.0, 500.0)),
-            "connect_timeout_s": (10.0, "give up connecting at start-up after this long", (0.5, 600.0)),
-        })
+        p = declare_checked(self, self.PARAMS, dynamic=())
+        reject_unknown(self)
         path = config_dir() / p["robot_config"] if "/" not in p["robot_config"] else p["robot_config"]
         self.cfg = XTrainerConfig.from_yaml(path)
         self.driver = XTrainerDriver(self.cfg)
@@ -57,7 +58,7 @@ class XTrainerDriverNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(MultiDOFJointTrajectory, "/xtrainer/servo_command", self._on_servo, 10)
         self.create_subscription(JointState, "/xtrainer/servo_joint_command", self._on_joint_command, 10)
-        self.create_subscription(Bool, "/estop", self._on_estop, LATCHED)
+        subscribe_estop(self, self._on_estop)  # latched, default-QoS and best-effort senders alike
         self.create_service(Trigger, "/xtrainer/estop/trigger", self._srv_estop)
         self.create_service(Trigger, "/xtrainer/estop/reset", self._srv_reset)
         self.create_service(Trigger, "/xtrainer/clear_error", self._srv_clear)
@@ -181,7 +182,7 @@ class XTrainerDriverNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    spin_node(XTrainerDriverNode, "xtrainer_driver_node", args)
+    spin_node(XTrainerDriverNode, "xtrainer_driver_node", args, params=XTrainerDriverNode.PARAMS, doc=__doc__)
 
 
 if __name__ == "__main__":
