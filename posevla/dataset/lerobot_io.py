@@ -155,8 +155,8 @@ def export_lerobot(episodes: list[Path], out: Path, crf: int = 18) -> Path:
                                 yield r.raw_depth(c, i)
                             else:
                                 im = r.rgb(c, i)
-                                if i % 10 == 0:
-                                    colour_samples[c].append(im)
+                                if i % 10 == 0 and len(colour_samples[c]) < 500:  # stats sample, 1/4 resolution
+                                    colour_samples[c].append(im[::4, ::4].copy())
                                 yield im
                 writers[vkey] = write_video_file(path, frames(), fps, depth=kind == "depth", crf=crf, gop=2)
                 if writers[vkey] != total:
