@@ -119,10 +119,13 @@ class StaticPi0(nn.Module):
         self.action_dim = model.cfg.action_dim
         self.io_state = self.time_embed.state_proj.in_features
         self.io_action = self.action_out.out_features
-        # fp32 frequencies from the same functions transformers uses (one source of truth), never cast to bf16
-        self.register_buffer("rope_freq_prefix", self._rope_freq(text_cfg), persistent=False)
-        self.register_buffer("rope_freq_expert", self._rope_freq(self.expert.config), persistent=False)
-        self.register_buffer("time_freq", PI0TimestepEmbeddings.compute_freqs(pi0.config).float(), persistent=False)
+        # fp32 frequencies from the same functions transformers uses (one source of truth), never cast to bf16;
+        # created on the model's device, so the wrapper never needs a .to() that would touch the model itself
+        device = self.action_out.weight.device
+        self.register_buffer("rope_freq_prefix", self._rope_freq(text_cfg).to(device), persistent=False)
+        self.register_buffer("rope_freq_expert", self._rope_freq(self.expert.config).to(device), persistent=False)
+        self.register_buffer("time_freq", PI0TimestepEmbeddings.compute_freqs(pi0.config).float().to(device),
+                             persistent=False)
 
     @staticmethod
     def _rope_freq(cfg) -> torch.Tensor:

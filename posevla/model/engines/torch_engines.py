@@ -53,8 +53,7 @@ class GraphEngine(Engine):
         if self.cuda_graphs and not is_cuda:
             raise ValueError(f"cuda_graphs=True needs a CUDA device, the policy is on {self.device}")
         self.compile_prefix = bool(compile_prefix)
-        self.core = StaticPi0(policy.model).to(self.device)
-        self.core.eval()
+        self.core = StaticPi0(policy.model)  # reads the policy's weights in place (no copy, no .to())
         self._samplers: dict[ShapeKey, StaticSampler] = {}
         self._hosts: dict[ShapeKey, StaticInputs] = {}
         self._graphs: dict[ShapeKey, tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph]] = {}
