@@ -152,6 +152,8 @@ def test_engine_predict_matches_policy(policy, graphs):
         np.testing.assert_allclose(got.arms[arm].T, ref.arms[arm].T, atol=1e-4)
         np.testing.assert_allclose(got.arms[arm].gripper, ref.arms[arm].gripper, atol=1e-4)
     assert got.frame_id == ref.frame_id and got.stamp_ns == ref.stamp_ns
+    split = graphs.split_ms(repeat=2)
+    assert split["prefix_ms"] > 0 and split["denoise_ms"] > 0
     assert set(graphs.last_timing) == {"preprocess_s", "model_s", "postprocess_s"}
     assert all(v >= 0 for v in graphs.last_timing.values())
 

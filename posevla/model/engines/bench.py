@@ -206,6 +206,10 @@ def run_table(policy, views: tuple[int, ...] = (3,), iters: int = 20, warm: int 
                         def call(e=engine, a=arrays, n=noise):
                             return e.sample(a, n)
                     first, out, samples = _time_calls(call, iters, warm, device)
+                    if name.startswith("torch_graphs"):
+                        split = engine.split_ms()
+                        row.note += (f"; prefix {split['prefix_ms']:.1f} ms + {policy.config.flow_steps} steps "
+                                     f"{split['denoise_ms']:.1f} ms")
                 _fill(row, first, samples)
                 row.peak_gib = mem.peak_gib()
                 if name == "torch":

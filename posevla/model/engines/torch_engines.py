@@ -114,6 +114,34 @@ class GraphEngine(Engine):
             out = sampler.run()
         return out[0].cpu().numpy()
 
+    @torch.inference_mode()
+    def split_ms(self, key: ShapeKey | None = None, repeat: int = 10) -> dict[str, float]:
+        """Median time of the prefix and of the whole denoising loop for a built shape (default: the first), ms:
+        GPU time between CUDA events around the graph replays, or wall time of the eager static calls on a CPU."""
+        key = key or next(iter(self._samplers))
+        sampler = self._samplers[key]
+        prefix, denoise = [], []
+        for _ in range(repeat):
+            if self.cuda_graphs:
+                g_prefix, g_denoise = self._graphs[key]
+                ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+                ev[0].record()
+                g_prefix.replay()
+                ev[1].record()
+                g_denoise.replay()
+                ev[2].record()
+                ev[2].synchronize()
+                prefix.append(ev[0].elapsed_time(ev[1]))
+                denoise.append(ev[1].elapsed_time(ev[2]))
+            else:
+                t0 = time.perf_counter()
+                sampler.prefix()
+                t1 = time.perf_counter()
+                sampler.denoise()
+                prefix.append((t1 - t0) * 1e3)
+                denoise.append((time.perf_counter() - t1) * 1e3)
+        return {"prefix_ms": float(np.median(prefix)), "denoise_ms": float(np.median(denoise))}
+
     def close(self) -> None:
         super().close()
         self._graphs.clear()
