@@ -137,3 +137,18 @@ def test_fp32_trained_checkpoint_served_in_bf16_predicts_within_tolerance(tmp_pa
     print(f"bf16 vs fp32 serving: {1e3 * max(pos_err):.2f} mm, {max(rot_err):.3f} deg")
     assert max(pos_err) < 0.02, pos_err
     assert max(rot_err) < 3.0, rot_err
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    grads = []
+    for checkpointing in (False, True):
+        pol = PoseVLAPolicy.from_config(PoseVLAConfig(**TINY), seed=5, device="cpu", dtype=torch.float32)
+        if checkpointing:
+            pol.model.enable_gradient_checkpointing()
+        pol.model.train()
+        torch.manual_seed(1)
+        pol.model(pol.make_batch(_samples(pol)))["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in pol.model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)

@@ -28,6 +28,7 @@ alike), the prediction is cut back, and the loss covers the robot's dimensions o
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from torch.nn import functional as F
 from transformers import PI0Config, PI0ForConditionalGeneration
@@ -163,8 +164,28 @@ class PoseVLAModel(nn.Module):
         return F.pad(x, (0, extra)) if extra > 0 else x
 
     def enable_gradient_checkpointing(self) -> None:
-        """Recompute every decoder/encoder layer's activations in the backward pass (VLM, vision tower, expert)."""
-        self.pi0.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        """Recompute activations in the backward pass instead of keeping them: every SigLIP encoder layer
+        (transformers' own checkpointing) and the MLP of every Gemma layer of the VLM and the expert (the largest
+        activations: 8x the width). Gemma's attention stays outside: it writes the KV cache shared by the VLM and
+        the expert, which a recomputation would write twice (transformers turns the cache off instead)."""
+        tower = self.vlm.vision_tower
+        if hasattr(tower, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            tower.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for layers in (self.vlm.language_model.layers, self.pi0.model.dit.layers):
+            for layer in layers:
+                mlp = layer.mlp
+                if getattr(mlp, "_posevla_checkpointed", False):
+                    continue
+
+                def forward(x: torch.Tensor, _inner=mlp.forward, _mlp=mlp) -> torch.Tensor:
+                    if _mlp.training and torch.is_grad_enabled():
+                        return torch.utils.checkpoint.checkpoint(_inner, x, use_reentrant=False)
+                    return _inner(x)
+
+                mlp.forward = forward
+                mlp._posevla_checkpointed = True
 
     # ------------------------------------------------------------------ prefix
     def embed_images(self, pixel_values: torch.Tensor, raymaps: torch.Tensor, depth_priors: torch.Tensor,
