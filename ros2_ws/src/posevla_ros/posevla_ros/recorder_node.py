@@ -92,6 +92,8 @@ class RecorderNode(Node):
             "target_episodes": ("episodes wanted for this task", (1, 100000)),
             "reset_period_s": ("pause between episodes (s)", (0.0, 600.0)),
             "require_action": ("the command stream /xtrainer/servo_joint_command must be alive", None),
+            "storage": ("episode storage: video (H.264 colour, lossless FFV1 depth) or jpeg (ALOHA-style)",
+                        ("video", "jpeg")),
         }),
         "calibration_dir": ("", "calibration files copied into each episode (default: the installed calibration/)", None),
         "start_stop_buttons": ([0, 8], "button indices on /teleop/buttons that start / stop-and-save", None),
@@ -120,7 +122,7 @@ class RecorderNode(Node):
         self.rec = Recorder(RecorderConfig(Path(p["root"]), p["task"], p["instruction"], tuple(p["cameras"]),
                                            p["operator"], p["fps"], p["stream_timeout_s"], p["target_episodes"],
                                            p["reset_period_s"], calib_files,
-                                           require_action=p["require_action"]))
+                                           require_action=p["require_action"], storage=p["storage"]))
         for path in self.rec.incomplete_on_start:
             self.get_logger().warning(f"incomplete episode from an earlier run kept aside: {path}")
         for cam in self.rec.cfg.cameras:
