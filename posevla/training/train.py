@@ -66,24 +66,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --init-pi0: PaliGemma tokenizer directory when the checkpoint has none")
     p.add_argument("--out", type=Path, help="run folder (required unless --plan)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest resume state")
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps in the whole run")
     p.add_argument("--batch-size", type=int, default=8, help="per process")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps, then cosine decay to 10 %%")
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
     p.add_argument("--stride", type=int, default=1, help="use every n-th frame as a sample")
     p.add_argument("--save-every", type=int, default=0,
                    help="save checkpoint_<step> and a resume state every n steps (0: only at the end)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the initialisation, the data order and the noise")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: CUDA when present)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="autocast dtype over fp32 master weights (auto: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--train", default="auto", help="what is trained: auto | all | no-vision | lora | expert")
+    p.add_argument("--train", default="auto", choices=("auto", "all", "no-vision", "lora", "expert"),
+                   help="what is trained (auto: lora when peft is installed, else expert; see the memory plan)")
     p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank for --train lora")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute layer activations in backward")
-    p.add_argument("--optimizer", default="auto",
-                   help="auto | adamw | adamw-fused | adamw-8bit (auto: adamw-fused on CUDA, adamw on CPU)")
+    p.add_argument("--optimizer", default="auto", choices=("auto", "adamw", "adamw-fused", "adamw-8bit"),
+                   help="auto: adamw-fused on CUDA, adamw on CPU; adamw-8bit needs bitsandbytes")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (0: build batches in-process)")
     p.add_argument("--val-episodes", type=int, default=-1,
                    help="held-out episodes (default: 10 %% of the episodes, at least 1 when there are 2 or more)")
