@@ -2,7 +2,7 @@
 
 Every engine (eager reference with the prefix KV reused, eager with the prefix recomputed every step,
 transformers' own PI0ForConditionalGeneration.sample_actions as the in-run anchor, the static-cache /
-CUDA-graph engine, its torch.compile'd-prefix variant on CUDA, onnxruntime) at the same sizes: p50/p90 per
+CUDA-graph engine, its torch.compile'd variant on CUDA, onnxruntime) at the same sizes: p50/p90 per
 chunk, first-call time, peak memory, max |difference| from the eager actions. Default: the tiny config on the
 CPU with 1 and 3 views (slow, a check that every path runs). Histograms: runs/bench/model.png, figures:
 runs/bench/model.json.

@@ -76,6 +76,23 @@ def test_static_cache_matches_eager(policy, eager, graphs, views, modalities):
     assert np.abs(graphs.sample(arrays, eager.noise(12), modalities) - ref).max() > 100 * ATOL
 
 
+def test_compiled_step_traces_as_one_graph_and_matches_eager(policy, eager):
+    """torch.compile of the prefix and the flow step (aot_eager backend here: the tracing and the in-place buffer
+    updates, without Inductor's C++ build): one graph each, no graph break, no recompilation per step."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    engine = make_engine(policy, "torch_graphs", compile=True, compile_backend="aot_eager")
+    _, arrays = _arrays(policy)
+    for seed, modalities in ((8, "full"), (9, "rgb")):
+        noise = eager.noise(seed)
+        np.testing.assert_allclose(engine.sample(arrays, noise, modalities), eager.sample(arrays, noise, modalities),
+                                   rtol=0, atol=ATOL)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    assert not torch._dynamo.utils.counters["graph_break"]
+
+
 def test_prompt_buckets_and_padding(policy, eager, graphs):
     short = policy.batcher.observation_arrays([policy.synthetic_observation("go")])
     long = policy.batcher.observation_arrays([policy.synthetic_observation("pick up the red cube and place it "

@@ -6,7 +6,7 @@
 
 Random weights, bf16 on CUDA (fp32 on CPU), the config's flow steps (10). Rows: eager with the prefix KV reused
 (the reference), eager with the prefix recomputed, transformers' PI0ForConditionalGeneration.sample_actions
-(anchor), torch_graphs (static KV cache + CUDA graphs), torch_graphs with a torch.compile'd prefix, onnxruntime
+(anchor), torch_graphs (static KV cache + CUDA graphs), torch_graphs with the prefix and flow step torch.compile'd, onnxruntime
 (needs onnx + onnxruntime with the CUDA provider; otherwise the row says why it was skipped). Slow-to-build
 rows are skipped rather than overrunning --budget-s. Prints the table, the parity of every engine against
 eager (on CUDA also with the model cast to fp32 and TF32 off, the last step), and the goals (graph path p50 < 30 ms and peak < 8 GB on the GPU); writes $OUT/infer_check.json (or
@@ -43,7 +43,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--engines", default=None,
                    help=f"comma-separated subset of {','.join(ALL)} (default: all; on the CPU without the compiled "
                         "row, whose C++ compilation takes minutes there)")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd-prefix row")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd row")
     p.add_argument("--budget-s", type=float, default=270.0, help="wall-clock budget; slow rows are skipped to fit")
     p.add_argument("--out", default=None, help="output folder (default $OUT, else runs/bench)")
     p.add_argument("--no-fp32-parity", action="store_true",

@@ -154,8 +154,8 @@ def run_table(policy, views: tuple[int, ...] = (3,), iters: int = 20, warm: int 
     """Measure every requested path for every view count; rows are printed as they finish.
 
     engines: torch (eager, prefix KV reused: the reference), torch_recompute (eager, prefix recomputed every
-    step), transformers_pi0 (the anchor), torch_graphs, torch_graphs_compiled (prefix torch.compile'd, then
-    captured), onnxruntime. budget_s: skip the slow-to-build paths (compiled, onnxruntime) once the time spent
+    step), transformers_pi0 (the anchor), torch_graphs, torch_graphs_compiled (prefix and flow step
+    torch.compile'd, then captured), onnxruntime. budget_s: skip the slow-to-build paths (compiled, onnxruntime) once the time spent
     exceeds budget_s minus a reserve, instead of overrunning."""
     t_start = time.perf_counter()
     device = policy.device
@@ -194,7 +194,7 @@ def run_table(policy, views: tuple[int, ...] = (3,), iters: int = 20, warm: int 
                             return policy.model.pi0.sample_actions(**inp)[0].float().cpu().numpy()
                     else:
                         if name == "torch_graphs_compiled":
-                            engine = make_engine(policy, "torch_graphs", compile_prefix=True)
+                            engine = make_engine(policy, "torch_graphs", compile=True)
                         elif name == "onnxruntime":
                             engine = make_engine(policy, "onnxruntime", **(onnx_options or {}))
                             row.note = f"provider {engine.provider}, {engine.dtype_name}"

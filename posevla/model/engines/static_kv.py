@@ -247,11 +247,13 @@ class StaticPi0(nn.Module):
 
     def expert_velocity(self, state: torch.Tensor, x: torch.Tensor, t: torch.Tensor, positions: torch.Tensor,
                         bias: torch.Tensor,
-                        kv: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """One flow step's velocity (B, chunk, A), fp32. `kv(layer, k_suffix, v_suffix)` returns the layer's full
-        keys/values (prefix + suffix + padding, length kv_len) - the static cache writes the suffix in place."""
+                        kv: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                        rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """One flow step's velocity (B, chunk, io_width), fp32. `kv(layer, k_suffix, v_suffix)` returns the layer's
+        full keys/values (prefix + suffix + padding, length kv_len) - the static cache writes the suffix in place.
+        rope: the suffix's (cos, sin), when precomputed once per chunk (they do not change between steps)."""
         h = self.suffix_embeddings(state, x, t)
-        cos, sin = self._rope(positions, self.rope_freq_expert, h.dtype)
+        cos, sin = rope if rope is not None else self.expert_rope(positions)
         for i, layer in enumerate(self.expert.layers):
             xn = layer.input_layernorm(h)
             q, k, v = self._qkv(layer, xn, cos, sin)
@@ -259,6 +261,9 @@ class StaticPi0(nn.Module):
             h = self._finish_layer(layer, h, self._attend(q, k_all, v_all, bias, layer.self_attn.scaling))
         h = self.expert.norm(h)
         return self.action_out(h[:, -self.chunk:]).float()
+
+    def expert_rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._rope(positions, self.rope_freq_expert, self.dtype)
 
     def euler(self, state: torch.Tensor, noise: torch.Tensor, times: torch.Tensor, dts: torch.Tensor,
               positions: torch.Tensor, bias: torch.Tensor, kv) -> torch.Tensor:
@@ -308,6 +313,13 @@ class StaticSampler:
         self.positions = torch.zeros(b, shape.suffix_len, dtype=torch.long, device=device)
         self.bias = torch.zeros(b, 1, shape.suffix_len, shape.kv_len, dtype=core.dtype, device=device)
         self.actions = torch.zeros(b, shape.chunk, cfg.action_dim, **f32)
+        # denoising state: x (padded to the expert's width), this step's t and dt, the suffix's RoPE
+        self.x = torch.zeros(b, shape.chunk, core.io_action, **f32)
+        self.t = torch.zeros(b, **f32)
+        self.dt = torch.zeros((), **f32)
+        self.cos = torch.zeros(b, shape.suffix_len, core.head_dim, dtype=core.dtype, device=device)
+        self.sin = torch.zeros_like(self.cos)
+        self.step = self._step  # replaced by a torch.compile'd version when asked (GraphEngine(compile=True))
 
     def _write_prefix(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
         lp = self.shape.prefix_len
@@ -330,12 +342,25 @@ class StaticSampler:
         positions, bias = self.core.suffix_layout(key_valid, self.shape.kv_len)
         self.positions.copy_(positions)
         self.bias.copy_(bias)
+        cos, sin = self.core.expert_rope(positions)
+        self.cos.copy_(cos)
+        self.sin.copy_(sin)
+
+    def _step(self) -> None:
+        """x <- x + dt * v(x, t), everything read from and written to the static buffers."""
+        v = self.core.expert_velocity(self.inputs["state"], self.x, self.t, self.positions, self.bias, self._suffix_kv,
+                                      rope=(self.cos, self.sin))
+        self.x.add_(self.dt * v)
 
     def denoise(self) -> None:
+        """The Euler loop of StaticPi0.euler over the static buffers (same arithmetic, one step function)."""
         inp = self.inputs
-        out = self.core.euler(inp["state"], inp["noise"], inp["times"], inp["dts"], self.positions, self.bias,
-                              self._suffix_kv)
-        self.actions.copy_(out)
+        self.x.copy_(_pad_to(inp["noise"], self.core.io_action))
+        for k in range(self.steps):
+            self.t.copy_(inp["times"][k].expand(self.shape.batch))
+            self.dt.copy_(inp["dts"][k])
+            self.step()
+        self.actions.copy_(self.x[..., :self.core.action_dim])
 
     def run(self) -> torch.Tensor:
         self.prefix()
