@@ -72,7 +72,8 @@ def _config(sim: XTrainerSimulator, grippers: dict | None = None, **safety) -> X
 
 @pytest.fixture
 def rig(tmp_path):
-    grippers = {arm: {"port": str(tmp_path / f"{arm}_gripper"), "servo_id": 21 + i, "closed_pos": 3055, "open_pos": 2048}
+    grippers = {arm: {"port": str(tmp_path / f"{arm}_gripper"), "servo_id": 21 + i, "closed_pos": 3055, "open_pos": 2048,
+                      "reply_timeout_s": 0.2}  # a busy CI machine delays the pty simulator
                 for i, arm in enumerate(("left", "right"))}
     gcfg = {arm: GripperConfig.from_mapping(g) for arm, g in grippers.items()}
     sim = XTrainerSimulator({"left": "127.0.0.1", "right": "127.0.0.2"}, lag_s=0.03, grippers=gcfg)

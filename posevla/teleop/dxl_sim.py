@@ -8,6 +8,7 @@ status instruction 0x55, Present Position at address 132 (4 bytes) on X-series s
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 import tty
@@ -68,6 +69,8 @@ class DynamixelChainSim:
         self._slave = slave
         self.connected = True
         self.requests = 0
+        self._closed = False
+        self._wake_r, self._wake_w = os.pipe()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -89,16 +92,32 @@ class DynamixelChainSim:
         self.connected = False
 
     def close(self) -> None:
+        """Stop serving and release the pty. The serving thread closes the master itself once it stopped reading:
+        closing it from here could let a stale thread read the next simulator's reused fd number."""
         self.connected = False
-        for fd in (self.master, self._slave):
+        if self._closed:
+            return
+        self._closed = True
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=10.0)
+        for fd in (self._slave, self._wake_r, self._wake_w):
             try:
                 os.close(fd)
             except OSError:
                 pass
 
     def _serve(self) -> None:
+        try:
+            self._serve_until_closed()
+        finally:
+            os.close(self.master)
+
+    def _serve_until_closed(self) -> None:
         buf = b""
         while True:
+            ready, _, _ = select.select([self.master, self._wake_r], [], [])
+            if self._wake_r in ready:
+                return
             try:
                 data = os.read(self.master, 1024)
             except OSError:
