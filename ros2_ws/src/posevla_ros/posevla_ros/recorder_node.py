@@ -31,6 +31,7 @@ from posevla.dataset import cues
 from posevla.dataset.episode_buttons import ButtonActions, ButtonBindings
 from posevla.dataset.recorder import Recorder, RecorderConfig, Refusal
 from posevla.paths import calibration_dir
+from posevla.robot import state_codec
 from posevla_ros.msg_conv import msg_to_image, msg_to_intrinsics, ns_to_time, pose_to_T, time_to_ns
 from posevla_ros.node_main import spin_node
 from posevla_ros.params import ParamSpec, declare_checked, reject_unknown, spec_from_dataclass
@@ -68,14 +69,12 @@ class FolderLock:
 
 
 def joint_vector(msg: JointState) -> dict[str, tuple[np.ndarray, float]]:
-    idx = {n: i for i, n in enumerate(msg.name)}
-    out = {}
-    for arm in ARMS:
-        names = [f"{arm}_joint{i}" for i in range(1, 7)]
-        if all(n in idx for n in names):
-            g = float(msg.position[idx[f"{arm}_gripper"]]) if f"{arm}_gripper" in idx else float("nan")
-            out[arm] = (np.array([msg.position[idx[n]] for n in names]), g)
-    return out
+    """arm -> (joints rad, gripper opening; NaN when not measured), through the one X-Trainer state codec."""
+    try:
+        arms = state_codec.decode(msg.name, msg.position, ARMS)
+    except ValueError:
+        return {}
+    return {arm: (s.q, s.gripper) for arm, s in arms.items()}
 
 
 class RecorderNode(Node):

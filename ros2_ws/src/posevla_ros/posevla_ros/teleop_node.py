@@ -19,6 +19,7 @@ from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from posevla.robot import state_codec
 from posevla.teleop.controller import TeleopController, TeleopLimits
 from posevla.teleop.gello import LeaderArm, LeaderConfig, LeaderReadError, LeaderReading
 from posevla_ros.graph import config_dir
@@ -91,13 +92,15 @@ class TeleopNode(Node):
                     self.get_logger().error(f"{exc}; retrying every second", throttle_duration_sec=5.0)
 
     def _on_joint_states(self, msg: JointState) -> None:
-        idx = {n: i for i, n in enumerate(msg.name)}
-        for arm in self.arm_names:
-            names = [f"{arm}_joint{i}" for i in range(1, 7)]
-            if all(n in idx for n in names):
-                self.follower_q[arm] = np.array([msg.position[idx[n]] for n in names])
-                if f"{arm}_gripper" in idx:
-                    self.follower_g[arm] = float(msg.position[idx[f"{arm}_gripper"]])
+        try:
+            arms = state_codec.decode(msg.name, msg.position, list(self.arm_names))
+        except ValueError as exc:
+            self.get_logger().error(f"joint_states: {exc}", throttle_duration_sec=5.0)
+            return
+        for arm, st in arms.items():
+            self.follower_q[arm] = st.q
+            if np.isfinite(st.gripper):
+                self.follower_g[arm] = st.gripper
 
     def _read_leaders(self) -> dict[str, LeaderReading] | None:
         if any(v is None for v in self.leaders.values()) and time.monotonic() - self._last_open_try > 1.0:
@@ -125,10 +128,8 @@ class TeleopNode(Node):
         readings = self._read_leaders()
         targets = self.ctrl.step(readings, self.follower_q, self.follower_g, now, self.dt)
         if targets:
-            names, position = [], []
-            for arm, (q, g) in targets.items():
-                names += [f"{arm}_joint{i}" for i in range(1, 7)] + [f"{arm}_gripper"]
-                position += [float(v) for v in q] + [float(g)]
+            names, position = state_codec.encode({arm: state_codec.ArmJoints(np.asarray(q, float), float(g))
+                                                  for arm, (q, g) in targets.items()})
             msg = JointState(name=names, position=position)
             msg.header.stamp = self.get_clock().now().to_msg()
             self.cmd_pub.publish(msg)
