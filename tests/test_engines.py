@@ -36,11 +36,15 @@ def one_thread():
 @pytest.fixture(scope="module")
 def policy(one_thread) -> PoseVLAPolicy:
     pol = PoseVLAPolicy.from_config(TINY, seed=3, device="cpu")
-    # geometry's output projections start at zero; give them weights so the modalities change the answer
+    # geometry's output projections and Gemma's RMSNorm weights start at zero; give them values so the
+    # modalities change the answer and the norms' (1 + w) scale is exercised
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for lin in (pol.model.geometry.ray.out, pol.model.geometry.depth.out):
             lin.weight.copy_(0.05 * torch.randn(lin.weight.shape, generator=gen))
+        for name, prm in pol.model.named_parameters():
+            if "norm" in name and "layernorm" in name or name.endswith("dit.norm.weight"):
+                prm.add_(0.1 * torch.randn(prm.shape, generator=gen))
     return pol
 
 

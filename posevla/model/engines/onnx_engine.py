@@ -125,7 +125,7 @@ class OnnxEngine(Engine):
         model = self.policy.model
         if self.policy.dtype != dtype:
             model = copy.deepcopy(model).to(dtype=dtype)
-        return StaticPi0(model.eval())
+        return StaticPi0(model.eval(), fused=False)  # transformers' modules op for op: plain ONNX operators
 
     def export(self, key: ShapeKey) -> tuple[Path, Path]:
         """Write prefix.onnx and sampler.onnx for this shape (skipped when both exist). Returns their paths."""

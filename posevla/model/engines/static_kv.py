@@ -101,9 +101,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class StaticPi0(nn.Module):
     """Prefix / expert step / sampler of a PoseVLAModel over a static KV cache. Holds no weights of its own."""
 
-    def __init__(self, model: PoseVLAModel) -> None:
+    def __init__(self, model: PoseVLAModel, fused: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.fused = fused
         pi0 = model.pi0
         self.vlm_layers = model.vlm.language_model.layers
         self.expert = pi0.model.dit
@@ -126,6 +127,29 @@ class StaticPi0(nn.Module):
         self.register_buffer("rope_freq_expert", self._rope_freq(self.expert.config).to(device), persistent=False)
         self.register_buffer("time_freq", PI0TimestepEmbeddings.compute_freqs(pi0.config).float().to(device),
                              persistent=False)
+        # fused=True (the torch engines): fewer, larger kernels for a launch-bound loop. RMSNorm as one
+        # F.rms_norm with Gemma's (1 + w) scale precomputed in fp32; the expert's q/k/v as one GEMM over
+        # concatenated weights (expert only: ~90 MB at full size) with RoPE applied to q and k together.
+        # fused=False (ONNX export): transformers' own modules, op for op. Inference only: the precomputed
+        # tensors are snapshots of the weights when the engine is built.
+        self._vlm_norms: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._exp_norms: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._exp_qkv: list[torch.Tensor] = []
+        self._exp_final_norm: torch.Tensor | None = None
+        if fused:
+            with torch.no_grad():
+                def scale(norm: nn.Module) -> torch.Tensor:
+                    return (1.0 + norm.weight.detach().float()).contiguous()
+
+                self._vlm_norms = [(scale(la.input_layernorm), scale(la.post_attention_layernorm))
+                                   for la in self.vlm_layers]
+                self._exp_norms = [(scale(la.input_layernorm), scale(la.post_attention_layernorm))
+                                   for la in self.expert.layers]
+                self._exp_final_norm = scale(self.expert.norm)
+                attns = [la.self_attn for la in self.expert.layers]
+                if all(a.q_proj.bias is None and a.k_proj.bias is None and a.v_proj.bias is None for a in attns):
+                    self._exp_qkv = [torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0).detach()
+                                     for a in attns]
 
     @staticmethod
     def _rope_freq(cfg) -> torch.Tensor:
@@ -181,9 +205,26 @@ class StaticPi0(nn.Module):
         v = attn.v_proj(h).view(b, n, -1, self.head_dim).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def _finish_layer(self, layer: nn.Module, residual: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _rms(norm: nn.Module, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        """Gemma's RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + w) in fp32, cast back (one op when scale is given)."""
+        if scale is None:
+            return norm(x)
+        return F.rms_norm(x.float(), (x.shape[-1],), scale, norm.eps).to(x.dtype)
+
+    def _qkv_fused(self, w_qkv: torch.Tensor, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q, k, v (B, heads, L, D) from one GEMM; RoPE on q and k in one pass (same elementwise math)."""
+        b, n, _ = h.shape
+        nh, nkv = self.n_heads, self.n_kv
+        qkv = F.linear(h, w_qkv).view(b, n, nh + 2 * nkv, self.head_dim)
+        qk = qkv[:, :, :nh + nkv]
+        qk = qk * cos[:, :, None] + rotate_half(qk) * sin[:, :, None]
+        return (qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2), qkv[:, :, nh + nkv:].transpose(1, 2))
+
+    def _finish_layer(self, layer: nn.Module, residual: torch.Tensor, attn_out: torch.Tensor,
+                      post_scale: torch.Tensor | None = None) -> torch.Tensor:
         h = residual + layer.self_attn.o_proj(attn_out)
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+        return h + layer.mlp(self._rms(layer.post_attention_layernorm, h, post_scale))
 
     # ------------------------------------------------------------------ prefix
     def prefix_embeddings(self, pixels: torch.Tensor, raymaps: torch.Tensor, depth: torch.Tensor,
@@ -210,12 +251,13 @@ class StaticPi0(nn.Module):
         h = embeds
         last = self.n_layers - 1
         for i, layer in enumerate(self.vlm_layers):
-            x = layer.input_layernorm(h)
+            s_in, s_post = self._vlm_norms[i] if self._vlm_norms else (None, None)
+            x = self._rms(layer.input_layernorm, h, s_in)
             q, k, v = self._qkv(layer, x, cos, sin)
             write(i, k, v)
             if i == last:
                 break  # the prefix's last hidden states are never read
-            h = self._finish_layer(layer, h, self._attend(q, k, v, bias, layer.self_attn.scaling))
+            h = self._finish_layer(layer, h, self._attend(q, k, v, bias, layer.self_attn.scaling), s_post)
 
     # ------------------------------------------------------------------ expert
     def suffix_layout(self, key_valid: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,11 +297,15 @@ class StaticPi0(nn.Module):
         h = self.suffix_embeddings(state, x, t)
         cos, sin = rope if rope is not None else self.expert_rope(positions)
         for i, layer in enumerate(self.expert.layers):
-            xn = layer.input_layernorm(h)
-            q, k, v = self._qkv(layer, xn, cos, sin)
+            s_in, s_post = self._exp_norms[i] if self._exp_norms else (None, None)
+            xn = self._rms(layer.input_layernorm, h, s_in)
+            if self._exp_qkv:
+                q, k, v = self._qkv_fused(self._exp_qkv[i], xn, cos, sin)
+            else:
+                q, k, v = self._qkv(layer, xn, cos, sin)
             k_all, v_all = kv(i, k, v)
-            h = self._finish_layer(layer, h, self._attend(q, k_all, v_all, bias, layer.self_attn.scaling))
-        h = self.expert.norm(h)
+            h = self._finish_layer(layer, h, self._attend(q, k_all, v_all, bias, layer.self_attn.scaling), s_post)
+        h = self._rms(self.expert.norm, h, self._exp_final_norm)
         return self.action_out(h[:, -self.chunk:]).float()
 
     def expert_rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
