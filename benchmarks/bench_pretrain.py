@@ -65,11 +65,12 @@ def bench_data(root: Path, n: int) -> dict:
     return out
 
 
-def write_grounding(root: Path, train_images: int, test_images: int, fixed_camera: bool) -> None:
+def write_grounding(root: Path, train_images: int, test_images: int, fixed_camera: bool, grid: int) -> None:
     from posevla.pretrain import synthetic
 
     for split, n, seed in (("train", train_images, 1), ("test", test_images, 2)):
-        synthetic.write_dataset(root / split, n, split, seed=seed, max_objects=1, fixed_camera=fixed_camera)
+        synthetic.write_dataset(root / split, n, split, seed=seed, max_objects=1, fixed_camera=fixed_camera,
+                                grid=grid)
         (root / f"{split}.yaml").write_text(yaml.safe_dump({"sources": [{
             "name": f"synthetic_{split}", "format": "omni3d", "negatives": 0,
             "json": f"{split}/omni3d/Omni3D_synthetic_{split}.json", "image_root": f"{split}/omni3d",
@@ -78,13 +79,13 @@ def write_grounding(root: Path, train_images: int, test_images: int, fixed_camer
 
 def bench_grounding(root: Path, steps: int, quick: bool, device: str) -> dict:
     """Tiny model: AP15 on held-out generated scenes without pre-training and after `steps` steps."""
+    from posevla.model.pose_tokens import PoseTokenizer
     from posevla.pretrain import train as pretrain_cli
     from posevla.pretrain.mixture import fit_values, read_mixture
     from posevla.pretrain.tokenizer_cli import quantisation_report
-    from posevla.model.pose_tokens import PoseTokenizer
 
-    train_images, test_images = (40, 8) if quick else (1000, 60)
-    write_grounding(root, train_images, test_images, fixed_camera=True)
+    train_images, test_images = (16, 4) if quick else (1000, 60)
+    write_grounding(root, train_images, test_images, fixed_camera=True, grid=3)
     cfg = yaml.safe_load((REPO / "models" / "tiny.yaml").read_text())
     cfg.update(views=["head"], image_size=56, num_pose_bins=32)
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
@@ -95,7 +96,8 @@ def bench_grounding(root: Path, steps: int, quick: bool, device: str) -> dict:
     p = argparse.ArgumentParser()
     pretrain_cli.add_arguments(p)
     common = ["--stage", "grounding", "--config", str(root / "cfg.yaml"), "--bins", str(root / "bins.json"),
-              "--eval-data", str(root / "test.yaml"), "--eval-questions", str(test_images), "--device", device]
+              "--eval-data", str(root / "test.yaml"), "--eval-questions", str(test_images), "--device", device,
+              "--max-new-tokens", "32" if quick else "96"]
     before = pretrain_cli.pretrain(p.parse_args([*common, "--eval-only"]))["eval"][-1]
     t0 = time.perf_counter()
     after = pretrain_cli.pretrain(p.parse_args([
@@ -166,10 +168,11 @@ def bench_cuda_step(config: Path, batch: int = 8, steps: int = 5) -> dict:
 
 def main() -> dict:
     quick = os.environ.get("POSEVLA_BENCH_QUICK") == "1"
-    steps = 20 if quick else int(os.environ.get("POSEVLA_BENCH_PRETRAIN_STEPS", "1500"))
-    torch.set_num_threads(min(4, os.cpu_count() or 1))
+    steps = 5 if quick else int(os.environ.get("POSEVLA_BENCH_PRETRAIN_STEPS", "1500"))
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1 if quick else min(2, os.cpu_count() or 1))
     out: dict = {}
-    out.update(bench_iou(50 if quick else 500))
+    out.update(bench_iou(20 if quick else 500))
     try:
         import cv2  # noqa: F401
         import h5py  # noqa: F401
@@ -180,7 +183,7 @@ def main() -> dict:
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as tmp:
         if have_data_path:
-            out.update(bench_data(Path(tmp) / "readers", 10 if quick else 100))
+            out.update(bench_data(Path(tmp) / "readers", 4 if quick else 100))
             out.update(bench_grounding(Path(tmp) / "grounding", steps, quick, "cuda" if cuda else "cpu"))
     if cuda:
         config = Path(os.environ.get("POSEVLA_BENCH_FULL_CONFIG", REPO / "models" / "posevla_3b.yaml"))
