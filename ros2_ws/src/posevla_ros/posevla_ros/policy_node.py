@@ -43,7 +43,8 @@ class PolicyNode(Node):
             "modalities": ("full", "rgb | rgb+ray | rgb+depth | full", MODALITIES),
             "min_period_s": (0.0, "minimum seconds between model calls", (0.0, 10.0)),
             "warmup": (True, "run the model once at start-up", None),
-            "compile": (False, "torch.compile the model", None),
+            "compile": (False, "torch.compile the model (engine torch: the pi0 module; torch_graphs: the prefix "
+                                "and the flow step, before CUDA-graph capture; onnxruntime: ignored)", None),
             "engine": ("torch", "inference engine: torch (eager) | torch_graphs (static KV cache, CUDA graphs) | "
                        "onnxruntime", ENGINES),
             "diagnostics_period_s": (1.0, "period of /diagnostics", (0.1, 60.0)),
@@ -55,11 +56,12 @@ class PolicyNode(Node):
 
         t0 = time.perf_counter()
         device = None if p["device"] == "auto" else p["device"]
-        self.policy = PoseVLAPolicy.from_pretrained(ckpt, device=device, compile=p["compile"])
+        self.policy = PoseVLAPolicy.from_pretrained(ckpt, device=device, compile=p["compile"] and p["engine"] == "torch")
         self.get_logger().info(f"loaded {ckpt} on {self.policy.device} in {time.perf_counter() - t0:.1f} s")
         from posevla.model.engines import make_engine
 
-        self.engine = make_engine(self.policy, p["engine"])
+        self.engine = make_engine(self.policy, p["engine"],
+                                  **({"compile": True} if p["compile"] and p["engine"] == "torch_graphs" else {}))
         if p["warmup"]:  # also captures the CUDA graphs / exports the ONNX graphs for the full-view shape
             self.get_logger().info(f"engine {p['engine']}: warm-up done in {self.engine.warmup():.2f} s")
         # per-stage seconds of recent chunks: queue, preprocess, model, postprocess, publish (worker thread writes)
