@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from posevla.calibration.files import HandEyeCalibration
 from posevla.cli import main
@@ -96,11 +98,20 @@ def test_bad_training_input_is_named(tmp_path: Path, episode: Path, capsys) -> N
 def test_torchrun_ddp_two_processes(episode: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "ddp"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "posevla.training.train", "--data", str(episode), "--steps", "5",
-                           "--batch-size", "2", "--warmup", "1", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "posevla.training.train", "--data", str(episode), "--steps", "5", "--batch-size", "2",
+           "--warmup", "1", "--save-every", "4", "--workers", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es) on cpu" in proc.stdout
     assert "2 ranks agree on the weights" in proc.stdout, proc.stdout
     assert PoseVLAPolicy.from_pretrained(out / "checkpoint", device="cpu").config.chunk_length == 50
+    state = torch.load(out / "resume" / "step_00000004.pt", weights_only=False)
+    assert len(state["rng"]) == 2  # both ranks' random streams
+    # resuming from step 4 (both ranks) redoes step 5 exactly
+    first = load_file(str(out / "checkpoint" / "model.safetensors"))
+    proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "at step 4" in proc.stdout
+    again = load_file(str(out / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(first[k], again[k]) for k in first)

@@ -33,12 +33,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_state(out: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict) -> Path:
-    """Write the state after `step` completed steps; keeps the newest KEEP states."""
+def save_state(out: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict,
+               rng_per_rank: list[dict] | None = None) -> Path:
+    """Write the state after `step` completed steps; keeps the newest KEEP states. rng_per_rank: every process's
+    RNG states under torchrun (rank 0 writes them all; the weights and optimizer are the same on every rank)."""
     folder = Path(out) / STATE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    payload = {"step": step, "model": trainable, "optimizer": optimizer.state_dict(), "rng": rng_state(), **extra}
+    payload = {"step": step, "model": trainable, "optimizer": optimizer.state_dict(),
+               "rng": rng_per_rank or [rng_state()], **extra}
     final = folder / f"step_{step:08d}.pt"
     tmp = folder / f".step_{step:08d}.pt.tmp"
     with open(tmp, "wb") as f:
@@ -56,8 +59,9 @@ def latest_state(out: Path) -> Path | None:
     return states[-1] if states else None
 
 
-def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Put a saved state into model and optimizer and restore the RNGs; returns the payload (step, log, ...)."""
+def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int = 0,
+               world: int = 1) -> dict:
+    """Put a saved state into model and optimizer and restore this rank's RNGs; returns the payload."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
@@ -74,6 +78,8 @@ def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
                 raise ValueError(f"resume state {path}: {name} has shape {tuple(value.shape)}, "
                                  f"the model {tuple(params[name].shape)}")
             params[name].copy_(value)
+    if len(payload["rng"]) != world:
+        raise ValueError(f"resume state {path} was written by {len(payload['rng'])} process(es), this run has {world}")
     optimizer.load_state_dict(payload["optimizer"])
-    set_rng_state(payload["rng"])
+    set_rng_state(payload["rng"][rank])
     return payload

@@ -300,7 +300,7 @@ def train(args: argparse.Namespace) -> dict:
 
     start, log, evals = 0, [], []
     if state_path is not None:
-        payload = rs.load_state(state_path, model, opt)
+        payload = rs.load_state(state_path, model, opt, rank, world)
         start, log, evals = int(payload["step"]), list(payload["log"]), list(payload.get("evals", []))
         policy.set_norm_stats(NormStats(**{k: np.asarray(v) for k, v in payload["norm"].items()}))
     if start >= args.steps:
@@ -339,6 +339,10 @@ def train(args: argparse.Namespace) -> dict:
         print(f"[train] step {step} {summary_line(result)}", flush=True)
 
     def save(step: int, final: bool) -> None:
+        rngs = None
+        if not final and world > 1:  # every rank's RNG goes into rank 0's resume state
+            rngs = [None] * world
+            torch.distributed.all_gather_object(rngs, rs.rng_state())
         if rank != 0:
             return
         target = out / ("checkpoint" if final else f"checkpoint_{step}")
@@ -346,7 +350,7 @@ def train(args: argparse.Namespace) -> dict:
         (target / "run_config.yaml").write_text(yaml.safe_dump(config_now, sort_keys=False))
         if not final:
             norm = {k: getattr(policy.norm, k).tolist() for k in ("state_mean", "state_std", "action_mean", "action_std")}
-            rs.save_state(out, step, model, opt, {"log": log, "evals": evals, "norm": norm, "args": config_now})
+            rs.save_state(out, step, model, opt, {"log": log, "evals": evals, "norm": norm, "args": config_now}, rngs)
 
     bar = tqdm(range(start, args.steps), desc="train", disable=rank != 0 or not sys.stderr.isatty(),
                initial=start, total=args.steps)
