@@ -1,7 +1,7 @@
 """Pose pre-training figures: exact 3D IoU cost, reader throughput, bin quantisation error, and a tiny model's
 AP15 on held-out generated scenes before and after pre-training; on CUDA also the full model's training step.
 
-    posevla bench pretrain                      # CPU: tiny model, POSEVLA_BENCH_PRETRAIN_STEPS steps (default 1500)
+    posevla bench pretrain                      # CPU: tiny model, POSEVLA_BENCH_PRETRAIN_STEPS steps (default 3000)
     OUT=/tmp/out python benchmarks/bench_pretrain.py    # also writes $OUT/bench_pretrain.json
 
 Environment: POSEVLA_BENCH_PRETRAIN_STEPS (training steps of the tiny run), POSEVLA_BENCH_QUICK=1 (a
@@ -102,7 +102,7 @@ def bench_grounding(root: Path, steps: int, quick: bool, device: str) -> dict:
     t0 = time.perf_counter()
     after = pretrain_cli.pretrain(p.parse_args([
         *common, "--data", str(root / "train.yaml"), "--out", str(root / "run"), "--steps", str(steps),
-        "--batch-size", "8", "--lr", "2e-3", "--min-lr", "1e-4", "--warmup", str(min(30, steps)),
+        "--batch-size", "8", "--lr", "1e-3", "--min-lr", "5e-5", "--warmup", str(min(30, steps)),
         "--weight-decay", "0", "--modality-dropout", "0"]))
     train_s = time.perf_counter() - t0
     res = after["eval"][-1]
@@ -168,7 +168,7 @@ def bench_cuda_step(config: Path, batch: int = 8, steps: int = 5) -> dict:
 
 def main() -> dict:
     quick = os.environ.get("POSEVLA_BENCH_QUICK") == "1"
-    steps = 5 if quick else int(os.environ.get("POSEVLA_BENCH_PRETRAIN_STEPS", "1500"))
+    steps = 5 if quick else int(os.environ.get("POSEVLA_BENCH_PRETRAIN_STEPS", "3000"))
     if not torch.cuda.is_available():
         torch.set_num_threads(1 if quick else min(2, os.cpu_count() or 1))
     out: dict = {}

@@ -111,7 +111,8 @@ class BOPReader:
                 raise ValueError(f"BOP {scene / 'scene_camera.json'}: image {key} field cam_K: {exc}") from exc
             objects = []
             for k, g in enumerate(gts[key]):
-                info = (infos.get(key) or [None] * (k + 1))[k] if infos else None
+                listed = infos.get(key) or []
+                info = listed[k] if k < len(listed) else None
                 if info is not None and float(info.get("visib_fract", 1.0)) < self.min_visib_fract:
                     self.skipped["visib_fract below min"] += 1
                     continue
