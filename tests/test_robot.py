@@ -227,7 +227,12 @@ def test_dropped_connection_recovers_without_a_jump(rig) -> None:
     stale_target = actual.copy()
     stale_target[:3, 3] += [0.045, 0, 0]
     n0 = len(sim.arms["left"].received)
-    assert driver.servo_pose("left", stale_target, stamp_ns=time.time_ns()) is None
+    deadline = time.monotonic() + 5  # the restart waits for two fresh packets showing the arm at rest
+    while (why := driver.servo_pose("left", stale_target, stamp_ns=time.time_ns())) is not None:
+        assert "rest" in why or "fresh" in why, why
+        assert time.monotonic() < deadline, why
+        time.sleep(0.01)
+    actual = driver.arm_state("left").T_base_tcp
     deadline = time.monotonic() + 2
     while len(sim.arms["left"].received) <= n0 and time.monotonic() < deadline:
         time.sleep(0.01)
