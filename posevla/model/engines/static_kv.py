@@ -197,7 +197,8 @@ class StaticPi0(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
-    def _qkv(self, layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def _qkv(self, layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         attn = layer.self_attn
         b, n, _ = h.shape
         q = attn.q_proj(h).view(b, n, -1, self.head_dim).transpose(1, 2)
@@ -212,7 +213,8 @@ class StaticPi0(nn.Module):
             return norm(x)
         return F.rms_norm(x.float(), (x.shape[-1],), scale, norm.eps).to(x.dtype)
 
-    def _qkv_fused(self, w_qkv: torch.Tensor, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def _qkv_fused(self, w_qkv: torch.Tensor, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v (B, heads, L, D) from one GEMM; RoPE on q and k in one pass (same elementwise math)."""
         b, n, _ = h.shape
         nh, nkv = self.n_heads, self.n_kv
@@ -312,7 +314,8 @@ class StaticPi0(nn.Module):
         return self._rope(positions, self.rope_freq_expert, self.dtype)
 
     def euler(self, state: torch.Tensor, noise: torch.Tensor, times: torch.Tensor, dts: torch.Tensor,
-              positions: torch.Tensor, bias: torch.Tensor, kv) -> torch.Tensor:
+              positions: torch.Tensor, bias: torch.Tensor,
+              kv: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """x <- x + dt_k * v(x, t_k) for k = 0..steps-1 (times/dts (steps,) fp32), x zero-padded to the expert's
         action width. Returns fp32 actions (B, chunk, action_dim)."""
         x = _pad_to(noise.float(), self.io_action)
@@ -331,7 +334,8 @@ def euler_grid(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class StaticSampler:
-    """Static buffers + the three phases for one StaticShape on one device; `run()` is what gets graph-captured.
+    """Static buffers + the two phases for one StaticShape on one device: `prefix()` and `denoise()` are what the
+    torch_graphs engine captures as CUDA graphs (one each); `run()` calls both eagerly.
 
     Inputs are written into `self.inputs[...]` (in place), outputs read from `self.actions`. Nothing in
     `prefix()` / `denoise()` allocates a tensor whose address must survive between calls except these buffers.
