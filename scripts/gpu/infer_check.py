@@ -101,10 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     build_s = time.perf_counter() - t0
     print(f"{config.name}: {table.describe(policy)}; built in {build_s:.1f} s", flush=True)
     print(table.HEADER, flush=True)
+    out_dir = Path(args.out or os.environ.get("OUT") or REPO / "runs" / "bench")
+    partial = {"config": str(config), "device": str(device), "describe": table.describe(policy), "partial": True}
+
+    def save_partial(rows_so_far: list) -> None:  # the rows so far survive a stopped run
+        table.save(rows_so_far, partial, out_dir / "infer_check.json", None, "infer_check")
+
     rows = table.run_table(policy, views=views, iters=args.iters, engines=engines,
                            budget_s=args.budget_s - build_s,
                            onnx_options={"intra_op_threads": 1} if device.type == "cpu" else {},
-                           log=lambda line: print(line, flush=True))
+                           log=lambda line: print(line, flush=True), on_row=save_partial)
     tol = TOL[device.type]
     print(f"\nparity vs eager (max |diff| of normalised actions, tolerance {tol:g}):")
     parity_ok = True
@@ -121,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
             goals[f"{r.views} view(s) peak {peak_gb:.2f} GB < {GOAL_PEAK_GB:g} GB"] = peak_gb < GOAL_PEAK_GB
     for text, ok in goals.items():
         print(f"goal torch_graphs {text}: {'met' if ok else 'MISSED'}")
-    out_dir = Path(args.out or os.environ.get("OUT") or REPO / "runs" / "bench")
     meta = {"config": str(config), "device": str(device), "describe": table.describe(policy), "views": list(views),
             "iters": args.iters, "tolerance": tol, "parity_ok": parity_ok, "goals": goals, "fp32_parity": {},
             "wall_s": time.perf_counter() - t0,

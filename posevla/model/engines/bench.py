@@ -150,13 +150,14 @@ def run_table(policy, views: tuple[int, ...] = (3,), iters: int = 20, warm: int 
               engines: tuple[str, ...] = ("torch", "torch_recompute", "transformers_pi0", "torch_graphs",
                                           "onnxruntime", "torch_graphs_compiled"),
               budget_s: float | None = None, onnx_options: dict | None = None,
-              log: Callable[[str], None] = print) -> list[Row]:
+              log: Callable[[str], None] = print, on_row: Callable[[list[Row]], None] | None = None) -> list[Row]:
     """Measure every requested path for every view count; rows are printed as they finish.
 
     engines: torch (eager, prefix KV reused: the reference), torch_recompute (eager, prefix recomputed every
     step), transformers_pi0 (the anchor), torch_graphs, torch_graphs_compiled (prefix and flow step
     torch.compile'd, then captured), onnxruntime. budget_s: skip the slow-to-build paths (compiled, onnxruntime) once the time spent
-    exceeds budget_s minus a reserve, instead of overrunning."""
+    exceeds budget_s minus a reserve, instead of overrunning. on_row(rows so far): after every row (e.g. to
+    save partial results in case the process is stopped)."""
     t_start = time.perf_counter()
     device = policy.device
     rows: list[Row] = []
@@ -175,6 +176,8 @@ def run_table(policy, views: tuple[int, ...] = (3,), iters: int = 20, warm: int 
                 row.note = f"skipped: {spent:.0f} s of the {budget_s:.0f} s budget spent"
                 rows.append(row)
                 log(row.line())
+                if on_row is not None:
+                    on_row(rows)
                 continue
             mem = _Mem(device)
             engine: Engine | None = None
@@ -225,6 +228,8 @@ def run_table(policy, views: tuple[int, ...] = (3,), iters: int = 20, warm: int 
                 del engine
             rows.append(row)
             log(row.line())
+            if on_row is not None:
+                on_row(rows)
     return rows
 
 
