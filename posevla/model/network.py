@@ -71,7 +71,22 @@ class _KeepFP32Buffers:
         return out
 
 
-_FP32_CLASSES: dict[type, type] = {}
+class FP32GemmaRotaryEmbedding(_KeepFP32Buffers, GemmaRotaryEmbedding):
+    """GemmaRotaryEmbedding whose inverse frequencies stay fp32."""
+
+
+class FP32PI0TimestepEmbeddings(_KeepFP32Buffers, PI0TimestepEmbeddings):
+    """PI0's flow-time embedding whose sinusoid frequencies stay fp32."""
+
+
+class FP32GemmaTextScaledWordEmbedding(_KeepFP32Buffers, GemmaTextScaledWordEmbedding):
+    """Gemma's word embedding whose scale sqrt(hidden) stays fp32."""
+
+
+# module-level classes (picklable); other subclasses get one made on first use
+_FP32_CLASSES: dict[type, type] = {GemmaRotaryEmbedding: FP32GemmaRotaryEmbedding,
+                                   PI0TimestepEmbeddings: FP32PI0TimestepEmbeddings,
+                                   GemmaTextScaledWordEmbedding: FP32GemmaTextScaledWordEmbedding}
 
 
 def keep_fp32_buffers(root: nn.Module) -> list[str]:
