@@ -48,6 +48,18 @@ def test_perturbed_calibration_moves_only_the_head_by_2cm_2deg(tmp_path):
     assert "perturbed" in HandEyeCalibration.load(out / "head_camera.yaml").method
 
 
+def test_benchmark_refuses_bad_input_with_one_line(tmp_path):
+    bad = tmp_path / "robot.yaml"
+    bad.write_text("arms: {left: {host: 127.0.0.1}}\nsafety: {}\n")
+    for extra, expected in ((["--robot-config", str(bad)], f"{bad}: field arms.left needs"),
+                            (["--demos", "0"], "--demos must be >= 1")):
+        proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--out",
+                               str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:

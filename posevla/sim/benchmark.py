@@ -84,6 +84,14 @@ def robot_yaml_on_free_ports(src: Path, folder: Path) -> Path:
     return path
 
 
+def _lifted(episode: Path) -> bool:
+    """The recorder's success mark of an episode (the benchmark marks a demonstration that did not lift failed)."""
+    import h5py
+
+    with h5py.File(episode, "r") as h:
+        return json.loads(h.attrs["meta"]).get("success") is not False
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__
@@ -172,9 +180,16 @@ def run(args: argparse.Namespace) -> int:
 
     from posevla.sim.task import PickLiftTask, heldout_seeds, train_seeds
 
+    from posevla.sim.twin import TwinSpec
+
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
     task = PickLiftTask()
+    try:  # the robot YAML and calibration files, checked before anything starts
+        TwinSpec.from_files(args.robot_config, args.calibration_dir)
+    except ValueError as exc:
+        print(f"posevla benchmark closed-loop: {exc}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
     robot = robot_yaml_on_free_ports(args.robot_config, out / "robot")
     opts = GraphOptions(robot, args.calibration_dir.resolve(), args.width, args.height, args.rate,
                         node_log=out / "nodes.log")
@@ -190,14 +205,21 @@ def run(args: argparse.Namespace) -> int:
             results["demo_success"] = sum(d.success for d in demos)
             results["demo_takes"] = sum(d.takes for d in demos)
             results["collect_s"] = time.monotonic() - t_start
+        from posevla_ros.closed_loop import nonfinite_frames
+
         episodes = sorted((data / "pick_cube").glob("episode_*.h5"))
-        if not episodes:
-            raise StageError(f"no episodes in {data / 'pick_cube'}")
+        # trained on: lifted demonstrations without missing measurements (the trainer refuses NaN robot states)
+        finite = [e for e in episodes if nonfinite_frames(e) == 0]
+        clean = [e for e in finite if _lifted(e)] or finite  # none lifted (a plumbing run): train on what there is
+        results["episodes"], results["episodes_trained"] = len(episodes), len(clean)
+        if not clean:
+            raise StageError(f"no episode without missing measurements in {data / 'pick_cube'} ({len(episodes)} in all)")
         ckpt = out / "train" / "checkpoint"
         if not args.skip_train:
-            print(f"[train] {len(episodes)} episodes, {args.steps} steps (log: {out / 'train.log'})", flush=True)
+            print(f"[train] {len(clean)} of {len(episodes)} episodes (the others failed or hold NaN measurements), {args.steps} "
+                  f"steps (log: {out / 'train.log'})", flush=True)
             t0 = time.monotonic()
-            cmd = [sys.executable, "-m", "posevla.cli", "train", "--data", str(data / "pick_cube"), "--config",
+            cmd = [sys.executable, "-m", "posevla.cli", "train", "--data", *map(str, clean), "--config",
                    str(args.config), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                    "--out", str(out / "train"), "--val-episodes", "0"]
             with open(out / "train.log", "w") as log:

@@ -174,7 +174,7 @@ class DemoResult:
     nonfinite_frames: int = 0  # frames of the kept take with a NaN in the robot state or action
 
 
-def _nonfinite_frames(episode: Path) -> int:
+def nonfinite_frames(episode: Path) -> int:
     """Frames whose measured robot state or action holds NaN/inf (e.g. a gripper read-back that went stale on a
     busy machine); the trainer refuses such episodes."""
     import h5py
@@ -256,7 +256,7 @@ def collect_demos(root: Path, task: str, instruction: str, seeds: list[int], opt
                     continue
                 if not ok:
                     probe.trigger("/recorder/mark_failure")
-                gaps = _nonfinite_frames(max((root / task).glob("episode_*.h5"), key=lambda f: f.stat().st_mtime))
+                gaps = nonfinite_frames(max((root / task).glob("episode_*.h5"), key=lambda f: f.stat().st_mtime))
                 saved_bad = gaps > 0
                 if not saved_bad:
                     break
