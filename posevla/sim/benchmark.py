@@ -179,7 +179,6 @@ def run(args: argparse.Namespace) -> int:
     from posevla_ros.closed_loop import GraphOptions, StageError, collect_demos, evaluate
 
     from posevla.sim.task import PickLiftTask, heldout_seeds, train_seeds
-
     from posevla.sim.twin import TwinSpec
 
     out = args.out.resolve()
