@@ -24,6 +24,7 @@ from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Bool, Int64, String
 
+from posevla.paths import calibration_dir
 from posevla.robot.driver import XTrainerConfig
 from posevla.sim.render import TwinRenderer
 from posevla.sim.task import PickLiftTask
@@ -32,27 +33,29 @@ from posevla.sim.world import TwinControllers, TwinGrippers, TwinWorld
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import image_to_msg, intrinsics_to_msg
 from posevla_ros.node_main import spin_node
-from posevla_ros.params import declare_checked
+from posevla_ros.params import ParamSpec, declare_checked
 
 
 class MujocoSimNode(Node):
+    PARAMS: ParamSpec = {
+        "robot_config": ("xtrainer_sim_robot.yaml", "robot YAML: arm mountings and the controller endpoints to "
+                         "serve; relative to config/", None),
+        "calibration_dir": ("", "camera poses (hand-eye files) the twin renders from (default: calibration/)", None),
+        "cameras": (["head", "left_wrist", "right_wrist"], "cameras to publish", None),
+        "rate_hz": (10.0, "camera frame rate (Hz)", (0.5, 60.0)),
+        "width": (320, "image width (pixels)", (16, 1280)),
+        "height": (240, "image height (pixels)", (16, 960)),
+        "head_fovy_deg": (60.0, "vertical field of view of the head camera (deg)", (10.0, 150.0)),
+        "wrist_fovy_deg": (58.0, "vertical field of view of the wrist cameras (deg)", (10.0, 150.0)),
+        "seed": (-1, "placement seed at start-up (-1: the nominal placement)", (-1, 2**31 - 1)),
+        "realtime_factor": (1.0, "simulated seconds per wall-clock second", (0.05, 20.0)),
+    }
+
     def __init__(self) -> None:
         super().__init__("mujoco_sim")
-        p = declare_checked(self, {
-            "robot_config": ("xtrainer_sim_robot.yaml", "robot YAML: arm mountings and the controller endpoints to "
-                             "serve; relative to config/", None),
-            "calibration_dir": ("", "camera poses (hand-eye files) the twin renders from (default: calibration/)", None),
-            "cameras": (["head", "left_wrist", "right_wrist"], "cameras to publish", None),
-            "rate_hz": (10.0, "camera frame rate (Hz)", (0.5, 60.0)),
-            "width": (320, "image width (pixels)", (16, 1280)),
-            "height": (240, "image height (pixels)", (16, 960)),
-            "head_fovy_deg": (60.0, "vertical field of view of the head camera (deg)", (10.0, 150.0)),
-            "wrist_fovy_deg": (58.0, "vertical field of view of the wrist cameras (deg)", (10.0, 150.0)),
-            "seed": (-1, "placement seed at start-up (-1: the nominal placement)", (-1, 2**31 - 1)),
-            "realtime_factor": (1.0, "simulated seconds per wall-clock second", (0.05, 20.0)),
-        })
+        p = declare_checked(self, self.PARAMS)
         robot_path = Path(p["robot_config"]) if "/" in p["robot_config"] else config_dir() / p["robot_config"]
-        calib_dir = Path(p["calibration_dir"]) if p["calibration_dir"] else config_dir().parent / "calibration"
+        calib_dir = Path(p["calibration_dir"]) if p["calibration_dir"] else calibration_dir()
         spec = TwinSpec.from_files(robot_path, calib_dir, head_fovy_deg=p["head_fovy_deg"],
                                    wrist_fovy_deg=p["wrist_fovy_deg"])
         unknown = [c for c in p["cameras"] if c not in spec.cameras]
@@ -141,7 +144,7 @@ class MujocoSimNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    spin_node(MujocoSimNode, "mujoco_sim_node", args)
+    spin_node(MujocoSimNode, "mujoco_sim_node", args, params=MujocoSimNode.PARAMS, doc=__doc__)
 
 
 if __name__ == "__main__":
