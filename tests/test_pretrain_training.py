@@ -89,6 +89,7 @@ def _args(**kw) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@pytest.mark.slow
 def test_trajectory_stage_trains_and_stores_bins_with_the_checkpoint(episode: Path, tmp_path: Path, one_thread) -> None:
     mix = tmp_path / "traj.yaml"
     mix.write_text(yaml.safe_dump({"sources": [{"name": "demo", "format": "episodes", "paths": [str(episode)],
@@ -110,18 +111,19 @@ def test_trajectory_stage_trains_and_stores_bins_with_the_checkpoint(episode: Pa
     assert yaml.safe_load((tmp_path / "run" / "checkpoint" / "config.yaml").read_text())["p_drop_depth"] == 0.5
 
 
-# Grounding on generated scenes: one box per image (fixed head-like camera, boxes on a 3x3 lattice), the
-# category in the prompt. In the few hundred steps a test can afford on a shared 2-core box the tiny model
-# learns the answer format, the category and the pose marginals, not yet where the box is: the assertion is
-# on that, and both AP15 figures are printed. benchmarks/bench_pretrain.py runs the longer training whose
-# AP15 docs/pretraining.md states.
-TRAIN_IMAGES, TEST_IMAGES, STEPS = 200, 24, 200
+# Grounding on generated scenes: one box per image seen by a fixed head-like camera, boxes standing on a 2x2
+# lattice (yaw 0), the category in the prompt; held-out scenes are new renders of such layouts. The tiny model
+# learns the answer format within ~100 steps and where the box is some hundred steps later (here: AP15 0.0
+# untrained, 100.0 after 900 steps, 72 s on 2 cores; 450 steps gave 11.3). benchmarks/bench_pretrain.py runs
+# the harder 3x3 lattice (AP15 14 at 1000 steps, 100 at 2000).
+TRAIN_IMAGES, TEST_IMAGES, STEPS, GRID = 400, 24, 900, 2
+AP15_STATED = 50.0
 
 
-def grounding_setup(root: Path, steps: int, train_images: int = TRAIN_IMAGES, test_images: int = TEST_IMAGES
-                    ) -> argparse.Namespace:
+def grounding_setup(root: Path, steps: int, train_images: int = TRAIN_IMAGES, test_images: int = TEST_IMAGES,
+                    grid: int = GRID) -> argparse.Namespace:
     for split, n, seed in (("train", train_images, 1), ("test", test_images, 2)):
-        synthetic.write_dataset(root / split, n, split, seed=seed, max_objects=1, fixed_camera=True, grid=3)
+        synthetic.write_dataset(root / split, n, split, seed=seed, max_objects=1, fixed_camera=True, grid=grid)
         (root / f"{split}.yaml").write_text(yaml.safe_dump({"sources": [{
             "name": f"synthetic_{split}", "format": "omni3d", "negatives": 0,
             "json": f"{split}/omni3d/Omni3D_synthetic_{split}.json", "image_root": f"{split}/omni3d",
@@ -134,26 +136,24 @@ def grounding_setup(root: Path, steps: int, train_images: int = TRAIN_IMAGES, te
     t, s, _ = fit_values(read_mixture(root / "train.yaml"))
     PoseTokenizer(32).fit(t, s).save(root / "bins.json")
     return _args(stage="grounding", data=root / "train.yaml", config=root / "cfg.yaml", bins=root / "bins.json",
-                 out=root / "run", steps=steps, batch_size=8, lr=2e-3, min_lr=1e-4, warmup=30, weight_decay=0.0,
+                 out=root / "run", steps=steps, batch_size=8, lr=1e-3, min_lr=5e-5, warmup=30, weight_decay=0.0,
                  modality_dropout=0.0, eval_data=root / "test.yaml", eval_questions=test_images, device="cpu")
 
 
-def test_tiny_model_pretrains_on_generated_scenes(tmp_path: Path, one_thread) -> None:
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tiny_model_learns_3d_grounding_on_generated_scenes(tmp_path: Path, one_thread) -> None:
     args = grounding_setup(tmp_path, STEPS)
     untrained = pretrain_cli.pretrain(_args(stage="grounding", config=args.config, bins=args.bins, eval_only=True,
                                             eval_data=args.eval_data, eval_questions=TEST_IMAGES, device="cpu"))
     trained = pretrain_cli.pretrain(args)
     before, after = untrained["eval"][-1], trained["eval"][-1]
     print(f"\nAP15 on {TEST_IMAGES} held-out generated scenes: untrained {before['ap']:.1f}, "
-          f"after {STEPS} steps {after['ap']:.1f}; decode before {before['decode']}, after {after['decode']}")
-    log = trained["log"]
-    assert np.mean([r["loss"] for r in log[-10:]]) < 0.3 * np.mean([r["loss"] for r in log[:10]])
-    # untrained: nothing decodes, AP15 0; pre-trained: every answer is a well-formed box of the asked category
+          f"after {STEPS} CPU steps {after['ap']:.1f}; decode before {before['decode']}, after {after['decode']}")
+    # untrained: nothing decodes; pre-trained: well-formed boxes of the asked category, in the right place
     assert before["ap"] == 0.0 and before["decode"]["tuples"] == 0
-    assert before["decode"]["unparsable_answers"] == TEST_IMAGES
-    assert after["decode"]["tuples"] >= 0.9 * TEST_IMAGES
-    assert after["decode"]["wrong_category"] == 0 and after["decode"]["malformed_tuples"] <= 2
-    assert after["ap"] >= before["ap"]
+    assert after["decode"]["tuples"] >= 0.9 * TEST_IMAGES and after["decode"]["wrong_category"] == 0
+    assert after["ap"] >= AP15_STATED
 
 
 def test_benchmark_runs_end_to_end_on_cpu(monkeypatch, tmp_path: Path, one_thread) -> None:
