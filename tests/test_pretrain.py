@@ -286,7 +286,8 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"sources": [{"format": "omni3d", "json": "x.json", "image_root": ".", "wat": 1}]}))
     for args in (("pretrain", "--stage", "grounding", "--data", str(bad), "--out", str(tmp_path / "o")),
                  ("tokenizer", "fit", "--data", str(bad), "--out", str(tmp_path / "b.json")),
-                 ("pretrain", "--stage", "grounding", "--data", str(tmp_path / "missing.yaml"), "--out", str(tmp_path))):
+                 ("pretrain", "--stage", "grounding", "--data", str(tmp_path / "missing.yaml"), "--out", str(tmp_path)),
+                 ("pretrain", "--stage", "grounding", "--data", str(bad), "--out", str(tmp_path), "--lr", "-1")):
         r = run_cli(*args)
         assert r.returncode == 2, r.stderr
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

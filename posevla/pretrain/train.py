@@ -141,9 +141,13 @@ def _report(tag: str, res: dict) -> str:
 def pretrain(args: argparse.Namespace) -> dict:
     from posevla.pretrain.mixture import GROUNDING_FORMATS, TRAJECTORY_FORMATS, Mixture, read_mixture
 
-    for name in ("steps", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    for name, ok in (("steps", args.steps >= 1), ("batch_size", args.batch_size >= 1), ("lr", args.lr > 0),
+                     ("min_lr", 0 <= args.min_lr <= args.lr), ("warmup", args.warmup >= 0), ("clip", args.clip > 0),
+                     ("weight_decay", args.weight_decay >= 0), ("shuffle_buffer", args.shuffle_buffer >= 1),
+                     ("eval_every", args.eval_every >= 0), ("eval_questions", args.eval_questions >= 1),
+                     ("max_new_tokens", args.max_new_tokens >= 1), ("save_every", args.save_every >= 0)):
+        if not ok:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} is out of range (see --help)")
     if not 0.0 <= args.modality_dropout <= 1.0:
         raise ValueError(f"--modality-dropout={args.modality_dropout} must be in [0, 1]")
     if args.eval_only:
