@@ -27,6 +27,8 @@ alike), the prediction is cut back, and the loss covers the robot's dimensions o
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.utils.checkpoint
 from torch import nn
@@ -261,7 +263,7 @@ class PoseVLAModel(nn.Module):
         out = self.prefix_cache(embeds, mask)
         # the last real (unpadded) token of each row predicts the first answer token
         last_index = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)
-        cache, last = out.cache, out.last_hidden_state[torch.arange(mask.shape[0]), last_index]
+        cache, last = _kv_cache(out), out.last_hidden_state[torch.arange(mask.shape[0]), last_index]
         tokens, done = [], torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
         pos = mask.sum(-1, keepdim=True)
         for _ in range(max_new_tokens):
@@ -273,9 +275,9 @@ class PoseVLAModel(nn.Module):
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             emb = self.vlm.get_input_embeddings()(nxt[:, None]).to(embeds.dtype)
-            step = self.vlm(inputs_embeds=emb, attention_mask=mask, position_ids=pos, cache=cache,
+            step = self.vlm(inputs_embeds=emb, attention_mask=mask, position_ids=pos, **_cache_kw(self.vlm, cache),
                             token_type_ids=torch.ones_like(pos), use_cache=True)
-            cache, last, pos = step.cache, step.last_hidden_state[:, -1], pos + 1
+            cache, last, pos = _kv_cache(step), step.last_hidden_state[:, -1], pos + 1
         return torch.stack(tokens, dim=1)
 
     # ------------------------------------------------------------------ flow matching
@@ -284,7 +286,7 @@ class PoseVLAModel(nn.Module):
         """MSE between predicted and target velocity over the robot's action dimensions; noise and timestep are
         sampled pi0-style (noise ~ N(0, I), t = 0.001 + 0.999 * Beta(1.5, 1)) unless given; (B, chunk, action_dim)."""
         embeds, mask = self.embed_prefix(batch, batch["prompt_ids"], batch["prompt_mask"], modalities)
-        cache = self.prefix_cache(embeds, mask).cache
+        cache = _kv_cache(self.prefix_cache(embeds, mask))
         actions = batch["actions"].float()
         b, n, a = actions.shape
         c = self.pi0.config
@@ -298,7 +300,7 @@ class PoseVLAModel(nn.Module):
         t = timestep[:, None, None]
         x_t = t * noise + (1 - t) * self._pad(actions)
         out = self.pi0(state=self._pad(batch["state"].float()).to(embeds.dtype), noise=x_t.to(embeds.dtype),
-                       timestep=timestep, attention_mask=mask, cache=cache)
+                       timestep=timestep, attention_mask=mask, **_cache_kw(self.pi0, cache))
         target = (noise - self._pad(actions))[..., :a]
         return F.mse_loss(out.logits[..., :a].float(), target)
 
@@ -313,15 +315,16 @@ class PoseVLAModel(nn.Module):
         embeds, mask = self.embed_prefix(batch, batch["prompt_ids"], batch["prompt_mask"], modalities)
         state = self._pad(batch["state"]).to(embeds.dtype)
         x = self._pad(noise).float()
-        cache = self.prefix_cache(embeds, mask).cache
+        cache = _kv_cache(self.prefix_cache(embeds, mask))
         prefix_len = cache.get_seq_length()
         dt = -1.0 / steps
         for k in range(steps):
             t = torch.full((x.shape[0],), 1.0 + k * dt, dtype=torch.float32, device=x.device)
             if not reuse_prefix_cache and k > 0:
                 embeds, mask = self.embed_prefix(batch, batch["prompt_ids"], batch["prompt_mask"], modalities)
-                cache = self.prefix_cache(embeds, mask).cache
-            out = self.pi0(state=state, noise=x.to(embeds.dtype), timestep=t, attention_mask=mask, cache=cache)
+                cache = _kv_cache(self.prefix_cache(embeds, mask))
+            out = self.pi0(state=state, noise=x.to(embeds.dtype), timestep=t, attention_mask=mask,
+                           **_cache_kw(self.pi0, cache))
             cache.crop(prefix_len - cache.get_seq_length())  # drop the expert's keys/values: the next step attends to the prefix only
             x = x + dt * out.logits.float()
         return x[..., :self.cfg.action_dim]
@@ -343,3 +346,21 @@ class PoseVLAModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.compute_loss(batch)
+
+
+def _cache_kw(module: nn.Module, cache) -> dict:
+    """The KV-cache keyword of a transformers module: `cache` in newer 5.x releases, `past_key_values` before."""
+    name = _CACHE_KW.get(type(module))
+    if name is None:
+        params = inspect.signature(type(module).forward).parameters
+        name = _CACHE_KW[type(module)] = "cache" if "cache" in params else "past_key_values"
+    return {name: cache}
+
+
+_CACHE_KW: dict[type, str] = {}
+
+
+def _kv_cache(out):
+    """The KV cache of a transformers model output: `cache` in newer 5.x releases, `past_key_values` before."""
+    cache = getattr(out, "cache", None)
+    return out.past_key_values if cache is None else cache
