@@ -4,6 +4,7 @@ benchmarks/bench_pretrain.py."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +170,19 @@ def test_benchmark_runs_end_to_end_on_cpu(monkeypatch, tmp_path: Path, one_threa
                 "ap15_pretrained", "bins32_worst_case_mm"):
         assert key in out
     assert (tmp_path / "bench_pretrain.json").is_file()
+
+
+def test_trajectory_stage_cotrains_flow_matching(episode: Path, tmp_path: Path, one_thread) -> None:
+    mix = tmp_path / "traj.yaml"
+    mix.write_text(yaml.safe_dump({"sources": [{"name": "demo", "format": "episodes", "paths": [str(episode)],
+                                                "horizon": 2, "dt_s": 0.2}]}))
+    cfg = yaml.safe_load((REPO / "models" / "tiny.yaml").read_text())
+    cfg.update(views=["head"], image_size=56, num_pose_bins=32, chunk_length=5)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    res = pretrain_cli.pretrain(_args(stage="trajectory", data=mix, config=tmp_path / "cfg.yaml", out=tmp_path / "run",
+                                      steps=12, batch_size=2, warmup=2, cotrain_flow=0.5, device="cpu"))
+    kinds = [r["kind"] for r in res["log"]]
+    assert 2 <= kinds.count("flow") <= 10 and "ntp" in kinds
+    assert np.isfinite([r["loss"] for r in res["log"]]).all()
+    norm = json.loads((tmp_path / "run" / "checkpoint" / "norm_stats.json").read_text())
+    assert np.any(np.abs(np.asarray(norm["action_mean"], dtype=float)) > 1e-6)  # fitted on the episode, not identity

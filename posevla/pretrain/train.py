@@ -14,7 +14,8 @@ PaliGemma) with bins from `posevla tokenizer fit` (--bins), or continue a Pose-V
 its bins are kept). Each prior (raymap, depth) is kept with probability 1 - --modality-dropout per sample
 (the authors keep each with 0.5); sources without depth have that modality masked anyway. AdamW, linear
 warm-up then cosine decay from --lr to --min-lr (paper: 5e-5 -> 2.5e-6, 1000 warm-up steps), bf16 autocast
-on CUDA. With --eval-data the grounding AP at IoU 0.15 (confidence 1.0, category in the prompt) is measured
+on CUDA. --cotrain-flow F makes a fraction F of the steps flow-matching steps on the episodes sources' action
+chunks (the post-training objective, normalisation fitted and saved). With --eval-data the grounding AP at IoU 0.15 (confidence 1.0, category in the prompt) is measured
 every --eval-every steps and at the end. Rank 0 writes <out>/checkpoint (pose bins stored with it),
 <out>/checkpoint_<step> every --save-every steps, <out>/pretrain_log.csv and <out>/eval.json.
 """
@@ -58,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
     p.add_argument("--modality-dropout", type=float, default=0.5, help="probability of dropping each prior per sample")
     p.add_argument("--shuffle-buffer", type=int, default=32, help="samples buffered per source for shuffling")
+    p.add_argument("--cotrain-flow", type=float, default=0.0,
+                   help="fraction of steps that train flow matching on the episodes sources' action chunks "
+                        "(posevla train's targets; normalisation fitted and saved), 0: none")
     p.add_argument("--eval-data", type=Path, help="mixture YAML of held-out grounding sources")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every n steps (0: only at the end)")
     p.add_argument("--eval-questions", type=int, default=200, help="questions drawn from --eval-data")
@@ -145,7 +149,8 @@ def pretrain(args: argparse.Namespace) -> dict:
                      ("min_lr", 0 <= args.min_lr <= args.lr), ("warmup", args.warmup >= 0), ("clip", args.clip > 0),
                      ("weight_decay", args.weight_decay >= 0), ("shuffle_buffer", args.shuffle_buffer >= 1),
                      ("eval_every", args.eval_every >= 0), ("eval_questions", args.eval_questions >= 1),
-                     ("max_new_tokens", args.max_new_tokens >= 1), ("save_every", args.save_every >= 0)):
+                     ("max_new_tokens", args.max_new_tokens >= 1), ("save_every", args.save_every >= 0),
+                     ("cotrain_flow", 0.0 <= args.cotrain_flow <= 1.0)):
         if not ok:
             raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} is out of range (see --help)")
     if not 0.0 <= args.modality_dropout <= 1.0:
@@ -174,6 +179,20 @@ def pretrain(args: argparse.Namespace) -> dict:
     cfg.p_drop_ray = cfg.p_drop_depth = float(args.modality_dropout)  # recorded in the saved config
     data = Mixture(specs, cfg, policy.pose_tokenizer, seed=args.seed, rank=rank, world=world,
                    buffer=args.shuffle_buffer)
+    flow_data, flow_share = None, None
+    if args.cotrain_flow > 0:
+        from posevla.model.normalization import NormStats
+        from posevla.training.episode_dataset import EpisodeChunkDataset, find_episodes
+
+        paths = [p for s in specs if s.format == "episodes" for p in s.options["paths"]]
+        if not paths:
+            raise ValueError(f"--cotrain-flow needs an episodes source in --data {args.data}")
+        flow_data = EpisodeChunkDataset(find_episodes(paths), cfg)
+        states, actions = flow_data.state_and_action_rows(seed=args.seed)  # same subset on every rank
+        policy.set_norm_stats(NormStats.fit(states, actions))
+        flow_share = np.arange(rank, len(flow_data), world)
+    step_rng = np.random.default_rng(args.seed)  # the same on every rank: all ranks take the same kind of step
+    flow_rng = np.random.default_rng([args.seed, rank])
     model = policy.model
     model.train()
     if world > 1:
@@ -195,8 +214,11 @@ def pretrain(args: argparse.Namespace) -> dict:
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
     t0 = time.perf_counter()
     for step in range(args.steps):
-        samples = list(itertools.islice(data, args.batch_size))
-        batch = policy.make_batch([s.sample for s in samples])
+        flow_step = flow_data is not None and step_rng.random() < args.cotrain_flow
+        if flow_step:  # flow matching on action chunks (no pose text: compute_loss gives the flow loss only)
+            batch = policy.make_batch([flow_data[int(i)] for i in flow_rng.choice(flow_share, args.batch_size)])
+        else:
+            batch = policy.make_batch([s.sample for s in itertools.islice(data, args.batch_size)])
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.warmup, args.lr, args.min_lr)
         with autocast:
@@ -212,10 +234,10 @@ def pretrain(args: argparse.Namespace) -> dict:
             t = torch.tensor([value], device=device)
             torch.distributed.all_reduce(t)
             value = float(t) / world
-        log.append({"step": step, "loss": value, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm,
-                    "time_s": time.perf_counter() - t0})
+        log.append({"step": step, "kind": "flow" if flow_step else "ntp", "loss": value,
+                    "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm, "time_s": time.perf_counter() - t0})
         if rank == 0 and (step % max(1, args.steps // 10) == 0 or step == args.steps - 1):
-            print(f"[pretrain] step {step:6d} loss {value:.4f} lr {log[-1]['lr']:.2e} grad {grad_norm:.2f}", flush=True)
+            print(f"[pretrain] step {step:6d} {log[-1]['kind']} loss {value:.4f} lr {log[-1]['lr']:.2e} grad {grad_norm:.2f}", flush=True)
         if rank == 0 and args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
             policy.save_pretrained(out / f"checkpoint_{step + 1}")
         if rank == 0 and held_out and args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
@@ -224,6 +246,8 @@ def pretrain(args: argparse.Namespace) -> dict:
             evals.append(res)
             print(_report(f"step {step + 1}", res), flush=True)
     data.close()
+    if flow_data is not None:
+        flow_data.close()
     if rank == 0:
         if held_out:
             res = evaluate(policy, held_out, args)
@@ -236,8 +260,9 @@ def pretrain(args: argparse.Namespace) -> dict:
             w = csv.DictWriter(f, fieldnames=list(log[0]))
             w.writeheader()
             w.writerows(log)
-        print(f"[pretrain] saved {out / 'checkpoint'}; loss {np.mean([r['loss'] for r in log[:10]]):.4f} "
-              f"(first 10 steps) -> {np.mean([r['loss'] for r in log[-10:]]):.4f} (last 10); "
+        ntp = [r["loss"] for r in log if r["kind"] == "ntp"] or [float("nan")]
+        print(f"[pretrain] saved {out / 'checkpoint'}; next-token loss {np.mean(ntp[:10]):.4f} "
+              f"(first 10 steps) -> {np.mean(ntp[-10:]):.4f} (last 10); "
               f"{log[-1]['time_s']:.1f} s; samples per source {dict(data.drawn)}", flush=True)
     if world > 1:
         torch.distributed.barrier()
