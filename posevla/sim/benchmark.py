@@ -12,8 +12,9 @@ Stages, each through the project's own tools and the unchanged ROS graphs:
   4. ablations the same trials with the policy on RGB only (depth and raymaps masked: policy modalities=rgb) and
                with the executor's head calibration perturbed by 2 cm / 2 deg while the twin renders the true pose
 Prints success rates with 95 % Wilson intervals and writes <out>/results.json and <out>/rollouts.png (head camera
-at the start, middle and end of the first trials). Expected on a quiet 2-core machine with the defaults: collect
-~25 min (100 x ~15 s), train ~(steps x 0.7 s), evaluate ~3 x 30 x 15 s; see docs/closed_loop.md.
+at the start, middle and end of the first trials). Expected on a quiet 2-core machine with the defaults (~75 min):
+collect ~25-30 min (100 x ~15 s), train ~25 min (3000 steps at ~20 samples/s), evaluate ~3 x 30 x 14 s; see
+docs/closed_loop.md.
 """
 from __future__ import annotations
 
