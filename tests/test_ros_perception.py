@@ -88,7 +88,9 @@ def test_observation_node_emits_synchronised_views_and_counts_drops(rclpy_contex
         obs_proc.terminate()
         obs_proc.wait(10)
     n = len(got["head"])
-    assert n >= 40, f"only {n} observations"
+    # 81 complete sets at 15 Hz; a CPU-starved node supersedes sets (counted below) instead of falling behind,
+    # so on a loaded 2-core machine fewer come out (27-33 seen beside other test runs, ~80 when quiet)
+    assert n >= 20, f"only {n} observations"
     assert shapes == {(112, 112)}
     # views of the same observation are published together; pair them by order and check the spread
     m = min(len(v) for v in got.values())
