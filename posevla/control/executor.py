@@ -218,6 +218,7 @@ class ChunkExecutor:
                     g_meas = self.limits.clamp_gripper(target[1])
                 m.T, m.gripper = np.asarray(measured[arm][0], float), g_meas
                 m.v = np.zeros(3)
+            assert m.T is not None and m.gripper is not None  # set just above when the motion (re)started
             T_cmd, m.v = self.plan_limits.limit_step(arm, target[0], m.T, m.v, dt)
             g_goal = self.limits.clamp_gripper(target[1])
             dg = float(np.clip(g_goal - m.gripper, -self.cfg.max_gripper_speed * dt, self.cfg.max_gripper_speed * dt))
@@ -241,7 +242,7 @@ class ChunkExecutor:
         the arm lags its set-points, so it is following as long as it is near the recent path."""
         p = np.asarray(T_measured)[:3, 3]
         if not m.recent:
-            return float(np.linalg.norm(m.T[:3, 3] - p))
+            return float(np.linalg.norm(m.T[:3, 3] - p)) if m.T is not None else float("inf")
         return float(np.min(np.linalg.norm(np.asarray(m.recent) - p, axis=1)))
 
     def _hold_reason(self, now_ns: int) -> str:

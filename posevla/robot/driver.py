@@ -14,6 +14,7 @@ pose at rest.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import deque
@@ -125,6 +126,11 @@ class XTrainerConfig:
                    grippers=_grippers(data.get("grippers"), source), source=source, **extra)
 
 
+def _fk_base(T_base_armbase: np.ndarray, kin: ArmKinematics, q: np.ndarray) -> np.ndarray:
+    """T_base_tcp of joints q (rad) through the arm's kinematics and mounting."""
+    return T_base_armbase @ kin.fk(q)
+
+
 def _grippers(value: object, source: str) -> dict[str, GripperConfig]:
     """`grippers:` is a gripper YAML path (relative to the robot YAML) or {arm: {port, servo_id, ...}}."""
     if value is None:
@@ -147,7 +153,7 @@ class XTrainerDriver:
         self.guards = {arm: SetpointGuard(arm, cfg.safety, cfg.guard) for arm in cfg.arms}
         self.clients = {arm: DobotArmClient(ep.host, ep.dashboard_port, ep.motion_port, ep.feedback_port,
                                             on_feedback=self.monitors[arm].update,
-                                            on_motion_error=lambda why, a=arm: self._on_motion_error(a, why))
+                                            on_motion_error=functools.partial(self._on_motion_error, arm))
                         for arm, ep in cfg.arms.items()}
         self.T_armbase_base = {arm: se3.invert_T(ep.T_base_armbase) for arm, ep in cfg.arms.items()}
         self._estop = False
@@ -362,6 +368,8 @@ class XTrainerDriver:
 
     def _send(self, arm: str, name: str, sp: Setpoint, now_ns: int) -> str | None:
         if name == "ServoJ":
+            if sp.q is None:
+                return "ServoJ set-point without joints"
             values = units.joints_to_controller(sp.q)
         else:
             values = units.pose_to_controller(self.T_armbase_base[arm] @ sp.T_base_tcp)
@@ -405,8 +413,8 @@ class XTrainerDriver:
             if isinstance(meas, str):
                 return self._refuse(arm, meas)
             now = time.monotonic_ns()
-            T_base_armbase, kin = self.cfg.arms[arm].T_base_armbase, self.kins[arm]
-            sp = self.guards[arm].shape_joints(q, now, meas, lambda qq: T_base_armbase @ kin.fk(qq))
+            fk_base = functools.partial(_fk_base, self.cfg.arms[arm].T_base_armbase, self.kins[arm])
+            sp = self.guards[arm].shape_joints(q, now, meas, fk_base)
             if isinstance(sp, str):
                 return self._refuse(arm, sp)
             why = self._send(arm, "ServoJ", sp, now)
@@ -435,7 +443,7 @@ class XTrainerDriver:
                         g.forget()
                         continue
                     T_base_armbase = self.cfg.arms[arm].T_base_armbase
-                    sp = g.brake(now, lambda qq, T0=T_base_armbase, k=self.kins[arm]: T0 @ k.fk(qq))
+                    sp = g.brake(now, functools.partial(_fk_base, T_base_armbase, self.kins[arm]))
                     if sp is not None and self._send(arm, "ServoP" if sp.q is None else "ServoJ", sp, now) is None:
                         self.brakes[arm] += 1
 
