@@ -2,7 +2,8 @@
 back at `rate_hz`, and nothing here can delay the arm's set-points.
 
 The X-Trainer's grippers are Feetech SMS/STS servos on their own USB-RS485 adapters (not behind the Dobot
-controller); `posevla.robot.feetech` speaks their protocol. A bus failure (unplugged adapter, silent servo)
+controller); `posevla.robot.feetech` speaks their protocol. A single failed transaction is retried on the next
+cycle (the previous reading stays valid for `stale_s`); a bus that keeps failing (unplugged adapter, silent servo)
 makes `latest()` report no measurement (the opening is then NaN everywhere) and the channel reopens the port
 every `reopen_s`; the failure is in `error` for diagnostics.
 """
@@ -17,8 +18,11 @@ from posevla.robot.feetech import FeetechError, FeetechGripper, GripperConfig
 
 
 class GripperChannel:
-    def __init__(self, cfg: GripperConfig, rate_hz: float = 50.0, stale_s: float = 0.2, reopen_s: float = 1.0) -> None:
+    def __init__(self, cfg: GripperConfig, rate_hz: float = 50.0, stale_s: float = 0.2, reopen_s: float = 1.0,
+                 failures_to_reopen: int = 5) -> None:
         self.cfg, self.period, self.stale_s, self.reopen_s = cfg, 1.0 / rate_hz, stale_s, reopen_s
+        self.failures_to_reopen = failures_to_reopen  # consecutive failed transactions before the port is reopened
+        self.failures = 0
         self._goal: float | None = None
         self._sent: float | None = None
         self._latest: tuple[float, int] | None = None  # (opening 0..1, wall-clock stamp ns)
@@ -73,9 +77,15 @@ class GripperChannel:
                     self._sent = goal
                 self._latest = self._gripper.read_opening()
                 self.reads += 1
+                self.failures = 0
             except FeetechError as exc:
+                # one late status packet is not a dead bus: the last reading stays valid for stale_s and the next
+                # cycle tries again; only repeated failures reopen the port
                 self.error = str(exc)
-                self._gripper.close()
-                self._gripper = None
-                next_open = time.monotonic() + self.reopen_s
+                self.failures += 1
+                if self.failures >= self.failures_to_reopen:
+                    self._gripper.close()
+                    self._gripper = None
+                    self.failures = 0
+                    next_open = time.monotonic() + self.reopen_s
             time.sleep(max(0.0, self.period - (time.monotonic() - t0)))
