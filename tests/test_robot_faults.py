@@ -141,3 +141,39 @@ def test_nodes_keep_dds_discovery_on_this_machine_unless_opted_in() -> None:
     assert apply_network_policy(env) == "LOCALHOST"
     env = {"POSEVLA_ROBOT_NETWORK": "1", "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}
     assert apply_network_policy(env) == "SUBNET"
+
+
+def test_gripper_channel_survives_a_miss_and_reports_a_dead_bus_as_nan(tmp_path) -> None:
+    import time
+
+    from posevla.robot.feetech import GripperConfig
+    from posevla.robot.feetech_sim import FeetechBusSim
+    from posevla.robot.gripper_channel import GripperChannel
+
+    bus = FeetechBusSim({21: 2048})
+    link = tmp_path / "gripper"
+    link.symlink_to(bus.port)
+    ch = GripperChannel(GripperConfig(str(link), 21, closed_pos=3055, open_pos=2048, reply_timeout_s=0.2))
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not abs(ch.opening() - 1.0) < 0.01:
+            time.sleep(0.02)
+        assert abs(ch.opening() - 1.0) < 0.01  # 2048 is open
+        ch.command(0.25)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not abs(ch.opening() - 0.25) < 0.02:
+            time.sleep(0.02)
+        assert abs(ch.opening() - 0.25) < 0.02
+        bus.unplug()  # nothing answers: NaN once the last reading is stale, never a made-up value
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (ch.opening() == ch.opening() or not ch.error):
+            time.sleep(0.02)
+        assert ch.opening() != ch.opening() and ch.error
+        bus.plug_in()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not abs(ch.opening() - 0.25) < 0.02:
+            time.sleep(0.02)
+        assert abs(ch.opening() - 0.25) < 0.02
+    finally:
+        ch.close()
+        bus.close()
