@@ -73,9 +73,14 @@ def test_head_frame_chunk_ends_at_expected_base_pose_then_watchdog_and_estop(gra
     T_goal[:3, 3] += [0.03, -0.02, -0.02]
     T_goal[:3, :3] = T0[:3, :3] @ se3.matrix_from_euler(np.array([0.05, -0.05, 0.1]))
     T_head_goal = se3.invert_T(T_base_head) @ T_goal
-    # stream chunks in the head camera frame (as the policy would) for 2.5 s
-    end = time.monotonic() + 2.5
-    while time.monotonic() < end:
+    # stream chunks in the head camera frame (as the policy would) for at least 2.5 s, until the arm is there
+    # (a CPU-starved graph holds now and then: the deadline is generous, the tolerance is not)
+    start = time.monotonic()
+
+    def arrived() -> bool:
+        return np.linalg.norm(probe.tcp["left"][:3, 3] - T_goal[:3, 3]) < 0.5e-3
+
+    while time.monotonic() < start + 2.5 or (not arrived() and time.monotonic() < start + 20.0):
         now = probe.node.get_clock().now().nanoseconds
         chunk = ActionChunk("head_camera_color_optical_frame", now, 0.04,
                             {"left": ArmChunk(np.tile(T_head_goal, (20, 1, 1)), np.full(20, 0.5))})
