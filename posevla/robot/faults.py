@@ -68,9 +68,11 @@ def controller_stats(sim: XTrainerSimulator, cfg: XTrainerConfig, arm: str, sinc
             continue
         _, args, kw = P.parse_command(text)
         t = float(kw.get("t", cfg.servo_t))
+        lost = 0
         if sent_log is not None:
             while k < len(log) and log[k][1] != text.strip():
-                k += 1  # sent but lost (a dropped link)
+                k += 1  # sent but lost (a dropped link): the controller stood at its last received set-point
+                lost += 1
             if k == len(log):
                 st.foreign += 1
                 continue
@@ -99,7 +101,7 @@ def controller_stats(sim: XTrainerSimulator, cfg: XTrainerConfig, arm: str, sinc
         # without the sender's times: a starved simulator thread reads several commands at once (gap unknown)
         bunched = sent_log is None and prev is not None and gap < 0.5 * prev[3]
         st.bunched += int(bunched)
-        if gap > cfg.guard.max_gap_s - slack or bunched:
+        if gap > cfg.guard.max_gap_s - slack or bunched or lost:
             refs = [T_actual] + ([prev[1]] if prev is not None
                                  and float(np.linalg.norm(prev[1][:3, 3] - T_actual[:3, 3])) <= 0.005 else [])
             for R in refs:

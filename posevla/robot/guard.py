@@ -257,7 +257,7 @@ class SetpointGuard:
         ref = self._reference(now_ns, meas)
         if isinstance(ref, str):
             return ref
-        T_ref, v_prev, t, _ = ref
+        T_ref, v_prev, t, continuing = ref
         dist = float(np.linalg.norm(T_req[:3, 3] - T_ref[:3, 3]))
         if dist > self.cfg.max_request_m:
             return f"request is {dist * 1e3:.0f} mm from the current set-point (limit {self.cfg.max_request_m * 1e3:.0f})"
@@ -268,7 +268,10 @@ class SetpointGuard:
         # translation: braking-aware desired velocity, then the acceleration and speed limits over t
         v_cap = min(dist / t, float(np.sqrt(2.0 * L.max_linear_accel * dist)))
         v_des = (T_req[:3, 3] - T_ref[:3, 3]) / dist * v_cap if dist > 1e-12 else np.zeros(3)
-        v = _limit(v_des, v_prev, L.max_linear_accel * t, L.max_linear_speed)
+        # a restart step leaves 10 % of the acceleration limit for the difference between the measured pose it
+        # starts from and where the (resting) arm really is
+        accel = L.max_linear_accel * (1.0 if continuing else 0.9)
+        v = _limit(v_des, v_prev, accel * t, L.max_linear_speed)
         p = T_ref[:3, 3] + v * t
         # rotation: along the geodesic, at most max_angular_speed * t
         max_angle = L.max_angular_speed * t
