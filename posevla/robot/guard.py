@@ -13,7 +13,8 @@ packet, or None (the arm holds) when that is older than `feedback_timeout_s`.
 acceleration are computed over the *actual* interval since the previous set-point (monotonic clock), and that
 interval is the `t` sent with it, so what the controller is asked to do is exactly what was checked. After a gap
 longer than `max_gap_s` (stall, reconnect, per-arm pause, hold) the previous velocity is zero and the reference is
-the measured pose: motion restarts with the acceleration limit. The request is *shaped* (speed, acceleration,
+the measured pose: motion restarts within the acceleration limit less what the resting arm may have crept since it
+was measured (see `_accel_budget`). The request is *shaped* (speed, acceleration,
 angular speed: the set-point moves toward the request as far as the limits allow) but *refused* when it is
 implausible (non-finite, non-rigid, outside the workspace box, further than `max_request_m` / `max_request_rad`
 from the reference) or when the shaped set-point would be further than `max_lead_m` / `max_lead_rad` from the
@@ -183,6 +184,7 @@ class Setpoint:
     v: np.ndarray
     q: np.ndarray | None = None  # ServoJ set-points: joints (rad)
     qd: np.ndarray | None = None  # ... and the joint velocity they imply (rad/s)
+    v_unc: float = 0.0  # how far the arm's real velocity may be from v (m/s): a restart from a creeping arm
 
 
 class SetpointGuard:
@@ -268,9 +270,7 @@ class SetpointGuard:
         # translation: braking-aware desired velocity, then the acceleration and speed limits over t
         v_cap = min(dist / t, float(np.sqrt(2.0 * L.max_linear_accel * dist)))
         v_des = (T_req[:3, 3] - T_ref[:3, 3]) / dist * v_cap if dist > 1e-12 else np.zeros(3)
-        # a restart step leaves 10 % of the acceleration limit for the difference between the measured pose it
-        # starts from and where the (resting) arm really is
-        accel = L.max_linear_accel * (1.0 if continuing else 0.9)
+        accel, v_unc = self._accel_budget(continuing, meas, t)
         v = _limit(v_des, v_prev, accel * t, L.max_linear_speed)
         p = T_ref[:3, 3] + v * t
         # rotation: along the geodesic, at most max_angular_speed * t
@@ -282,7 +282,20 @@ class SetpointGuard:
             R = se3.matrix_from_quat(se3.quat_slerp(q0, q1, max_angle / angle))
         T = se3.make_T(R, p)
         why = self._static_check(T) or self._lead_check(T, meas)
-        return why or Setpoint(T, t, v)
+        return why or Setpoint(T, t, v, v_unc=v_unc)
+
+    def _accel_budget(self, continuing: bool, meas: TrustedPose, t: float) -> tuple[float, float]:
+        """(acceleration allowed for this step (m/s^2), velocity uncertainty it leaves (m/s)).
+
+        A restart step starts from a measured pose, but the resting arm may still creep (below rest_speed) for
+        the measurement's age and during t: the step keeps 5 % plus that distance over t^2 of the limit unused, and
+        the step after it keeps the same uncertainty of its starting velocity (creep / t) unused."""
+        a = self.limits.max_linear_accel
+        if not continuing:
+            creep_m = meas.speed * (meas.age_s + t)
+            return max(0.95 * a - creep_m / t ** 2, 0.0), creep_m / t
+        unc = self.last.v_unc if self.last is not None else 0.0
+        return max(a - unc / t, 0.0), 0.0
 
     def brake(self, now_ns: int, fk_base: Callable[[np.ndarray], np.ndarray] | None = None) -> Setpoint | None:
         """One braking step from the last set-point (deceleration limit), or None when already at rest.
@@ -296,7 +309,7 @@ class SetpointGuard:
             return None
         t = min(max(np.floor((now_ns - self.last_ns) * 1e-5) / 1e4, self.cfg.min_servo_t), self.cfg.servo_t)
         speed = float(np.linalg.norm(last.v))
-        new_speed = max(0.0, speed - self.limits.max_linear_accel * t)
+        new_speed = max(0.0, speed - max(self.limits.max_linear_accel - last.v_unc / t, 0.0) * t)
         ratio = new_speed / speed if speed > 1e-9 else 0.0
         if last.q is not None and last.qd is not None and fk_base is not None:
             qd = last.qd * ratio
@@ -324,6 +337,7 @@ class SetpointGuard:
         if isinstance(ref, str):
             return ref
         T_ref, v_prev, t, continuing = ref
+        accel, v_unc = self._accel_budget(continuing, meas, t)
         q_ref = self.last.q if continuing and self.last is not None and self.last.q is not None else meas.q
         if float(np.linalg.norm(T_req[:3, 3] - T_ref[:3, 3])) > self.cfg.max_request_m:
             return "joint request moves the TCP further than max_request_m from the current set-point"
@@ -338,11 +352,11 @@ class SetpointGuard:
             T = fk_base(q)
             v = (T[:3, 3] - T_ref[:3, 3]) / t
             if (np.linalg.norm(v) > L.max_linear_speed * (1 + 1e-9)
-                    or np.linalg.norm(v - v_prev) > L.max_linear_accel * t * (1 + 1e-9)
+                    or np.linalg.norm(v - v_prev) > accel * t * (1 + 1e-9)
                     or se3.rotation_angle(T_ref[:3, :3].T @ T[:3, :3]) > L.max_angular_speed * t * (1 + 1e-9)
                     or self._static_check(T) or self._lead_check(T, meas)):
                 return None
-            return Setpoint(T, t, v, q, (q - q_ref) / t)
+            return Setpoint(T, t, v, q, (q - q_ref) / t, v_unc)
 
         best = ok(1.0)
         if best is None:
@@ -351,7 +365,7 @@ class SetpointGuard:
             # and shrink toward its lower end until the exact FK check passes.
             dq_max = float(np.abs(q_req - q_ref).max())
             v1 = (T_req[:3, 3] - T_ref[:3, 3]) / t
-            A, V = L.max_linear_accel * t, L.max_linear_speed
+            A, V = accel * t, L.max_linear_speed
             aa = float(v1 @ v1)
             # s may exceed 1 (by at most a half step): decelerating within the limit can carry the arm a little
             # past a request that stops short, as for ServoP
