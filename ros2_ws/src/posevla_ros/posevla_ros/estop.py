@@ -23,6 +23,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
 from rclpy.subscription import Subscription
 from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
 
 TOPIC = "/estop"  # absolute: one e-stop for the whole robot, whatever namespace the nodes run in
 
@@ -48,3 +49,37 @@ def subscribe_estop(node: Node, callback: Callable[[Bool], None], topic: str = T
 def create_sender(node: Node, topic: str = TOPIC):
     """The e-stop publisher (reliable, transient-local: latched for late joiners while the node lives)."""
     return node.create_publisher(Bool, topic, SENDER_QOS)
+
+
+class EstopLatch:
+    """One stopping node's e-stop plumbing: the /estop subscriptions (every QoS kind) and its trigger/reset
+    services from `NODE_SERVICES[node_key]`. `latch()` stops the node's output; `release()` clears its latch and
+    is refused while /estop is still true."""
+
+    def __init__(self, node: Node, node_key: str, latch: Callable[[], None], release: Callable[[], None]) -> None:
+        self.node, self._latch, self._release = node, latch, release
+        self.topic_true = False  # last value on /estop
+        trigger, reset = NODE_SERVICES[node_key]
+        self.subscriptions = subscribe_estop(node, self._on_topic)
+        node.create_service(Trigger, trigger, self._srv_trigger)
+        node.create_service(Trigger, reset, self._srv_reset)
+
+    def _on_topic(self, msg: Bool) -> None:
+        self.topic_true = bool(msg.data)
+        if msg.data:
+            self._latch()
+            self.node.get_logger().error("E-STOP latched (/estop)")
+
+    def _srv_trigger(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self._latch()
+        response.success, response.message = True, "e-stop latched"
+        return response
+
+    def _srv_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self.topic_true:
+            response.success = False
+            response.message = "refused: /estop is still true (release it first: posevla estop --release)"
+            return response
+        self._release()
+        response.success, response.message = True, "e-stop reset"
+        return response

@@ -15,8 +15,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool
-from std_srvs.srv import Trigger
 from trajectory_msgs.msg import MultiDOFJointTrajectory
 
 from posevla.calibration.files import load_calibrations
@@ -24,7 +22,7 @@ from posevla.calibration.transforms import CameraToBase, PoseHistory
 from posevla.control.executor import BLEND_MODES, ChunkExecutor, ExecutorConfig, Hold
 from posevla.robot import state_codec
 from posevla.robot.driver import XTrainerConfig
-from posevla_ros.estop import subscribe_estop
+from posevla_ros.estop import EstopLatch
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import (
     chunk_to_msg,
@@ -72,7 +70,6 @@ class ExecutorNode(Node):
             plan_margin=p["plan_margin"]), self.robot.safety)
         self.latest: dict[str, tuple[int, np.ndarray]] = {}
         self.gripper: dict[str, float] = {}  # measured openings from /joint_states (NaN: not measured)
-        self.estop_topic = False  # last value on /estop: a reset is refused while it is true
         self.cmd_pub = self.create_publisher(MultiDOFJointTrajectory, "/xtrainer/servo_command", 10)
         self.base_pub = self.create_publisher(MultiDOFJointTrajectory, "/executor/chunk_base", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -80,9 +77,8 @@ class ExecutorNode(Node):
         for arm in self.robot.arms:
             self.create_subscription(PoseStamped, f"/{arm}_arm/tcp_pose", lambda m, a=arm: self._on_tcp(a, m), 50)
         self.create_subscription(JointState, "/joint_states", self._on_joint_states, 20)
-        subscribe_estop(self, self._on_estop)  # latched, default-QoS and best-effort senders alike
-        self.create_service(Trigger, "/executor/estop/trigger", self._srv_estop)
-        self.create_service(Trigger, "/executor/estop/reset", self._srv_reset)
+        # /estop (latched, default-QoS and best-effort senders alike) and the trigger/reset services
+        self.estop = EstopLatch(self, "executor", self.chunks.estop, self.chunks.reset_estop)
         self.create_timer(1.0 / p["rate_hz"], self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self.stats = {"chunks": 0, "refused": 0, "commands": 0, "holds": 0}
@@ -142,33 +138,13 @@ class ExecutorNode(Node):
         self.tick_ms.append((time.perf_counter() - t0) * 1e3)
         self.tick_ms = self.tick_ms[-500:]
 
-    def _on_estop(self, msg: Bool) -> None:
-        self.estop_topic = bool(msg.data)
-        if msg.data:
-            self.chunks.estop()
-            self.get_logger().error("E-STOP latched (/estop)")
-
-    def _srv_estop(self, request, response):
-        self.chunks.estop()
-        response.success, response.message = True, "e-stop latched"
-        return response
-
-    def _srv_reset(self, request, response):
-        if self.estop_topic:
-            response.success = False
-            response.message = "refused: /estop is still true (release it first: posevla estop --release)"
-            return response
-        self.chunks.reset_estop()
-        response.success, response.message = True, "e-stop reset"
-        return response
-
     def _publish_diagnostics(self) -> None:
         st = DiagnosticStatus(name="executor", hardware_id="executor")
         st.level = DiagnosticStatus.ERROR if self.chunks.estopped else DiagnosticStatus.OK
         st.message = self.chunks.last_hold or "executing"
         values: dict[str, object] = dict(self.stats)
         values["estop_latched"] = self.chunks.estopped
-        values["estop_topic"] = self.estop_topic
+        values["estop_topic"] = self.estop.topic_true
         values["gripper_unmeasured_restarts"] = self.chunks.gripper_unmeasured
         if self.tick_ms:
             values["tick_ms_p50"] = f"{np.median(self.tick_ms):.3f}"

@@ -13,14 +13,13 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import MultiDOFJointTrajectory
 
 from posevla.robot import protocol as P
 from posevla.robot import state_codec
 from posevla.robot.driver import XTrainerConfig, XTrainerDriver
-from posevla_ros.estop import subscribe_estop
+from posevla_ros.estop import EstopLatch
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import T_to_pose_stamped, msg_to_servo_command, ns_to_time, time_to_ns
 from posevla_ros.node_main import spin_node
@@ -58,14 +57,12 @@ class XTrainerDriverNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(MultiDOFJointTrajectory, "/xtrainer/servo_command", self._on_servo, 10)
         self.create_subscription(JointState, "/xtrainer/servo_joint_command", self._on_joint_command, 10)
-        subscribe_estop(self, self._on_estop)  # latched, default-QoS and best-effort senders alike
-        self.create_service(Trigger, "/xtrainer/estop/trigger", self._srv_estop)
-        self.create_service(Trigger, "/xtrainer/estop/reset", self._srv_reset)
+        # /estop (latched, default-QoS and best-effort senders alike) and the trigger/reset services
+        self.estop = EstopLatch(self, "xtrainer_driver", self.driver.estop, self.driver.reset_estop)
         self.create_service(Trigger, "/xtrainer/clear_error", self._srv_clear)
         self.create_timer(1.0 / p["publish_rate_hz"], self._publish_state)
         self.create_timer(1.0, self._publish_diagnostics)
         self.rejected = 0
-        self.estop_topic = False  # last value on /estop: a reset is refused while it is true
         self._last_seq = dict.fromkeys(self.cfg.arms, 0)
 
     # ------------------------------------------------------------------ commands
@@ -100,26 +97,6 @@ class XTrainerDriverNode(Node):
             if why:
                 self.rejected += 1
                 self.get_logger().warning(f"{arm} arm holds: {why}", throttle_duration_sec=1.0)
-
-    def _on_estop(self, msg: Bool) -> None:
-        self.estop_topic = bool(msg.data)
-        if msg.data:
-            self.driver.estop()
-            self.get_logger().error("E-STOP latched (/estop)")
-
-    def _srv_estop(self, request, response):
-        self.driver.estop()
-        response.success, response.message = True, "e-stop latched"
-        return response
-
-    def _srv_reset(self, request, response):
-        if self.estop_topic:
-            response.success = False
-            response.message = "refused: /estop is still true (release it first: posevla estop --release)"
-            return response
-        self.driver.reset_estop()
-        response.success, response.message = True, "e-stop reset"
-        return response
 
     def _srv_clear(self, request, response):
         msgs = []
@@ -171,7 +148,7 @@ class XTrainerDriverNode(Node):
                 "shaped": self.driver.shaped[arm], "braking_steps": self.driver.brakes[arm],
                 "implausible_feedback": self.driver.monitors[arm].implausible,
                 "reconnects": self.driver.reconnects[arm], "motion_errors": client.motion_errors,
-                "estop_latched": self.driver.estopped, "estop_topic": self.estop_topic,
+                "estop_latched": self.driver.estopped, "estop_topic": self.estop.topic_true,
                 "rejected_total": self.rejected}.items()]
             msg.status.append(st)
         self.diag_pub.publish(msg)
