@@ -88,6 +88,13 @@ def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(x, (0, extra)) if extra > 0 else x
 
 
+def _addmm_rows(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """residual + x @ weight^T as one GEMM (the add in the epilogue); residual/x (..., in/out) row-major."""
+    lead = residual.shape[:-1]
+    out = torch.addmm(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, x.shape[-1]), weight.t())
+    return out.view(*lead, out.shape[-1])
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -135,7 +142,9 @@ class StaticPi0(nn.Module):
         self._vlm_norms: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._exp_norms: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._exp_qkv: list[torch.Tensor] = []
+        self._exp_gate_up: list[torch.Tensor] = []
         self._exp_final_norm: torch.Tensor | None = None
+        self._residual_gemm = False
         if fused:
             with torch.no_grad():
                 def scale(norm: nn.Module) -> torch.Tensor:
@@ -150,6 +159,15 @@ class StaticPi0(nn.Module):
                 if all(a.q_proj.bias is None and a.k_proj.bias is None and a.v_proj.bias is None for a in attns):
                     self._exp_qkv = [torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0).detach()
                                      for a in attns]
+                # the expert's gate and up projections as one GEMM (~300 MB extra at full size; the VLM's would
+                # be 2.4 GB and its GEMMs are large enough already)
+                mlps = [la.mlp for la in self.expert.layers]
+                if all(m.gate_proj.bias is None and m.up_proj.bias is None for m in mlps):
+                    self._exp_gate_up = [torch.cat([m.gate_proj.weight, m.up_proj.weight], 0).detach() for m in mlps]
+                # o_proj / down_proj without bias: the residual add goes into the GEMM (addmm, beta=1)
+                layers = list(self.vlm_layers) + list(self.expert.layers)
+                self._residual_gemm = all(la.self_attn.o_proj.bias is None and la.mlp.down_proj.bias is None
+                                          for la in layers)
 
     @staticmethod
     def _rope_freq(cfg) -> torch.Tensor:
@@ -224,9 +242,50 @@ class StaticPi0(nn.Module):
         return (qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2), qkv[:, :, nh + nkv:].transpose(1, 2))
 
     def _finish_layer(self, layer: nn.Module, residual: torch.Tensor, attn_out: torch.Tensor,
-                      post_scale: torch.Tensor | None = None) -> torch.Tensor:
-        h = residual + layer.self_attn.o_proj(attn_out)
-        return h + layer.mlp(self._rms(layer.post_attention_layernorm, h, post_scale))
+                      post_scale: torch.Tensor | None = None, gate_up: torch.Tensor | None = None) -> torch.Tensor:
+        """residual + o_proj(attn) + MLP(norm(.)). Fused path: both residual adds inside the GEMMs (addmm) and,
+        with `gate_up` (concatenated weights), the gate and up projections as one GEMM."""
+        if not self._residual_gemm:
+            h = residual + layer.self_attn.o_proj(attn_out)
+            return h + layer.mlp(self._rms(layer.post_attention_layernorm, h, post_scale))
+        h = _addmm_rows(residual, attn_out, layer.self_attn.o_proj.weight)
+        xn = self._rms(layer.post_attention_layernorm, h, post_scale)
+        mlp = layer.mlp
+        if gate_up is not None:
+            gate, up = F.linear(xn, gate_up).chunk(2, dim=-1)
+        else:
+            gate, up = mlp.gate_proj(xn), mlp.up_proj(xn)
+        return _addmm_rows(h, mlp.act_fn(gate) * up, mlp.down_proj.weight)
+
+    @staticmethod
+    def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, signed sin) for `_rope_roll`: rotate_half(x) * sin == roll(x, D/2) * cat(-sin[:D/2], sin[D/2:])."""
+        half = sin.shape[-1] // 2
+        return cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+    @staticmethod
+    def _rope_roll(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+        """RoPE of x (B, L, heads, D) with (B, L, D) tables: 3 kernels (mul, roll, addcmul) instead of 6."""
+        cos, sin_signed = cos[:, :, None], sin_signed[:, :, None]
+        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
+
+    def fold_bias(self, bias: torch.Tensor) -> torch.Tensor:
+        """Additive bias (B, 1, Lq, Lk) -> (B, 1, Lq * rep, Lk) for `_attend_folded` (row i * rep + r = query i)."""
+        rep = self.n_heads // self.n_kv
+        return bias if bias.shape[-2] == 1 or rep == 1 else bias.repeat_interleave(rep, dim=-2)
+
+    def _attend_folded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                       scale: float) -> torch.Tensor:
+        """Grouped-query attention without repeating the keys/values: the query heads sharing one kv head are folded
+        into the query rows. q (B, Lq, H, D) (token-major, as the projection writes it), k/v (B, H_kv, Lk, D),
+        bias (B, 1, 1, Lk) or folded (B, 1, Lq * rep, Lk) -> (B, Lq, H * D). With one kv head (Gemma 2B, the
+        expert) the folds are views, and the output needs no transpose."""
+        b, lq, nh, d = q.shape
+        h_kv = k.shape[1]
+        rep = nh // h_kv
+        qf = q.reshape(b, lq, h_kv, rep, d).permute(0, 2, 1, 3, 4).reshape(b, h_kv, lq * rep, d)
+        out = F.scaled_dot_product_attention(qf, k, v, attn_mask=bias, scale=scale)
+        return out.reshape(b, h_kv, lq, rep, d).permute(0, 2, 1, 3, 4).reshape(b, lq, nh * d)
 
     # ------------------------------------------------------------------ prefix
     def prefix_embeddings(self, pixels: torch.Tensor, raymaps: torch.Tensor, depth: torch.Tensor,
@@ -252,9 +311,22 @@ class StaticPi0(nn.Module):
         bias = torch.where(key_valid[:, None, None, :], 0.0, torch.finfo(dtype).min).to(dtype)
         h = embeds
         last = self.n_layers - 1
+        if self.fused:
+            cos, sin_s = self.rope_tables(cos, sin)
         for i, layer in enumerate(self.vlm_layers):
             s_in, s_post = self._vlm_norms[i] if self._vlm_norms else (None, None)
             x = self._rms(layer.input_layernorm, h, s_in)
+            if self.fused:
+                attn = layer.self_attn
+                b, n, _ = x.shape
+                q = self._rope_roll(attn.q_proj(x).view(b, n, self.n_heads, self.head_dim), cos, sin_s)
+                k = self._rope_roll(attn.k_proj(x).view(b, n, self.n_kv, self.head_dim), cos, sin_s).transpose(1, 2)
+                v = attn.v_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
+                write(i, k, v)
+                if i == last:
+                    break
+                h = self._finish_layer(layer, h, self._attend_folded(q, k, v, bias, attn.scaling), s_post)
+                continue
             q, k, v = self._qkv(layer, x, cos, sin)
             write(i, k, v)
             if i == last:
@@ -310,6 +382,54 @@ class StaticPi0(nn.Module):
         h = self._rms(self.expert.norm, h, self._exp_final_norm)
         return self.action_out(h[:, -self.chunk:]).float()
 
+    def chunk_constants(self, state: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the fused flow step would otherwise recompute every step: the state token's embedding (B, 1, W) and,
+        per step k, the time half of action_time_mlp_in applied to the fp32 sinusoid of t_k plus its bias
+        (steps, B, 1, W): mlp_in([a | t]) = a W_a^T + (t W_t^T + b)."""
+        te = self.time_embed
+        dtype = self.dtype
+        state_emb = te.state_proj(_pad_to(state, self.io_state).to(dtype))[:, None, :]
+        ang = times.float()[:, None] * self.time_freq[None, :]  # (steps, W/2) fp32
+        t_emb = torch.cat([ang.sin(), ang.cos()], dim=1).to(dtype)
+        mlp_in = te.action_time_mlp_in
+        width = te.action_in_proj.out_features
+        t_part = F.linear(t_emb, mlp_in.weight[:, width:], mlp_in.bias)  # (steps, W)
+        b = state.shape[0]
+        return state_emb, t_part[:, None, None, :].expand(-1, b, 1, -1)
+
+    def fused_velocity(self, state_emb: torch.Tensor, x: torch.Tensor, t_part: torch.Tensor, bias: torch.Tensor,
+                       rope: tuple[torch.Tensor, torch.Tensor],
+                       kv: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """expert_velocity of the fused path: state_emb/t_part from chunk_constants (t_part: this step's (B, 1, W)),
+        bias folded (fold_bias), rope = (cos, signed sin) of the suffix (rope_tables). Same arithmetic, ~20
+        instead of ~30 kernels per expert layer and ~6 instead of ~14 for the suffix embedding."""
+        te = self.time_embed
+        act = te.action_in_proj(x.to(self.dtype))
+        w_a = te.action_time_mlp_in.weight[:, :act.shape[-1]]
+        mid = torch.baddbmm(t_part, act, w_a.t().expand(act.shape[0], -1, -1))
+        at = te.action_time_mlp_out(F.silu(mid))
+        h = torch.cat([state_emb, at], dim=1)
+        cos, sin_s = rope
+        nh, nkv, d = self.n_heads, self.n_kv, self.head_dim
+        b, n, _ = h.shape
+        for i, layer in enumerate(self.expert.layers):
+            s_in, s_post = self._exp_norms[i]
+            xn = self._rms(layer.input_layernorm, h, s_in)
+            attn = layer.self_attn
+            if self._exp_qkv:
+                qkv = F.linear(xn, self._exp_qkv[i]).view(b, n, nh + 2 * nkv, d)
+                qk = self._rope_roll(qkv[:, :, :nh + nkv], cos, sin_s)
+                q, k, v = qk[:, :, :nh], qk[:, :, nh:].transpose(1, 2), qkv[:, :, nh + nkv:].transpose(1, 2)
+            else:
+                q = self._rope_roll(attn.q_proj(xn).view(b, n, nh, d), cos, sin_s)
+                k = self._rope_roll(attn.k_proj(xn).view(b, n, nkv, d), cos, sin_s).transpose(1, 2)
+                v = attn.v_proj(xn).view(b, n, nkv, d).transpose(1, 2)
+            k_all, v_all = kv(i, k, v)
+            h = self._finish_layer(layer, h, self._attend_folded(q, k_all, v_all, bias, attn.scaling), s_post,
+                                   self._exp_gate_up[i] if self._exp_gate_up else None)
+        h = self._rms(self.expert.norm, h[:, -self.chunk:], self._exp_final_norm)
+        return self.action_out(h).float()
+
     def expert_rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._rope(positions, self.rope_freq_expert, self.dtype)
 
@@ -361,15 +481,23 @@ class StaticSampler:
         }
         self.k_cache, self.v_cache = core.new_cache(shape, device)
         self.positions = torch.zeros(b, shape.suffix_len, dtype=torch.long, device=device)
-        self.bias = torch.zeros(b, 1, shape.suffix_len, shape.kv_len, dtype=core.dtype, device=device)
+        # the fused path folds the query heads into the rows: its bias has one row per (token, head of a kv group)
+        rows = shape.suffix_len * (core.n_heads // core.n_kv if core.fused else 1)
+        self.bias = torch.zeros(b, 1, rows, shape.kv_len, dtype=core.dtype, device=device)
         self.actions = torch.zeros(b, shape.chunk, cfg.action_dim, **f32)
         # denoising state: x (padded to the expert's width), this step's t and dt, the suffix's RoPE
         self.x = torch.zeros(b, shape.chunk, core.io_action, **f32)
         self.t = torch.zeros(b, **f32)
         self.dt = torch.zeros((), **f32)
         self.cos = torch.zeros(b, shape.suffix_len, core.head_dim, dtype=core.dtype, device=device)
-        self.sin = torch.zeros_like(self.cos)
-        self.step = self._step  # replaced by a torch.compile'd version when asked (GraphEngine(compile=True))
+        self.sin = torch.zeros_like(self.cos)  # the fused path stores the signed sin (StaticPi0.rope_tables)
+        if core.fused:  # per chunk: the state token's embedding and every step's time term (chunk_constants)
+            width = core.time_embed.action_in_proj.out_features
+            self.state_emb = torch.zeros(b, 1, width, dtype=core.dtype, device=device)
+            self.t_parts = torch.zeros(steps, b, 1, width, dtype=core.dtype, device=device)
+            self.t_part = torch.zeros(b, 1, width, dtype=core.dtype, device=device)
+        # replaced by a torch.compile'd version when asked (GraphEngine(compile=True))
+        self.step = self._step_fused if core.fused else self._step
 
     def _write_prefix(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
         lp = self.shape.prefix_len
@@ -391,8 +519,14 @@ class StaticSampler:
         self.core.prefix_kv(embeds, key_valid, self._write_prefix)
         positions, bias = self.core.suffix_layout(key_valid, self.shape.kv_len)
         self.positions.copy_(positions)
-        self.bias.copy_(bias)
         cos, sin = self.core.expert_rope(positions)
+        if self.core.fused:
+            bias = self.core.fold_bias(bias)
+            cos, sin = self.core.rope_tables(cos, sin)
+            state_emb, t_parts = self.core.chunk_constants(inp["state"], inp["times"])
+            self.state_emb.copy_(state_emb)
+            self.t_parts.copy_(t_parts)
+        self.bias.copy_(bias)
         self.cos.copy_(cos)
         self.sin.copy_(sin)
 
@@ -402,12 +536,23 @@ class StaticSampler:
                                       rope=(self.cos, self.sin))
         self.x.add_(self.dt * v)
 
+    def _step_fused(self) -> None:
+        """The same update through StaticPi0.fused_velocity (per-chunk constants computed in prefix()); the Euler
+        update is one addcmul."""
+        v = self.core.fused_velocity(self.state_emb, self.x, self.t_part, self.bias, (self.cos, self.sin),
+                                     self._suffix_kv)
+        self.x.addcmul_(self.dt, v)
+
     def denoise(self) -> None:
-        """The Euler loop of StaticPi0.euler over the static buffers (same arithmetic, one step function)."""
+        """The Euler loop of StaticPi0.euler over the static buffers (same arithmetic, one step function): per step
+        two tiny copies select t_k (or its precomputed time term) and dt_k, so every step runs the same code."""
         inp = self.inputs
         self.x.copy_(_pad_to(inp["noise"], self.core.io_action))
         for k in range(self.steps):
-            self.t.copy_(inp["times"][k].expand(self.shape.batch))
+            if self.core.fused:
+                self.t_part.copy_(self.t_parts[k])
+            else:
+                self.t.copy_(inp["times"][k].expand(self.shape.batch))
             self.dt.copy_(inp["dts"][k])
             self.step()
         self.actions.copy_(self.x[..., :self.core.action_dim])
