@@ -79,3 +79,17 @@ def runs_dir() -> Path:
     """Where commands write their outputs by default: runs/ of the source tree, else ./runs."""
     root = source_root()
     return (root if root is not None else Path.cwd()) / "runs"
+
+
+def default_path(kind: str, name: str) -> Path:
+    """`<share>/<kind>/<name>` (kind: config, calibration or models) for a command's default path.
+
+    For argparse defaults and --help texts: when the data files cannot be found it returns the relative
+    `<kind>/<name>` instead of raising, so `--help` still works; opening that path then fails naming it.
+    """
+    if kind not in DATA_DIRS:
+        raise ValueError(f"default_path: kind {kind!r} is not one of {list(DATA_DIRS)}")
+    try:
+        return share_dir() / kind / name
+    except FileNotFoundError:
+        return Path(kind) / name

@@ -186,3 +186,32 @@ def test_bringup_arguments_reach_the_right_nodes() -> None:
     assert collect["recorder"].parameters["calibration_dir"] == "/c" and collect["recorder"].parameters["cameras"] == ["head"]
     with pytest.raises(ValueError, match="unknown camera"):
         bringup("robot", args=BringupArgs(cameras=["head", "top"]))
+
+
+def test_installed_cli_defaults_point_into_the_install(install: Path, tmp_path: Path) -> None:
+    """calibrate, teleop and train take their default files from share/posevla (posevla.paths), not from a source
+    tree; the synthetic episode writer reads the installed robot YAML and calibration."""
+    env = _env(install, tmp_path)
+    share = install / "posevla" / "share" / "posevla"
+    posevla = str(install / "posevla" / "bin" / "posevla")
+    for words, expected in ((["calibrate", "verify", "--help"], share / "calibration" / "<camera>_camera.yaml"),
+                            (["calibrate", "handeye", "--help"], share / "calibration" / "<camera>_camera.yaml"),
+                            (["teleop", "read", "--help"], share / "config" / "gello_xtrainer.yaml"),
+                            (["train", "--help"], share / "models" / "tiny.yaml")):
+        out = subprocess.run([posevla, *words], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        text = re.sub(r"\s*\n\s*", "", out.stdout)  # argparse wraps long paths mid-word
+        assert str(expected) in text, (words, out.stdout)
+        assert str(REPO) not in text, (words, out.stdout)
+    # the installed teleop default is a real, loadable leader config
+    code = ("from posevla.teleop.cli import DEFAULT_CONFIG\nfrom posevla.teleop.gello import LeaderConfig\n"
+            "print(DEFAULT_CONFIG); print(sorted(LeaderConfig.from_yaml(DEFAULT_CONFIG).arms))\n"
+            "from posevla.tools.synthetic_episode import write_demo_episode\n"
+            f"print(write_demo_episode(__import__('pathlib').Path({str(tmp_path / 'data')!r}), seconds=0.4, fps=5.0))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == str(share / "config" / "gello_xtrainer.yaml")
+    assert lines[1] == "['left', 'right']"
+    assert Path(lines[2]).is_file() and Path(lines[2]).is_relative_to(tmp_path)

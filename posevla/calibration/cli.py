@@ -39,8 +39,8 @@ from posevla.calibration.pipeline import CalibrationReport, calibrate
 from posevla.calibration.views import BoardView, ViewChecks, board_depth_ratio
 from posevla.geometry import se3
 from posevla.geometry.intrinsics import CameraIntrinsics
+from posevla.paths import default_path
 
-CALIB_DIR = Path(__file__).resolve().parents[2] / "calibration"
 CAMERAS = ("head", "left_wrist", "right_wrist")
 MAX_SIGMA_MM = 1.0  # 1-sigma per axis; at 0.4 m working distance 0.25 deg moves a point by 1.7 mm
 MAX_SIGMA_DEG = 0.25
@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--camera", choices=CAMERAS, required=True, help="which camera to calibrate")
     h.add_argument("--arm", choices=("left", "right"), default=None,
                    help="head camera: the arm holding the board (wrist cameras: implied by --camera)")
-    h.add_argument("--out", type=Path, default=None, help="calibration file (default: calibration/<camera>_camera.yaml)")
+    h.add_argument("--out", type=Path, default=None, help=f"calibration file (default: {default_path('calibration', '<camera>_camera.yaml')})")
     h.add_argument("--serial", default=None, help="camera serial (default: from the episode's metadata)")
     h.add_argument("--max-sigma-mm", type=float, default=MAX_SIGMA_MM,
                    help="refuse to write when the 1-sigma translation along any axis exceeds this (default: %(default)s)")
@@ -76,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--episode", type=Path, required=True, help="any recorded episode (.h5) with that camera")
     v.add_argument("--camera", choices=CAMERAS, required=True, help="which camera's image to draw on")
     v.add_argument("--calibration", type=Path, default=None,
-                   help="calibration file (default: calibration/<camera>_camera.yaml)")
+                   help=f"calibration file (default: {default_path('calibration', '<camera>_camera.yaml')})")
     v.add_argument("--frames", type=int, default=4, help="how many evenly spaced frames to show (default: %(default)s)")
     v.add_argument("--out", type=Path, required=True, help="overlay PNG to write")
     for q in (h, sub.add_parser("board", help="write the printable ChArUco board image")):
@@ -242,7 +242,7 @@ def _handeye(args: argparse.Namespace) -> int:
                                date=datetime.date.today().isoformat(), residuals=residual,
                                uncertainty={"translation_mm": [round(float(x), 4) for x in st],
                                             "rotation_deg": [round(float(x), 5) for x in sr]})
-    out = args.out or CALIB_DIR / f"{args.camera}_camera.yaml"
+    out = args.out or default_path("calibration", f"{args.camera}_camera.yaml")
     calib.save(out)
     HandEyeCalibration.load(out)  # what the stack will read back
     print(f"  written: {out}")
@@ -254,7 +254,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     if args.frames < 1:
         raise ValueError(f"--frames {args.frames}: must be >= 1")
-    path = args.calibration or CALIB_DIR / f"{args.camera}_camera.yaml"
+    path = args.calibration or default_path("calibration", f"{args.camera}_camera.yaml")
     calib = HandEyeCalibration.load(path)
     expected = f"{args.camera}_camera_color_optical_frame"
     if calib.child_frame != expected:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from posevla.paths import default_path
 from posevla.teleop.gello import LeaderArm, LeaderConfig, LeaderReadError, offsets_for_known_pose
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "gello_xtrainer.yaml"
+DEFAULT_CONFIG = default_path("config", "gello_xtrainer.yaml")  # share/posevla/config of an install (posevla.paths)
 
 
 def parse_pose_deg(text: str) -> np.ndarray:

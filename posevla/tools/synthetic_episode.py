@@ -16,12 +16,12 @@ from posevla.calibration.files import load_calibrations
 from posevla.dataset.writer import EpisodeWriter, FrameRecord
 from posevla.geometry import se3
 from posevla.geometry.intrinsics import CameraIntrinsics
+from posevla.paths import calibration_dir, config_dir
 from posevla.robot.driver import XTrainerConfig
 from posevla.robot.kinematics import ArmKinematics
 from posevla.tools.synthetic_scene import TabletopScene
 from posevla.types import ArmState, RobotState
 
-REPO = Path(__file__).resolve().parents[2]
 CAMERAS = ("head", "left_wrist", "right_wrist")
 
 
@@ -49,8 +49,8 @@ def scripted_tcp_path(T_home: np.ndarray, target: np.ndarray, n: int) -> tuple[n
 def write_demo_episode(root: Path, task: str = "pick_red_cube", instruction: str = "pick up the red cube",
                        seconds: float = 3.0, fps: float = 15.0, width: int = 320, height: int = 240,
                        cube_xy: tuple[float, float] = (0.35, 0.10), seed: int = 0) -> Path:
-    robot = XTrainerConfig.from_yaml(REPO / "config" / "xtrainer_sim_robot.yaml")
-    calibs = load_calibrations(REPO / "calibration")
+    robot = XTrainerConfig.from_yaml(config_dir() / "xtrainer_sim_robot.yaml")
+    calibs = load_calibrations(calibration_dir())
     kin = ArmKinematics()
     scene = TabletopScene.default()
     scene.boxes[0].centre = np.array([cube_xy[0], cube_xy[1], 0.03])

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from posevla.paths import default_path
+
 # Arguments that may differ between a run and its --resume (everything else must match).
 RESUME_MAY_CHANGE = ("resume", "workers", "device", "eval_every", "eval_samples")
 
@@ -57,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = __doc__
     p.add_argument("--data", nargs="+", help="episode files or task folders (required unless --plan)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--config", type=Path, default=REPO / "models" / "tiny.yaml", help="model config (random init)")
+    src.add_argument("--config", type=Path, default=default_path("models", "tiny.yaml"),
+                     help="model config (random init; default: %(default)s)")
     src.add_argument("--init", type=Path, help="Pose-VLA checkpoint to fine-tune")
     src.add_argument("--init-pi0", type=Path, help="pi0 checkpoint directory (transformers or LeRobot format)")
     src.add_argument("--paligemma", type=Path, help="local PaliGemma directory to start from")
