@@ -51,20 +51,15 @@ def log_rerun(ep: EpisodeReader, stride: int = 1, save: Path | None = None, conn
     """Log the episode to rerun: to a file (save), a running viewer (connect) or a new viewer (spawn)."""
     import rerun as rr
 
-    rec = rr.RecordingStream("posevla_episode", recording_id=str(ep.path))
-    if save is not None:
-        rec.save(str(save))
-    elif connect:
-        rec.connect_grpc(connect)
-    elif spawn:
-        rec.spawn()
+    from posevla import viewer  # the entity layout and helpers shared with the live view (`posevla view`)
+
+    rec = viewer.open_recording("posevla_episode", str(ep.path), save=save, connect=connect, spawn=spawn)
     tcp = _tcp(ep)
     stamps = {"frame": ep.array("stamps/frame"), "robot": ep.array("stamps/robot"),
               **{c: ep.camera_stamps(c) for c in ep.camera_names}}
     qpos, action = ep.array("observations/qpos"), ep.array("action")
     calib = _calibrations(ep)
-    rec.log("world", rr.ViewCoordinates.RIGHT_HAND_Z_UP, static=True)
-    rec.log("world/base_link", rr.Transform3D(), rr.TransformAxes3D(0.2), static=True)
+    viewer.log_world(rec)
     rec.log("info", rr.TextDocument(f"{ep.path}\ntask: {ep.meta.get('task')}\ninstruction: {ep.meta.get('instruction')}\n"
                                     f"success: {ep.meta.get('success')}\nstorage: {ep.storage}"), static=True)
     for arm in ARM_NAMES:
@@ -74,41 +69,23 @@ def log_rerun(ep: EpisodeReader, stride: int = 1, save: Path | None = None, conn
     cam_entity = {}
     for cam in ep.camera_names:
         frame_id = f"{cam}_camera_color_optical_frame"
-        c = calib.get(frame_id)
-        if c is not None and c.get("parent_frame") == "base_link":
-            T = np.asarray(c["transform"]["matrix"], float)
-            rec.log(f"world/base_link/{cam}", rr.Transform3D(translation=T[:3, 3], mat3x3=T[:3, :3]),
-                    rr.TransformAxes3D(0.1), static=True)
-            cam_entity[cam] = f"world/base_link/{cam}"
-        elif c is not None and str(c.get("parent_frame", "")).endswith("_tcp"):
-            arm = str(c["parent_frame"]).removesuffix("_tcp")
-            T = np.asarray(c["transform"]["matrix"], float)
-            rec.log(f"world/base_link/{arm}_tcp/{cam}", rr.Transform3D(translation=T[:3, 3], mat3x3=T[:3, :3]),
-                    rr.TransformAxes3D(0.05), static=True)
-            cam_entity[cam] = f"world/base_link/{arm}_tcp/{cam}"
-        else:
-            cam_entity[cam] = f"cameras/{cam}"  # no calibration: image space only
-        intr = ep.intrinsics[cam]
-        rec.log(cam_entity[cam], rr.Pinhole(image_from_camera=intr.K, resolution=[intr.width, intr.height],
-                                            camera_xyz=rr.ViewCoordinates.RDF), static=True)
+        c = calib.get(frame_id)  # no calibration: image space only (cameras/<cam>)
+        cam_entity[cam] = viewer.log_camera_mount(rec, cam, str(c.get("parent_frame", "")) if c else None,
+                                                  np.asarray(c["transform"]["matrix"], float) if c else None)
+        viewer.log_pinhole(rec, cam_entity[cam], ep.intrinsics[cam])
     period = 1e9 / float(ep.meta.get("fps") or 30.0)
     for i in range(0, ep.num_frames, stride):
         rec.set_time("frame", sequence=i)
         rec.set_time("capture_time", timestamp=np.datetime64(int(stamps["frame"][i]), "ns"))
         for arm in ARM_NAMES:
             if np.all(np.isfinite(tcp[arm][i])):
-                T = se3.T_from_pos_quat(tcp[arm][i][:3], tcp[arm][i][3:])
-                rec.log(f"world/base_link/{arm}_tcp", rr.Transform3D(translation=T[:3, 3], mat3x3=T[:3, :3]),
-                        rr.TransformAxes3D(0.05))
+                viewer.log_tcp(rec, arm, se3.T_from_pos_quat(tcp[arm][i][:3], tcp[arm][i][3:]))
         for k, arm in enumerate(ARM_NAMES):
             rec.log(f"robot/{arm}/gripper", rr.Scalars(float(qpos[i, k * 7 + 6])))
             rec.log(f"action/{arm}/gripper", rr.Scalars(float(action[i, k * 7 + 6])))
             for j in range(6):
                 rec.log(f"action/{arm}/joint{j + 1}", rr.Scalars(float(action[i, k * 7 + j])))
                 rec.log(f"robot/{arm}/joint{j + 1}", rr.Scalars(float(qpos[i, k * 7 + j])))
-            if np.all(np.isfinite(tcp[arm][i])):
-                for a, axis in enumerate("xyz"):
-                    rec.log(f"robot/{arm}/tcp_{axis}", rr.Scalars(float(tcp[arm][i][a])))
         for name, st in stamps.items():
             if name != "frame":  # how old each stream's sample was at the recording tick (ms)
                 rec.log(f"stamps/age_ms/{name}", rr.Scalars((int(stamps["frame"][i]) - int(st[i])) * 1e-6))
@@ -119,11 +96,9 @@ def log_rerun(ep: EpisodeReader, stride: int = 1, save: Path | None = None, conn
                     rec.log("stamps/gaps", rr.TextLog(f"frame {i}: {gap:.0f} ms since the previous tick",
                                                       level="WARN"))
         for cam in ep.camera_names:
-            rec.log(f"{cam_entity[cam]}/rgb", rr.Image(ep.rgb(cam, i)).compress(jpeg_quality=90))
-            rec.log(f"{cam_entity[cam]}/depth", rr.DepthImage(ep.raw_depth(cam, i), meter=1.0 / ep.depth_scale[cam]))
-    rec.flush()
-    if save is not None:
-        rec.disconnect()
+            viewer.log_rgb(rec, cam_entity[cam], ep.rgb(cam, i))
+            viewer.log_depth(rec, cam_entity[cam], ep.raw_depth(cam, i), 1.0 / ep.depth_scale[cam])
+    viewer.close_recording(rec, saved=save is not None)
 
 
 # ---------------------------------------------------------------------------------------------- mp4

@@ -46,6 +46,7 @@ EXECUTABLES: dict[str, str] = {
     "run_graph": "posevla_ros.run_graph",
     "trigger": "posevla_ros.trigger",
     "mujoco_sim": "posevla_ros.mujoco_sim_node",
+    "live_view": "posevla_ros.live_view",
 }
 
 
