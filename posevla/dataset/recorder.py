@@ -76,6 +76,7 @@ class Recorder:
         self.counts: dict[str, int] = {}
         self.repeated: dict[str, int] = {}  # ticks of this episode that found no new frame from a camera
         self._last_cam_stamp: dict[str, int] = {}
+        self.frames_queued = 0  # frames of this episode handed to the writer
         self._rate_snapshot: tuple[float, dict[str, int]] = (time.monotonic(), {})
         self.incomplete_on_start = F.list_incomplete(self.task_dir)
 
@@ -147,6 +148,7 @@ class Recorder:
             return Refusal(f"cannot start: {exc}")
         self.state, self.episode_start, self.last_reason = "recording", time.monotonic(), ""
         self.repeated, self._last_cam_stamp = {c: 0 for c in self.cfg.cameras}, {}
+        self.frames_queued = 0
         return f"recording episode {self.writer.index}"
 
     def stop_and_save(self, success: bool = True) -> str:
@@ -234,14 +236,16 @@ class Recorder:
                 self.repeated[c] += 1
             self._last_cam_stamp[c] = L.color[c][0]
         arms = {}
-        for arm, (stamp, T) in L.tcp.items():
+        for arm, (stamp, T) in list(L.tcp.items()):  # another thread may add an arm meanwhile
             _, q, g = L.joints.get(arm, (stamp, np.full(6, np.nan), float("nan")))
             arms[arm] = ArmState(T, q, g, stamp)
         robot_stamp = max((a.stamp_ns for a in arms.values()), default=0)
         action = L.action[1] if L.action is not None else np.full(F.QPOS_DIM, np.nan)
         rec = FrameRecord(now_ns, {c: L.color[c][1] for c in self.cfg.cameras}, {c: L.depth[c][1] for c in self.cfg.cameras},
                           {c: L.color[c][0] for c in self.cfg.cameras}, RobotState(arms, robot_stamp), action)
-        if not self.writer.add_frame(rec):
+        if self.writer.add_frame(rec):
+            self.frames_queued += 1
+        else:
             self.last_reason = f"writer behind: {self.writer.frames_rejected} frames could not be queued"
             if self.writer.frames_rejected > self.cfg.fps:  # a second's worth: stop rather than record gaps
                 return self.abort(self.last_reason)

@@ -124,12 +124,7 @@ class RecorderNode(Node):
                                            require_action=p["require_action"], storage=p["storage"]))
         for path in self.rec.incomplete_on_start:
             self.get_logger().warning(f"incomplete episode from an earlier run kept aside: {path}")
-        for cam in self.rec.cfg.cameras:
-            self.create_subscription(Image, f"{cam}/color/image_raw", lambda m, c=cam: self._color(c, m), qos_profile_sensor_data)
-            self.create_subscription(Image, f"{cam}/aligned_depth_to_color/image_raw", lambda m, c=cam: self._depth(c, m),
-                                     qos_profile_sensor_data)
-            self.create_subscription(CameraInfo, f"{cam}/color/camera_info", lambda m, c=cam: self._info(c, m),
-                                     qos_profile_sensor_data)
+        self._camera_inputs()
         for arm in ARMS:
             self.create_subscription(PoseStamped, f"{arm}_arm/tcp_pose", lambda m, a=arm: self._tcp(a, m), 50)
         self.create_subscription(JointState, "joint_states", self._joints, 50)
@@ -144,6 +139,15 @@ class RecorderNode(Node):
         self.create_timer(1.0, self._status)
         self.tty = sys.stdout.isatty()
         self._last_log = 0.0
+
+    def _camera_inputs(self) -> None:
+        """Camera frames arrive over DDS (posevla_ros.capture_recorder_node captures them in-process instead)."""
+        for cam in self.rec.cfg.cameras:
+            self.create_subscription(Image, f"{cam}/color/image_raw", lambda m, c=cam: self._color(c, m), qos_profile_sensor_data)
+            self.create_subscription(Image, f"{cam}/aligned_depth_to_color/image_raw", lambda m, c=cam: self._depth(c, m),
+                                     qos_profile_sensor_data)
+            self.create_subscription(CameraInfo, f"{cam}/color/camera_info", lambda m, c=cam: self._info(c, m),
+                                     qos_profile_sensor_data)
 
     def _do(self, fn) -> tuple[bool, str]:
         msg = fn()
