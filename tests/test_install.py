@@ -215,3 +215,75 @@ def test_installed_cli_defaults_point_into_the_install(install: Path, tmp_path: 
     assert lines[0] == str(share / "config" / "gello_xtrainer.yaml")
     assert lines[1] == "['left', 'right']"
     assert Path(lines[2]).is_file() and Path(lines[2]).is_relative_to(tmp_path)
+
+
+def test_trial_graph_definition_and_runner_parameters(tmp_path: Path) -> None:
+    """setup trial: the robot graph, an observe-only recorder and trial_runner, whose parameters become exactly the
+    `posevla trial` options; bad options are refused by name before anything starts."""
+    import argparse
+
+    from posevla_ros.bringup import BringupArgs, bringup
+    from posevla_ros.graph import graph
+    from posevla_ros.run_graph import node_command
+    from posevla_ros.trial_runner import PARAMS, trial_argv, trial_options
+
+    from posevla.tools import trial as trial_cli
+
+    opts = trial_options("4", "30", "full:modalities=full;rgb_only:modalities=rgb", "", "", "7")
+    assert opts == {"trials": 4, "time_limit_s": 30.0, "seed": 7,
+                    "conditions": ["full:modalities=full", "rgb_only:modalities=rgb"]}
+    specs = bringup("trial", checkpoint="/ckpt", instruction="stack the cups", task="stack_cups",
+                    args=BringupArgs(calibration_dir="/c", cameras=["head", "left_wrist"]), trial=opts)
+    by_name = {s.name: s for s in specs}
+    assert [s.name for s in specs] == ["head_camera", "left_wrist_camera", "xtrainer_driver", "policy", "executor",
+                                       "recorder", "trial_runner"]
+    assert by_name["policy"].parameters == {"checkpoint": "/ckpt", "calibration_dir": "/c", "cameras": ["head", "left_wrist"]}
+    assert "instruction" not in by_name["policy"].parameters  # the runner sets it at each start, clears it after
+    rec = by_name["recorder"].parameters
+    assert rec["require_action"] is False and rec["task"] == "stack_cups" and rec["root"] == "data"
+    assert rec["calibration_dir"] == "/c" and rec["cameras"] == ["head", "left_wrist"]
+    runner = by_name["trial_runner"]
+    assert runner.executable == "trial_runner" and runner.param_files == []
+    cmd = node_command(runner)
+    assert 'conditions:=["full:modalities=full", "rgb_only:modalities=rgb"]' in cmd
+    assert 'instruction:="stack the cups"' in cmd
+    # the node's parameters -> posevla trial's own parser
+    parser = argparse.ArgumentParser()
+    trial_cli.add_arguments(parser)
+    ns = parser.parse_args(trial_argv({**{k: v[0] for k, v in PARAMS.items()}, **runner.parameters}))
+    assert (ns.task, ns.instruction, ns.trials, ns.time_limit, ns.seed) == ("stack_cups", "stack the cups", 4, 30.0, 7)
+    assert ns.condition == ["full:modalities=full", "rgb_only:modalities=rgb"] and ns.record and not ns.sim
+    assert ns.out == Path("runs/trials/stack_cups") and ns.data_root == Path("data") and ns.policy_node == "policy"
+    no_rec = graph("trial", instruction="x", task="t", trial={"record": False, "data_root": "/d"})
+    assert [s.name for s in no_rec][-2:] == ["executor", "trial_runner"]
+    for bad, match in (({"trails": 3}, r"unknown trial option\(s\) \['trails'\]"),
+                       ({"task": "other"}, "task and instruction are arguments")):
+        with pytest.raises(ValueError, match=match):
+            graph("trial", instruction="x", task="t", trial=bad)
+    with pytest.raises(ValueError, match="needs task and instruction"):
+        graph("trial", task="t")
+    with pytest.raises(ValueError, match="for setup trial"):
+        graph("robot", trial={"trials": 3})
+    for args, match in ((("4.5", "", "", "", "", ""), "trials:='4.5' is not an integer"),
+                        (("", "", "", "", "yes", ""), "record:='yes'")):
+        with pytest.raises(ValueError, match=match):
+            trial_options(*args)
+
+
+def test_trial_runner_and_run_graph_trial_refuse_bad_input(tmp_path: Path) -> None:
+    run = lambda *a: subprocess.run([sys.executable, "-m", *a], capture_output=True, text=True, timeout=120,  # noqa: E731
+                                    cwd=tmp_path)
+    out = run("posevla_ros.trial_runner", "--help")
+    assert out.returncode == 0 and "time_limit_s" in out.stdout and "/trial/start" in out.stdout, out.stdout + out.stderr
+    for params, expected in ((["-p", "instruction:=x"], "trial_runner: parameter task is required"),
+                             (["-p", "task:=t", "-p", "instruction:=x", "-p", "trails:=3"],
+                              "trial_runner: unknown parameter trails (did you mean trials?)"),
+                             (["-p", "task:=t", "-p", "instruction:=x", "-p", "trials:=0"], "trial_runner: parameter trials")):
+        out = run("posevla_ros.trial_runner", "--ros-args", *params)
+        lines = (out.stdout + out.stderr).strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), (params, lines)
+    out = run("posevla_ros.run_graph", "trial", "--task", "t", "--trials", "x")
+    assert out.returncode == 2 and "run_graph: trials:='x' is not an integer" in out.stderr, out.stderr
+    out = run("posevla_ros.run_graph", "trial", "--task", "t")
+    assert out.returncode == 2 and "setup trial needs task and instruction" in out.stderr, out.stderr
+    assert not list(tmp_path.iterdir())  # nothing started, nothing written

@@ -46,12 +46,14 @@ def parse_cameras(text: str) -> list[str]:
 
 
 def bringup(setup: str, checkpoint: str = "", episode: str = "", instruction: str = "", task: str = "",
-            leader_dir: str = "", args: BringupArgs | None = None) -> list[NodeSpec]:
-    """The graph of `setup` with the bring-up arguments applied (see the module docstring)."""
+            leader_dir: str = "", args: BringupArgs | None = None,
+            trial: dict[str, object] | None = None) -> list[NodeSpec]:
+    """The graph of `setup` with the bring-up arguments applied (see the module docstring); `trial`: the
+    trial_runner's options for setup trial (posevla_ros.trial_runner.PARAMS)."""
     args = args or BringupArgs()
     args.validate()
     specs = graph(setup, checkpoint=checkpoint, episode=episode, instruction=instruction, task=task,
-                  leader_dir=leader_dir)
+                  leader_dir=leader_dir, trial=trial)
     cameras = list(args.cameras) or list(CAMERAS)
     out = []
     for spec in specs:

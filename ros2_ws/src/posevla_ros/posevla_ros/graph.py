@@ -47,14 +47,16 @@ EXECUTABLES: dict[str, str] = {
     "trigger": "posevla_ros.trigger",
     "mujoco_sim": "posevla_ros.mujoco_sim_node",
     "live_view": "posevla_ros.live_view",
+    "trial_runner": "posevla_ros.trial_runner",
 }
 
 
-SETUPS = ("robot", "sim", "collect", "collect_sim", "sim_mujoco", "collect_mujoco")
+SETUPS = ("robot", "sim", "collect", "collect_sim", "sim_mujoco", "collect_mujoco", "trial")
 
 
 def graph(setup: str, checkpoint: str = "", episode: str = "", instruction: str = "", task: str = "",
-          leader_dir: str = "", overrides: dict[str, dict[str, object]] | None = None) -> list[NodeSpec]:
+          leader_dir: str = "", overrides: dict[str, dict[str, object]] | None = None,
+          trial: dict[str, object] | None = None) -> list[NodeSpec]:
     """Nodes for a setup.
 
     robot:       RealSense cameras, X-Trainer driver, policy, executor (trials on the robot)
@@ -67,10 +69,18 @@ def graph(setup: str, checkpoint: str = "", episode: str = "", instruction: str 
     collect_mujoco: like collect_sim, with the MuJoCo twin in place of the TCP simulator and the replay; without
                  leader_dir there is no teleop node: a scripted leader publishes the joint commands
                  (/xtrainer/servo_joint_command, as teleop_node does), see posevla_ros.closed_loop
+    trial:       the robot graph (RealSense cameras, driver, policy waiting with an empty instruction, executor), a
+                 recorder for the trials (observe only: require_action false) unless trial["record"] is false, and
+                 trial_runner (`posevla trial` as a node: task, instruction and the `trial` dict are its parameters,
+                 posevla_ros.trial_runner.PARAMS)
     `overrides` (node name -> parameters) are applied last, e.g. {"recorder": {"fps": 10.0}}.
     """
     if setup not in SETUPS:
         raise ValueError(f"unknown setup {setup!r} (expected one of {list(SETUPS)})")
+    if setup == "trial":
+        return _trial_graph(checkpoint, instruction, task, dict(trial or {}))
+    if trial:
+        raise ValueError(f"trial options {sorted(trial)} are for setup trial, not {setup}")
     if setup in ("sim_mujoco", "collect_mujoco"):
         return _mujoco_graph(setup, checkpoint, instruction, task, leader_dir, overrides or {})
     sim = setup in ("sim", "collect_sim")
@@ -113,4 +123,24 @@ def _mujoco_graph(setup: str, checkpoint: str, instruction: str, task: str, lead
         raise ValueError(f"overrides for unknown node(s) {unknown} (graph {setup} has {[n.name for n in nodes]})")
     for n in nodes:
         n.parameters.update(overrides.get(n.name, {}))
+    return nodes
+
+
+def _trial_graph(checkpoint: str, instruction: str, task: str, trial: dict[str, object]) -> list[NodeSpec]:
+    """The robot graph + recorder + trial_runner (see graph())."""
+    from posevla_ros.trial_runner import PARAMS as RUNNER_PARAMS  # a plain table: no ROS import
+
+    unknown = sorted((set(trial) - set(RUNNER_PARAMS)) | (set(trial) & {"task", "instruction"}))
+    if unknown:
+        raise ValueError(f"unknown trial option(s) {unknown} (trial_runner takes "
+                         f"{sorted(set(RUNNER_PARAMS) - {'task', 'instruction'})}; task and instruction are arguments)")
+    if not task or not instruction:
+        raise ValueError("setup trial needs task and instruction (task:=... instruction:=...)")
+    nodes = graph("robot", checkpoint=checkpoint)  # the policy gets no instruction: the runner sets it per trial
+    runner = {"task": task, "instruction": instruction, **trial}
+    if runner.get("record", RUNNER_PARAMS["record"][0]):
+        nodes.append(NodeSpec("recorder_node", "recorder", ["recorder.yaml"],
+                              {"task": task, "instruction": instruction, "require_action": False,
+                               "root": runner.get("data_root", RUNNER_PARAMS["data_root"][0])}))
+    nodes.append(NodeSpec("trial_runner", "trial_runner", [], runner))
     return nodes

@@ -20,6 +20,7 @@ import yaml
 
 from posevla_ros.bringup import BringupArgs, bringup, parse_cameras
 from posevla_ros.graph import CAMERAS, EXECUTABLES, SETUPS, NodeSpec
+from posevla_ros.trial_runner import trial_options
 
 
 def param_arg(key: str, value: object) -> str:
@@ -110,11 +111,20 @@ def main(args: list[str] | None = None) -> int:
     for cam in CAMERAS:
         parser.add_argument(f"--{cam.replace('_', '-')}-serial", default="", help=f"RealSense serial of the {cam} camera")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
+    trial = parser.add_argument_group("setup trial (trial_runner parameters; see posevla trial --help)")
+    trial.add_argument("--trials", default="", help="trials per condition (default 20)")
+    trial.add_argument("--time-limit", default="", help="seconds per trial (default 60)")
+    trial.add_argument("--condition", action="append", default=[], help="NAME[:key=value,...] (repeatable)")
+    trial.add_argument("--out", default="", help="session folder (default runs/trials/<task>)")
+    trial.add_argument("--no-record", action="store_true", help="do not start a recorder / record the trials")
+    trial.add_argument("--seed", default="", help="seed of the randomised block order (default 0)")
     ns = parser.parse_args(args)
     extra = BringupArgs(calibration_dir=ns.calibration_dir, cameras=parse_cameras(ns.cameras),
                         serials={c: getattr(ns, f"{c}_serial") for c in CAMERAS if getattr(ns, f"{c}_serial")})
     try:
-        specs = bringup(ns.setup, ns.checkpoint, ns.episode, ns.instruction, ns.task, ns.leader_dir, extra)
+        trial = trial_options(ns.trials, ns.time_limit, ";".join(ns.condition), ns.out,
+                              "false" if ns.no_record else "", ns.seed) if ns.setup == "trial" else None
+        specs = bringup(ns.setup, ns.checkpoint, ns.episode, ns.instruction, ns.task, ns.leader_dir, extra, trial)
         runner = GraphRunner(specs)
         for spec in specs:
             node_command(spec)  # parameter files exist, before anything starts
