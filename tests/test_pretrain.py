@@ -248,7 +248,8 @@ def test_mixture_draws_sources_by_weight(data: dict, tmp_path: Path) -> None:
 @pytest.mark.parametrize("entry, message", [
     ({"format": "omni3d", "json": "a.json", "image_root": ".", "colour": 1}, "unknown field(s) ['colour']"),
     ({"format": "bop", "root": "."}, "sources[0].split is required"),
-    ({"format": "lerobot"}, "sources[0].format='lerobot'"),
+    ({"format": "lerobot", "root": "."}, "sources[0].cache is required"),
+    ({"format": "rosbag"}, "sources[0].format='rosbag'"),
     ({"format": "bop", "root": ".", "split": "x", "weight": -1}, "sources[0].weight=-1.0"),
 ])
 def test_mixture_errors_name_the_field(tmp_path: Path, entry: dict, message: str) -> None:

@@ -22,16 +22,30 @@
         dt_s: 0.1                  # seconds between them
         cameras: [head, left_wrist, right_wrist]
         weight: 1.0
+      - name: public
+        format: lerobot            # a LeRobot v3.0 dataset (posevla.pretrain.lerobot_source)
+        root: lerobot/xtrainer_pick
+        cache: cache/xtrainer_pick # converted once into episode files here
+        episodes: []               # episode indices ([]: all)
+        calibration: ""            # hand-eye YAML folder for datasets whose meta has none
+        assume_intrinsics: false   # accept datasets without camera parameters (60 deg pinhole assumed)
+        horizon: 10
+        dt_s: 0.1
+        cameras: []                # [] : every camera
 
 Relative paths are relative to the YAML file. Unknown keys are errors. Each step draws a source with
 probability weight / sum(weights), then a sample from that source's shuffle buffer (streaming readers cannot
 shuffle a whole dataset). Under torchrun every rank reads its own share (images, scenes or frames
 i % world == rank) with its own seed.
+
+The buffers hold *pending* samples (which image and question, or which episode frame): pixels are decoded
+when a sample leaves the buffer, and no random draw depends on pixels, so `Mixture.skip(n)` reproduces the
+stream position after n samples without decoding anything (how `posevla pretrain --resume` continues a run).
 """
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +57,7 @@ from posevla.model.pose_tokens import PoseTokenizer
 from posevla.pretrain.bop import BOPReader
 from posevla.pretrain.omni3d import Omni3DReader
 from posevla.pretrain.records import AnnotatedImage, ViewMaker
-from posevla.pretrain.targets import PretrainSample, grounding_samples
+from posevla.pretrain.targets import PretrainSample, asked_categories, grounding_sample
 from posevla.pretrain.trajectory import EpisodeTrajectories
 from posevla.yaml_file import read_yaml
 
@@ -51,10 +65,12 @@ FORMATS: dict[str, dict[str, Any]] = {  # format -> allowed keys and defaults (N
     "omni3d": {"json": None, "image_root": None, "depth_root": "", "depth_scale_m": 0.001},
     "bop": {"root": None, "split": None, "object_names": "", "models_dir": "models", "min_visib_fract": 0.1},
     "episodes": {"paths": None, "horizon": 10, "dt_s": 0.1, "cameras": []},
+    "lerobot": {"root": None, "cache": None, "episodes": [], "calibration": "", "assume_intrinsics": False,
+                "horizon": 10, "dt_s": 0.1, "cameras": []},
 }
 COMMON = {"name": "", "format": None, "weight": 1.0, "negatives": 1}
 GROUNDING_FORMATS = ("omni3d", "bop")
-TRAJECTORY_FORMATS = ("episodes",)
+TRAJECTORY_FORMATS = ("episodes", "lerobot")
 
 
 @dataclass
@@ -91,7 +107,7 @@ def read_mixture(path: str | Path) -> list[SourceSpec]:
         for k, d in allowed.items():
             if d is None and entry.get(k) in (None, ""):
                 raise ValueError(f"{where}.{k} is required for format {fmt}")
-        for k in ("json", "image_root", "depth_root", "root"):
+        for k in ("json", "image_root", "depth_root", "root", "cache", "calibration"):
             if opts.get(k):
                 opts[k] = str((path.parent / str(opts[k])).resolve())
         if fmt == "bop" and opts["object_names"] and str(opts["object_names"]).endswith(".json"):
@@ -99,6 +115,22 @@ def read_mixture(path: str | Path) -> list[SourceSpec]:
         if fmt == "episodes":
             paths = opts["paths"] if isinstance(opts["paths"], list) else [opts["paths"]]
             opts["paths"] = [str((path.parent / str(p)).resolve()) for p in paths]
+        if fmt == "lerobot":
+            eps = opts["episodes"] or []
+            if not isinstance(eps, list) or not all(isinstance(e, int) and e >= 0 for e in eps):
+                raise ValueError(f"{where}.episodes={opts['episodes']!r} must be a list of episode indices")
+            if not isinstance(opts["assume_intrinsics"], bool):
+                raise ValueError(f"{where}.assume_intrinsics={opts['assume_intrinsics']!r} must be true or false")
+        if fmt in TRAJECTORY_FORMATS:
+            if not isinstance(opts["cameras"], list):
+                raise ValueError(f"{where}.cameras={opts['cameras']!r} must be a list of camera names")
+            try:
+                ok = int(opts["horizon"]) >= 1 and float(opts["dt_s"]) > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"{where}: horizon={opts['horizon']!r} must be an integer >= 1 and "
+                                 f"dt_s={opts['dt_s']!r} a number > 0")
         try:
             weight = float(opts.pop("weight"))
             negatives = int(opts.pop("negatives"))
@@ -117,9 +149,39 @@ def read_mixture(path: str | Path) -> list[SourceSpec]:
     return specs
 
 
+def episode_paths(spec: SourceSpec, arms: tuple[str, ...] = ("left", "right")) -> list[Path]:
+    """The episode files of an episodes or lerobot source (a LeRobot dataset is converted on first use)."""
+    o = spec.options
+    if spec.format == "lerobot":
+        from posevla.pretrain.lerobot_source import lerobot_episodes
+
+        return lerobot_episodes(o["root"], o["cache"], o["episodes"] or None, arms, bool(o["assume_intrinsics"]),
+                                spec.name)
+    if spec.format == "episodes":
+        from posevla.training.episode_dataset import find_episodes
+
+        return find_episodes(o["paths"])
+    raise ValueError(f"source {spec.name}: format {spec.format} has no episodes")
+
+
 def open_source(spec: SourceSpec, arms: tuple[str, ...] = ("left", "right")):
     """The reader of one source: Omni3DReader, BOPReader or EpisodeTrajectories."""
     o = spec.options
+    if spec.format == "lerobot":
+        from posevla.pretrain.lerobot_source import fallback_calibrations
+
+        paths = episode_paths(spec, arms)
+        calib = fallback_calibrations(o["calibration"])
+        if calib is None:
+            from posevla.dataset.reader import EpisodeReader
+
+            for p in paths:
+                with EpisodeReader(p) as ep:
+                    if not ep.meta.get("calibration"):
+                        raise ValueError(f"source {spec.name}: {o['root']} episode {p.name} has no calibration "
+                                         "(meta/posevla.json) and the source names no `calibration` folder")
+        return EpisodeTrajectories(paths, int(o["horizon"]), float(o["dt_s"]), tuple(o["cameras"]) or None,
+                                   arms=arms, name=spec.name, calibrations=calib)
     if spec.format == "omni3d":
         return Omni3DReader(o["json"], o["image_root"], o["depth_root"] or None, float(o["depth_scale_m"]),
                             name=spec.name)
@@ -145,6 +207,25 @@ def _image_stream(reader, rng: np.random.Generator, rank: int, world: int) -> It
             raise ValueError(f"source {reader.name}: no images")
 
 
+class _Pending:
+    """A sample that is decided (image and question, or episode frame) but not yet decoded. The image's view is
+    shared by the questions asked of it and released when the last of them is made or skipped."""
+
+    def __init__(self, make: Callable[[dict | None], PretrainSample], shared: dict | None = None) -> None:
+        self.make, self.shared = make, shared
+
+    def __call__(self) -> PretrainSample:
+        sample = self.make(self.shared)
+        self.release()
+        return sample
+
+    def release(self) -> None:
+        if self.shared is not None:
+            self.shared["left"] -= 1
+            if self.shared["left"] == 0:
+                self.shared.pop("view", None)
+
+
 class Mixture:
     """Infinite stream of PretrainSamples drawn from weighted sources (see module docstring)."""
 
@@ -159,30 +240,45 @@ class Mixture:
         self.views = ViewMaker(cfg.image_size, cfg.reference_view)
         self.drawn: Counter[str] = Counter()
         self._streams = [self._stream(i) for i in range(len(specs))]
-        self._buffers: list[list[PretrainSample]] = [[] for _ in specs]
+        self._buffers: list[list[_Pending]] = [[] for _ in specs]
 
-    def _stream(self, i: int) -> Iterator[PretrainSample]:
+    def _stream(self, i: int) -> Iterator[_Pending]:
         spec, reader = self.specs[i], self.readers[i]
         rng = np.random.default_rng([int(self.rng.integers(2**31)), i])
         if isinstance(reader, EpisodeTrajectories):
             for k in reader.indices(rng, self.rank, self.world):
-                yield reader.sample(k, self.cfg, self.tok, self.views)
+                yield _Pending(lambda _shared, k=k, reader=reader: reader.sample(k, self.cfg, self.tok, self.views))
         else:
             for img in _image_stream(reader, rng, self.rank, self.world):
-                view = self.views(img)
-                yield from grounding_samples(img, view, self.cfg, self.tok, rng, spec.negatives)
+                cats = asked_categories(img, rng, spec.negatives)
+                shared = {"left": len(cats)}
+                for cat in cats:
+                    yield _Pending(lambda sh, img=img, cat=cat: self._grounding(img, cat, sh), shared)
+
+    def _grounding(self, img: AnnotatedImage, category: str, shared: dict) -> PretrainSample:
+        if "view" not in shared:
+            shared["view"] = self.views(img)
+        return grounding_sample(img, shared["view"], category, self.cfg, self.tok)
+
+    def _draw(self) -> tuple[int, _Pending]:
+        i = int(self.rng.choice(len(self.specs), p=self.p))
+        buf = self._buffers[i]
+        while len(buf) < self.buffer:
+            buf.append(next(self._streams[i]))
+        pending = buf.pop(int(self.rng.integers(len(buf))))
+        self.drawn[self.specs[i].name] += 1
+        return i, pending
 
     def __iter__(self) -> Iterator[PretrainSample]:
         return self
 
     def __next__(self) -> PretrainSample:
-        i = int(self.rng.choice(len(self.specs), p=self.p))
-        buf = self._buffers[i]
-        while len(buf) < self.buffer:
-            buf.append(next(self._streams[i]))
-        sample = buf.pop(int(self.rng.integers(len(buf))))
-        self.drawn[self.specs[i].name] += 1
-        return sample
+        return self._draw()[1]()
+
+    def skip(self, n: int) -> None:
+        """Advance the stream by n samples without decoding them (the state after n draws, as if they were made)."""
+        for _ in range(n):
+            self._draw()[1].release()
 
     def close(self) -> None:
         for r in self.readers:

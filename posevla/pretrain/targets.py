@@ -90,24 +90,33 @@ def grounding_answer(objects: list[Object3D], img: AnnotatedImage, view: ModelVi
     return encode_tuples([pose_tuple(o, img, view) for o in ordered], tok)
 
 
-def grounding_samples(img: AnnotatedImage, view: ModelView, cfg: PoseVLAConfig, tok: PoseTokenizer,
-                      rng: np.random.Generator | None = None, negatives: int = 1,
-                      with_answer: bool = True) -> list[PretrainSample]:
-    """One sample per category present, plus up to `negatives` absent categories of the source ('no object')."""
+def asked_categories(img: AnnotatedImage, rng: np.random.Generator | None = None, negatives: int = 1) -> list[str]:
+    """The categories asked of an image: every category present, plus up to `negatives` absent categories of the
+    source (answered 'no object'), drawn with `rng` (in order when None)."""
     present = sorted({o.category.strip().lower() for o in img.objects})
     absent = [c for c in (x.strip().lower() for x in img.categories) if c not in present]
     asked = list(present)
     if absent and negatives > 0:
         pick = (rng.permutation(len(absent)) if rng is not None else np.arange(len(absent)))[:negatives]
         asked += [absent[int(i)] for i in pick]
-    out = []
-    for cat in asked:
-        objs = [o for o in img.objects if o.category.strip().lower() == cat]
-        answer = grounding_answer(objs, img, view, tok) if with_answer else None
-        obs = observation(view, grounding_prompt(cat), cfg)
-        out.append(PretrainSample(TrainingSample(obs, pose_text=answer), img.source, cat, [o.box for o in objs],
-                                  img.image_id))
-    return out
+    return asked
+
+
+def grounding_sample(img: AnnotatedImage, view: ModelView, category: str, cfg: PoseVLAConfig, tok: PoseTokenizer,
+                     with_answer: bool = True) -> PretrainSample:
+    """The question for one category of an image and its answer (tuples nearest first, or 'no object')."""
+    objs = [o for o in img.objects if o.category.strip().lower() == category]
+    answer = grounding_answer(objs, img, view, tok) if with_answer else None
+    obs = observation(view, grounding_prompt(category), cfg)
+    return PretrainSample(TrainingSample(obs, pose_text=answer), img.source, category, [o.box for o in objs],
+                          img.image_id)
+
+
+def grounding_samples(img: AnnotatedImage, view: ModelView, cfg: PoseVLAConfig, tok: PoseTokenizer,
+                      rng: np.random.Generator | None = None, negatives: int = 1,
+                      with_answer: bool = True) -> list[PretrainSample]:
+    """One sample per category present, plus up to `negatives` absent categories of the source ('no object')."""
+    return [grounding_sample(img, view, cat, cfg, tok, with_answer) for cat in asked_categories(img, rng, negatives)]
 
 
 def trajectory_answer(poses_by_arm: dict[str, np.ndarray], tok: PoseTokenizer) -> str:

@@ -34,9 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("grounding", "trajectory")
+# Arguments that may differ between a run and its --resume (everything else must match).
+RESUME_MAY_CHANGE = ("resume", "device", "eval_every", "eval_questions", "eval_data", "max_new_tokens", "save_every")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--init", type=Path, help="Pose-VLA checkpoint to continue (its pose bins are kept)")
     src.add_argument("--paligemma", type=Path, help="local PaliGemma directory to start from")
     p.add_argument("--bins", type=Path, help="pose_bins.json from `posevla tokenizer fit` (not with --init)")
+    p.add_argument("--token-init", choices=("ordinal", "random"), default="random",
+                   help="with --config (random weights): ordinal = smooth embeddings for the <loc> and pose tokens "
+                        "so neighbouring bins start alike (posevla.pretrain.token_init); random = as built. "
+                        "--init and --paligemma keep their embeddings")
     p.add_argument("--out", type=Path, help="run folder (required unless --eval-only)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8, help="per process")
@@ -67,7 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-questions", type=int, default=200, help="questions drawn from --eval-data")
     p.add_argument("--eval-only", action="store_true", help="evaluate --init on --eval-data and exit")
     p.add_argument("--max-new-tokens", type=int, default=96, help="answer budget when evaluating")
-    p.add_argument("--save-every", type=int, default=0, help="also save checkpoint_<step> every n steps")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="also save checkpoint_<step> and a resume state (weights, optimiser, RNGs) every n steps")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest resume state (same arguments; bit-identical "
+                        "continuation: the data streams are fast-forwarded without decoding)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: CUDA when present)")
 
@@ -102,6 +113,10 @@ def make_policy(args: argparse.Namespace, device: str):
             policy = PoseVLAPolicy.from_paligemma(args.paligemma, device=device, seed=args.seed)
         else:
             policy = PoseVLAPolicy.from_config(args.config, seed=args.seed, device=device)
+            if args.token_init == "ordinal":
+                from posevla.pretrain.token_init import ordinal_token_init
+
+                ordinal_token_init(policy, seed=args.seed)
         if args.bins is not None:
             bins = PoseTokenizer.load(args.bins)
             if bins.num_bins != policy.config.num_pose_bins:
@@ -160,6 +175,21 @@ def pretrain(args: argparse.Namespace) -> dict:
             raise ValueError("--eval-only needs --eval-data")
     elif args.data is None or args.out is None:
         raise ValueError("--data and --out are required for training")
+    from posevla.training import resume as rs
+    from posevla.training.train import _check_resume_args, run_config
+
+    config_now = run_config(args)
+    state_path = None
+    if args.resume:
+        if args.eval_only:
+            raise ValueError("--resume continues a training run; it does not go with --eval-only")
+        state_path = rs.latest_state(args.out)
+        if state_path is None:
+            raise ValueError(f"--resume: no resume state under {Path(args.out) / rs.STATE_DIR} (was --save-every set?)")
+        saved_path = Path(args.out) / "run_config.yaml"
+        saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else {}
+        _check_resume_args({k: v for k, v in saved.items() if k not in RESUME_MAY_CHANGE},
+                           {k: v for k, v in config_now.items() if k not in RESUME_MAY_CHANGE}, Path(args.out))
     rank, world, local_rank = _dist()
     device = args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
@@ -182,11 +212,12 @@ def pretrain(args: argparse.Namespace) -> dict:
     flow_data, flow_share = None, None
     if args.cotrain_flow > 0:
         from posevla.model.normalization import NormStats
+        from posevla.pretrain.mixture import episode_paths
         from posevla.training.episode_dataset import EpisodeChunkDataset, find_episodes
 
-        paths = [p for s in specs if s.format == "episodes" for p in s.options["paths"]]
+        paths = [p for s in specs if s.format in TRAJECTORY_FORMATS for p in episode_paths(s, cfg.arms)]
         if not paths:
-            raise ValueError(f"--cotrain-flow needs an episodes source in --data {args.data}")
+            raise ValueError(f"--cotrain-flow needs an episodes or lerobot source in --data {args.data}")
         flow_data = EpisodeChunkDataset(find_episodes(paths), cfg)
         states, actions = flow_data.state_and_action_rows(seed=args.seed)  # same subset on every rank
         policy.set_norm_stats(NormStats.fit(states, actions))
@@ -203,17 +234,49 @@ def pretrain(args: argparse.Namespace) -> dict:
         wrapped = model
     params = [p for p in wrapped.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    start, log, evals = 0, [], []
+    if state_path is not None:  # the trainer's resume state: trainable weights, optimiser, every rank's RNGs
+        payload = rs.load_state(state_path, model, opt, rank, world)
+        start, log, evals = int(payload["step"]), list(payload["log"]), list(payload["evals"])
+        if start >= args.steps:
+            raise ValueError(f"--resume: the run in {args.out} already completed {start} of --steps {args.steps}")
+        if "norm" in payload:
+            from posevla.model.normalization import NormStats
+
+            policy.set_norm_stats(NormStats(**{k: np.asarray(v) for k, v in payload["norm"].items()}))
+        for _ in range(start):  # the data streams where they were: same draws, nothing decoded
+            if flow_data is not None and flow_share is not None and step_rng.random() < args.cotrain_flow:
+                flow_rng.choice(flow_share, args.batch_size)
+            else:
+                data.skip(args.batch_size)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
                 else contextlib.nullcontext())
     out = Path(args.out)
-    log, evals = [], []
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        (out / "run_config.yaml").write_text(yaml.safe_dump(config_now, sort_keys=False))
+        if state_path is not None:
+            print(f"[pretrain] resumed from {state_path} at step {start}", flush=True)
         print(f"[pretrain] stage {args.stage}: {len(specs)} source(s) "
               f"{[(s.name, s.format, s.weight) for s in specs]}, {world} process(es) on {device}, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
     t0 = time.perf_counter()
-    for step in range(args.steps):
+
+    def save_resume_state(step: int) -> None:
+        rngs: list | None = None
+        if world > 1:  # every rank's RNG goes into rank 0's resume state
+            rngs = [None] * world
+            torch.distributed.all_gather_object(rngs, rs.rng_state())
+        if rank != 0:
+            return
+        policy.save_pretrained(out / f"checkpoint_{step}")
+        extra = {"log": log, "evals": evals, "args": config_now}
+        if flow_data is not None:
+            extra["norm"] = {k: getattr(policy.norm, k).tolist()
+                             for k in ("state_mean", "state_std", "action_mean", "action_std")}
+        rs.save_state(out, step, model, opt, extra, rngs)
+
+    for step in range(start, args.steps):
         flow_step = flow_data is not None and step_rng.random() < args.cotrain_flow
         if flow_step:  # flow matching on action chunks (no pose text: compute_loss gives the flow loss only)
             batch = policy.make_batch([flow_data[int(i)] for i in flow_rng.choice(flow_share, args.batch_size)])
@@ -238,8 +301,8 @@ def pretrain(args: argparse.Namespace) -> dict:
                     "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm, "time_s": time.perf_counter() - t0})
         if rank == 0 and (step % max(1, args.steps // 10) == 0 or step == args.steps - 1):
             print(f"[pretrain] step {step:6d} {log[-1]['kind']} loss {value:.4f} lr {log[-1]['lr']:.2e} grad {grad_norm:.2f}", flush=True)
-        if rank == 0 and args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            policy.save_pretrained(out / f"checkpoint_{step + 1}")
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+            save_resume_state(step + 1)
         if rank == 0 and held_out and args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             res = evaluate(policy, held_out, args)
             res["step"] = step + 1

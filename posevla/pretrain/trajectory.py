@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posevla.calibration.files import HandEyeCalibration
 from posevla.calibration.transforms import CameraToBase, PoseHistory
 from posevla.dataset.reader import EpisodeReader
 from posevla.geometry import se3
@@ -42,7 +43,9 @@ class EpisodeTrajectories:
 
     def __init__(self, paths: list[str | Path], horizon: int = 10, dt_s: float = 0.1,
                  cameras: tuple[str, ...] | None = None, arms: tuple[str, ...] = ARM_NAMES,
-                 name: str = "episodes") -> None:
+                 name: str = "episodes", calibrations: dict[str, HandEyeCalibration] | None = None) -> None:
+        """calibrations: {camera frame: calibration} for episodes that recorded none (e.g. imported from a public
+        LeRobot dataset); an episode's own recorded calibration always wins."""
         if horizon < 1:
             raise ValueError(f"trajectory horizon={horizon} must be >= 1")
         if not dt_s > 0:
@@ -58,7 +61,8 @@ class EpisodeTrajectories:
                 for arm in self.arms:
                     tcp = ep.array(f"observations/tcp_pose/{arm}")
                     if not np.all(np.isfinite(tcp)):
-                        raise ValueError(f"episode {path}: observations/tcp_pose/{arm} has NaN poses")
+                        raise ValueError(f"episode {path}: observations/tcp_pose/{arm} has NaN poses (trajectory "
+                                         "targets need the recorded end-effector poses)")
                     h = PoseHistory(max_len=len(tcp) + 1, tolerance_ns=10**18)  # holds the ends
                     for s, row in zip(stamps, tcp):
                         h.add(int(s), se3.T_from_pos_quat(row[:3], row[3:]))
@@ -67,8 +71,11 @@ class EpisodeTrajectories:
                 if not cams:
                     raise ValueError(f"episode {path}: none of the cameras {cameras} (has {ep.camera_names})")
                 e = len(self.episodes)
-                self.episodes.append(_Episode(path, ep.num_frames, cams,
-                                              CameraToBase(episode_calibrations(ep), histories), histories,
+                if ep.meta.get("calibration") or not calibrations:
+                    calib = episode_calibrations(ep)
+                else:
+                    calib = dict(calibrations)
+                self.episodes.append(_Episode(path, ep.num_frames, cams, CameraToBase(calib, histories), histories,
                                               str(ep.meta.get("instruction", ""))))
                 self.index += [(e, t, c) for t in range(ep.num_frames) for c in cams]
 
