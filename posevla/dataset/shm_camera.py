@@ -20,6 +20,7 @@ and accepts the copy only if the number is the same before and after.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from multiprocessing import shared_memory
@@ -37,6 +38,18 @@ SLOT_HEADER = 2
 def segment_name(prefix: str, camera: str) -> str:
     """The shared-memory segment of one camera of a source (`/dev/shm/<prefix>_<camera>`)."""
     return f"{prefix}_{camera}"
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    """Open an existing segment without handing it to this process's resource tracker (before Python 3.13 an
+    attaching process registers it too, and its tracker would unlink the source's segment when it exits)."""
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name, track=False)
+    from multiprocessing import resource_tracker
+
+    shm = shared_memory.SharedMemory(name)
+    resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    return shm
 
 
 def _layout(width: int, height: int, slots: int) -> tuple[int, int, int]:
@@ -125,7 +138,7 @@ class SharedMemoryCamera:
 
     def connect(self) -> None:
         try:
-            shm = shared_memory.SharedMemory(self.segment)
+            shm = _attach(self.segment)
         except FileNotFoundError:
             raise ConnectionError(f"camera {self.name}: no shared-memory camera {self.segment!r} (is the source running?)") from None
         header = np.ndarray((HEADER,), np.int64, shm.buf, 0).copy()
@@ -248,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.seconds < 0:
         print(f"shm_camera: --seconds={a.seconds}: must be >= 0", file=sys.stderr)
         return 2
+    def _stop(signum, frame) -> None:
+        raise KeyboardInterrupt  # SIGTERM ends the loop like Ctrl-C: segments closed and unlinked
+
+    signal.signal(signal.SIGTERM, _stop)
     out = run_source(a.prefix, a.cameras, a.size[0], a.size[1], a.fps, a.seconds, a.unique, a.slots, a.ready_file)
     print(f"shm_camera: {out['frames']} frames per camera in {out['seconds']:.1f} s, {out['late_ticks']} late ticks", flush=True)
     return 0
