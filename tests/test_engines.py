@@ -243,11 +243,15 @@ def _start_policy_node(rclpy, ckpt: Path, engine: str):
 
 
 def test_policy_node_engine_and_stage_timings(policy, tmp_path):
+    """The node runs the pipelined runner around its engine; /diagnostics has p50/p90/max of every stage."""
     rclpy = pytest.importorskip("rclpy")
+    import time
+
     from posevla_ros.policy_node import STAGES
 
-    from posevla.serving import ChunkTiming
+    from posevla.model.serving import STAGES as RUNNER_STAGES
 
+    assert STAGES == RUNNER_STAGES  # the node's torch-free copy of the list
     ckpt = policy.save_pretrained(tmp_path / "ckpt")
     node = _start_policy_node(rclpy, ckpt, "torch_graphs")
     try:
@@ -256,16 +260,25 @@ def test_policy_node_engine_and_stage_timings(policy, tmp_path):
         chunk = node._predict(obs)
         ref = node.policy.predict(obs, noise_seed=1)
         assert chunk.frame_id == ref.frame_id and chunk.arms.keys() == ref.arms.keys()
-        node._publish_chunk(chunk, ChunkTiming(queued=0.25, model=0.01, obs_age_at_publish=0.1))
+        published = []
+        node.chunk_pub.publish = published.append
+        for stamp in (1, 2):
+            obs.stamp_ns = stamp
+            node._on_observation(obs)
+            deadline = time.perf_counter() + 120.0
+            while node.runner.completed < stamp and time.perf_counter() < deadline:
+                time.sleep(0.01)
+        assert node.runner.completed == 2 and len(published) == 2 and node.runner.failed == 0
         sent = []
         node.diag_pub.publish = sent.append
         node._publish_diagnostics()
         values = {kv.key: kv.value for kv in sent[0].status[0].values}
-        assert values["engine"] == "torch_graphs"
-        assert float(values["queue_p50_s"]) == 0.25
+        assert values["engine"] == "torch_graphs" and values["completed"] == "2"
         for stage in STAGES:
-            assert 0.0 <= float(values[f"{stage}_p50_s"]) <= float(values[f"{stage}_max_s"]) < 60.0
-        assert float(values["model_p50_s"]) > 0.0
+            p50, p90, top = (float(values[f"{stage}_{q}_s"]) for q in ("p50", "p90", "max"))
+            assert 0.0 <= p50 <= p90 <= top, stage
+        assert float(values["model_p50_s"]) > 0.0 and float(values["preprocess_p50_s"]) > 0.0
+        assert float(values["publish_max_s"]) < 60.0
     finally:
         node.destroy_node()
         rclpy.shutdown()

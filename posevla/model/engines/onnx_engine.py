@@ -11,11 +11,23 @@ built from the same StaticPi0 code as the torch_graphs engine, so the two engine
 
 Export uses the TorchScript-based exporter (dynamo=False): it needs the `onnx` package but not `onnxscript`,
 and writes large models (the 3B config) with external data files. Running needs only onnxruntime.
+
+Execution provider (`provider`): auto (default) takes CUDA when the policy is on a CUDA device and this
+onnxruntime build has the CUDA provider (onnxruntime-gpu), else the CPU; tensorrt / cuda are asked for
+explicitly. A provider this build lacks, or one onnxruntime fails to load when the session is created (it
+then silently runs on the CPU), falls back down TensorRT -> CUDA -> CPU with a logged warning naming the
+reason; `engine.provider_note` keeps it. TensorRT engines are built on first use (minutes at full size) and
+cached next to the ONNX files (`trt_cache/`), in fp16 when the export is fp16.
+
+Staging: the inputs of one observation become OrtValues on the provider's device in `stage` (so with CUDA
+the host -> device copy happens on the preprocessing thread, overlapping the previous call), and `execute`
+binds them (I/O binding) without copying again.
 """
 from __future__ import annotations
 
 import copy
 import importlib.util
+import logging
 import tempfile
 import time
 import warnings
@@ -25,14 +37,40 @@ import numpy as np
 import torch
 from torch import nn
 
-from posevla.model.engines.base import Engine, ShapeKey, StaticInputs, modality_keep
+from posevla.model.engines.base import Engine, ShapeKey, Staged, StaticInputs, modality_keep
 from posevla.model.engines.static_kv import StaticPi0, StaticShape, euler_grid
 
+LOG = logging.getLogger("posevla.engines.onnxruntime")
+# provider name -> onnxruntime execution providers, in preference order
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+PROVIDER_CHOICES = ("auto", *PROVIDERS)
+FALLBACK = {"tensorrt": "cuda", "cuda": "cpu"}
+
+
+def choose_provider(requested: str | None, device_type: str, available: list[str]) -> tuple[str, str]:
+    """(provider, reason for not taking the requested one, "" when taken). requested: auto | cpu | cuda | tensorrt
+    (None = auto: cuda for a CUDA policy when this onnxruntime has it, else cpu). ValueError on other names."""
+    requested = requested or "auto"
+    if requested not in PROVIDER_CHOICES:
+        raise ValueError(f"onnxruntime provider={requested!r} must be one of {list(PROVIDER_CHOICES)}")
+    if requested == "auto":
+        if device_type != "cuda":
+            return "cpu", ""
+        if "CUDAExecutionProvider" in available:
+            return "cuda", ""
+        return "cpu", (f"provider auto: the policy is on CUDA but this onnxruntime has no CUDAExecutionProvider "
+                       f"(available: {available}; install onnxruntime-gpu): running on the CPU")
+    provider, reasons = requested, []
+    while PROVIDERS[provider][0] not in available:
+        reasons.append(f"{PROVIDERS[provider][0]} is not in this onnxruntime (available: {available})")
+        provider = FALLBACK[provider]
+    reason = "" if provider == requested else (f"provider {requested}: " + "; ".join(reasons) +
+                                               f": falling back to {provider} (install onnxruntime-gpu)")
+    return provider, reason
 OPSET = 17
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -78,9 +116,9 @@ SAMPLER_INPUTS = ("k_prefix", "v_prefix", "prompt_mask", "state", "noise", "time
 
 
 class OnnxEngine(Engine):
-    """provider: cpu | cuda | tensorrt. dtype: weights in the exported graphs (default float32 on cpu, float16
-    otherwise: onnxruntime's CUDA kernels cover fp16 far better than bf16). onnx_dir: where the .onnx files go
-    (default: a temporary directory removed with the engine)."""
+    """provider: auto | cpu | cuda | tensorrt (see the module docstring for the fallback). dtype: weights in the
+    exported graphs (default float32 on cpu, float16 otherwise: onnxruntime's CUDA kernels cover fp16 far better
+    than bf16). onnx_dir: where the .onnx files go (default: a temporary directory removed with the engine)."""
 
     name = "onnxruntime"
 
@@ -92,16 +130,12 @@ class OnnxEngine(Engine):
         except ImportError as exc:
             raise ValueError("engine onnxruntime needs the onnxruntime package (onnxruntime-gpu on a CUDA robot PC)") from exc
         self.ort = ort
-        provider = provider or ("cuda" if self.device.type == "cuda" else "cpu")
-        if provider not in PROVIDERS:
-            raise ValueError(f"onnxruntime provider={provider!r} must be one of {list(PROVIDERS)}")
-        missing = [p for p in PROVIDERS[provider][:-1] if p not in ort.get_available_providers()]
-        if missing:
-            raise ValueError(f"onnxruntime provider={provider!r}: this onnxruntime lacks {missing} "
-                             f"(available: {ort.get_available_providers()}); install onnxruntime-gpu")
-        self.provider = provider
-        self.ort_device = "cpu" if provider == "cpu" else "cuda"
-        dtype = dtype or ("float32" if provider == "cpu" else "float16")
+        self.provider, self.provider_note = choose_provider(provider, self.device.type, ort.get_available_providers())
+        if self.provider_note:
+            LOG.warning(self.provider_note)
+        self.ort_device = "cpu" if self.provider == "cpu" else "cuda"
+        self.device_id = (self.device.index or 0) if self.device.type == "cuda" else 0
+        dtype = dtype or ("float32" if self.provider == "cpu" else "float16")
         if dtype not in DTYPES:
             raise ValueError(f"onnxruntime dtype={dtype!r} must be one of {list(DTYPES)}")
         self.dtype_name = dtype
@@ -112,10 +146,10 @@ class OnnxEngine(Engine):
         self.onnx_dir = Path(onnx_dir)
         self.intra_op_threads = int(intra_op_threads)
         self._sessions: dict[ShapeKey, tuple] = {}
-        self._hosts: dict[ShapeKey, StaticInputs] = {}
         self.build_s: dict[ShapeKey, float] = {}
         times, dts = euler_grid(self.config.flow_steps)
         self._times, self._dts = times.numpy(), dts.numpy()
+        self._grid: dict[str, object] = {}  # times/dts as OrtValues on the provider's device (made once)
 
     # ------------------------------------------------------------------ export
     def _export_core(self) -> StaticPi0:
@@ -167,58 +201,95 @@ class OnnxEngine(Engine):
             torch.cuda.empty_cache()
         return paths
 
+    def provider_list(self, provider: str) -> list:
+        """onnxruntime's providers argument for one of PROVIDERS, with options: the policy's GPU; TensorRT in fp16
+        when the export is fp16, its engines cached in onnx_dir/trt_cache."""
+        out: list = []
+        for name in PROVIDERS[provider]:
+            if name == "CUDAExecutionProvider":
+                out.append((name, {"device_id": self.device_id}))
+            elif name == "TensorrtExecutionProvider":
+                out.append((name, {"device_id": self.device_id, "trt_fp16_enable": self.dtype_name == "float16",
+                                   "trt_engine_cache_enable": True,
+                                   "trt_engine_cache_path": str(self.onnx_dir / "trt_cache")}))
+            else:
+                out.append(name)
+        return out
+
     def _session(self, path: Path):
         opts = self.ort.SessionOptions()
         opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.intra_op_threads:
             opts.intra_op_num_threads = self.intra_op_threads
         opts.log_severity_level = 3
-        return self.ort.InferenceSession(str(path), sess_options=opts, providers=PROVIDERS[self.provider])
+        session = self.ort.InferenceSession(str(path), sess_options=opts, providers=self.provider_list(self.provider))
+        wanted, got = PROVIDERS[self.provider][0], session.get_providers()
+        if wanted not in got:  # onnxruntime could not load it (e.g. CUDA / cuDNN libraries) and fell back itself
+            note = f"provider {self.provider}: onnxruntime could not load {wanted} for {path.name} (session runs {got})"
+            LOG.warning(note)
+            self.provider_note = "; ".join(n for n in (self.provider_note, note) if n)
+        return session
+
+    def _ort_value(self, array: np.ndarray):
+        return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.ort_device, self.device_id)
 
     def _build(self, key: ShapeKey) -> tuple:
         t0 = time.perf_counter()
         p_prefix, p_sampler = self.export(key)
         sessions = (self._session(p_prefix), self._session(p_sampler))
-        cfg, s = self.config, self.config.image_size
-        like = {"pixel_values": torch.zeros(1, key.views, 3, s, s), "raymaps": torch.zeros(1, key.views, 3, s, s),
-                "depth_priors": torch.zeros(1, key.views, 2, s, s), "keep": torch.zeros(2),
-                "prompt_ids": torch.zeros(1, key.prompt, dtype=torch.long),
-                "prompt_mask": torch.zeros(1, key.prompt, dtype=torch.bool),
-                "state": torch.zeros(1, cfg.state_dim), "noise": torch.zeros(1, cfg.chunk_length, cfg.action_dim)}
-        self._hosts[key] = StaticInputs(like, pin=False)
+        if not self._grid:
+            self._grid = {"times": self._ort_value(self._times), "dts": self._ort_value(self._dts)}
         self._sessions[key] = sessions
         self.build_s[key] = time.perf_counter() - t0
         return sessions
 
+    def _like(self, key: ShapeKey) -> dict[str, torch.Tensor]:
+        cfg, s = self.config, self.config.image_size
+        return {"pixel_values": torch.zeros(1, key.views, 3, s, s), "raymaps": torch.zeros(1, key.views, 3, s, s),
+                "depth_priors": torch.zeros(1, key.views, 2, s, s), "keep": torch.zeros(2),
+                "prompt_ids": torch.zeros(1, key.prompt, dtype=torch.long),
+                "prompt_mask": torch.zeros(1, key.prompt, dtype=torch.bool),
+                "state": torch.zeros(1, cfg.state_dim), "noise": torch.zeros(1, cfg.chunk_length, cfg.action_dim)}
+
     # ------------------------------------------------------------------ run
-    def prepare(self, arrays: dict[str, np.ndarray], noise: torch.Tensor, modalities: str = "full") -> ShapeKey:
+    def stage(self, arrays: dict[str, np.ndarray], noise: torch.Tensor, modalities: str = "full") -> Staged:
         keep = modality_keep(modalities)
         key = self.shape_key(arrays)
         if key not in self._sessions:
-            self._build(key)
-        self._hosts[key].fill(arrays, noise, keep, self.policy.tokenizer.pad_token_id)
-        return key
-
-    def run(self, key: ShapeKey) -> np.ndarray:
-        prefix, sampler = self._sessions[key]
-        h = {k: v.numpy() for k, v in self._hosts[key].host.items()}
+            with self.cuda_lock:
+                if key not in self._sessions:
+                    self._build(key)
+        host = self._acquire(key, lambda: StaticInputs(self._like(key), pin=False))
+        host.fill(arrays, noise, keep, self.policy.tokenizer.pad_token_id)
+        h = {k: v.numpy() for k, v in host.host.items()}
         h["prompt_mask"] = h["prompt_mask"].astype(np.int64)
-        b1 = prefix.io_binding()
-        for name in PREFIX_INPUTS:
-            b1.bind_cpu_input(name, np.ascontiguousarray(h[name]))
-        for name in ("k_prefix", "v_prefix"):
-            b1.bind_output(name, self.ort_device)
-        prefix.run_with_iobinding(b1)
-        k, v = b1.get_outputs()
-        b2 = sampler.io_binding()
-        b2.bind_ortvalue_input("k_prefix", k)
-        b2.bind_ortvalue_input("v_prefix", v)
-        for name, value in (("prompt_mask", h["prompt_mask"]), ("state", h["state"]), ("noise", h["noise"]),
-                            ("times", self._times), ("dts", self._dts)):
-            b2.bind_cpu_input(name, np.ascontiguousarray(value))
-        b2.bind_output("actions", "cpu")
-        sampler.run_with_iobinding(b2)
-        return b2.copy_outputs_to_cpu()[0][0]
+        # on the CPU provider these share the slot's memory; on CUDA this is the host -> device copy
+        values = {name: self._ort_value(h[name]) for name in (*PREFIX_INPUTS, "state", "noise")}
+        return Staged(key, host, data=values)
+
+    def execute(self, staged: Staged) -> np.ndarray:
+        prefix, sampler = self._sessions[staged.key]
+        values = staged.data
+        try:
+            b1 = prefix.io_binding()
+            for name in PREFIX_INPUTS:
+                b1.bind_ortvalue_input(name, values[name])
+            for name in ("k_prefix", "v_prefix"):
+                b1.bind_output(name, self.ort_device, self.device_id)
+            prefix.run_with_iobinding(b1)
+            k, v = b1.get_outputs()
+            b2 = sampler.io_binding()
+            b2.bind_ortvalue_input("k_prefix", k)
+            b2.bind_ortvalue_input("v_prefix", v)
+            for name in ("prompt_mask", "state", "noise"):
+                b2.bind_ortvalue_input(name, values[name])
+            for name in ("times", "dts"):
+                b2.bind_ortvalue_input(name, self._grid[name])
+            b2.bind_output("actions", "cpu")
+            sampler.run_with_iobinding(b2)
+            return b2.copy_outputs_to_cpu()[0][0]
+        finally:
+            self.release(staged)
 
     def close(self) -> None:
         super().close()

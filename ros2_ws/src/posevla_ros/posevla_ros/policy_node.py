@@ -1,21 +1,21 @@
 """policy_node: synchronised camera topics -> Pose-VLA -> /policy/chunk (end-effector chunk in a camera frame).
 
 Plumbing only. Observations come from `ObservationSource` (subscriptions + synchroniser + observation
-builder, shared with observation_node); the model runs in `posevla.serving.AsyncPolicyRunner` on its own
-thread, so a slow model call never blocks the ROS executor and the next chunk is prepared while the
-executor plays the current one. Each chunk is stamped with the observation's capture time.
+builder, shared with observation_node); the model runs in `posevla.model.serving.PipelinedRunner`: one thread
+preprocesses the newest observation into the engine's pinned input buffers and queues the host -> device copy,
+another runs the model and publishes, so preprocessing of the next observation overlaps the current model call
+and a slow model call never blocks the ROS executor. Each chunk is stamped with the observation's capture time.
+/diagnostics carries the runner's counts and p50/p90/max seconds of queue, preprocess, handoff, model,
+postprocess, publish and observation age over the last 500 chunks.
 
 Topics: publishes /policy/chunk (trajectory_msgs/MultiDOFJointTrajectory), /diagnostics;
 subscribes /policy/instruction (std_msgs/String) plus the camera and TCP-pose topics.
 """
 from __future__ import annotations
 
-import threading
 import time
-from collections import deque
 from pathlib import Path
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
@@ -23,14 +23,15 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import MultiDOFJointTrajectory
 
 from posevla.model.engines import ENGINES  # torch-free import
-from posevla.serving import AsyncPolicyRunner, ChunkTiming
+from posevla.serving import ChunkTiming
 from posevla.types import ActionChunk, Observation
 from posevla_ros.msg_conv import chunk_to_msg, ns_to_time
 from posevla_ros.node_main import spin_node
 from posevla_ros.params import declare_checked
 
 MODALITIES = ("rgb", "rgb+ray", "rgb+depth", "full")
-STAGES = ("queue", "preprocess", "model", "postprocess", "publish")
+# stages timed per chunk (posevla.model.serving.STAGES; kept here so importing the node needs no torch)
+STAGES = ("queue", "preprocess", "handoff", "model", "postprocess", "publish", "obs_age")
 
 
 class PolicyNode(Node):
@@ -64,9 +65,6 @@ class PolicyNode(Node):
                                   **({"compile": True} if p["compile"] and p["engine"] == "torch_graphs" else {}))
         if p["warmup"]:  # also captures the CUDA graphs / exports the ONNX graphs for the full-view shape
             self.get_logger().info(f"engine {p['engine']}: warm-up done in {self.engine.warmup():.2f} s")
-        # per-stage seconds of recent chunks: queue, preprocess, model, postprocess, publish (worker thread writes)
-        self._stages: dict[str, deque[float]] = {k: deque(maxlen=500) for k in STAGES}
-        self._stages_lock = threading.Lock()
         self.instruction = p["instruction"]
         self.modalities = p["modalities"]
         self.chunk_pub = self.create_publisher(MultiDOFJointTrajectory, "/policy/chunk", 10)
@@ -74,9 +72,11 @@ class PolicyNode(Node):
         self.create_subscription(String, "/policy/instruction", self._on_instruction, 10)
         self.add_on_set_parameters_callback(self._on_params)
         self.last_timing: ChunkTiming | None = None
-        self._last_engine_timing: dict[str, float] = {}
-        self.runner = AsyncPolicyRunner(self._predict, self._publish_chunk, now_ns=self._now_ns,
-                                        min_period_s=p["min_period_s"], on_error=self._on_error)
+        from posevla.model.serving import PipelinedRunner
+
+        self.runner = PipelinedRunner(self.engine, self._publish_chunk, now_ns=self._now_ns,
+                                      min_period_s=p["min_period_s"], on_error=self._on_error,
+                                      modalities=lambda: self.modalities)
         from posevla_ros.observation_source import ObservationSource
 
         self.source = ObservationSource(self, views=list(self.policy.config.views),
@@ -111,20 +111,12 @@ class PolicyNode(Node):
         self.runner.submit(obs)
 
     def _predict(self, obs: Observation) -> ActionChunk:
-        chunk = self.engine.predict(obs, modalities=self.modalities)
-        self._last_engine_timing = dict(self.engine.last_timing)
-        return chunk
+        """One chunk on the calling thread (the sequential path; the runner uses engine.stage/execute itself)."""
+        return self.engine.predict(obs, modalities=self.modalities)
 
     def _publish_chunk(self, chunk: ActionChunk, timing: ChunkTiming) -> None:
-        t0 = time.perf_counter()
+        """Runner callback (model thread): publish; the runner times this call as the publish stage."""
         self.chunk_pub.publish(chunk_to_msg(chunk))
-        et = self._last_engine_timing
-        stages = {"queue": timing.queued, "preprocess": et.get("preprocess_s", float("nan")),
-                  "model": et.get("model_s", float("nan")), "postprocess": et.get("postprocess_s", float("nan")),
-                  "publish": time.perf_counter() - t0}
-        with self._stages_lock:
-            for k, v in stages.items():
-                self._stages[k].append(v)
         self.last_timing = timing
 
     def _on_error(self, obs: Observation, exc: Exception) -> None:
@@ -135,14 +127,10 @@ class PolicyNode(Node):
         status = DiagnosticStatus(name="policy_node", hardware_id=str(self.policy.device))
         status.level = DiagnosticStatus.OK if self.runner.failed == 0 else DiagnosticStatus.WARN
         status.message = self.runner.last_error or "running"
+        # counts, then p50/p90/max seconds per stage of the recent chunks (STAGES)
         values = {k: (f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in st.items()}
         values.update({f"source_{k}": str(v) for k, v in self.source.stats().items()})
         values["engine"] = self.engine.name
-        with self._stages_lock:
-            stages = {k: list(v) for k, v in self._stages.items()}
-        for k, xs in stages.items():  # seconds per stage of the recent chunks
-            values[f"{k}_p50_s"] = f"{np.median(xs):.4f}" if xs else "nan"
-            values[f"{k}_max_s"] = f"{max(xs):.4f}" if xs else "nan"
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = ns_to_time(self._now_ns())
