@@ -21,7 +21,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gripper": ("posevla.robot.gripper_cli", "Feetech follower grippers: read, move, calibrate closed/open positions, simulate (gripper read|move|calibrate|sim)"),
     "benchmark": ("posevla.sim.benchmark", "closed-loop benchmark on the MuJoCo twin: demos -> training -> trials (benchmark closed-loop)"),
     "view": ("posevla.viewer", "live view of the running graph in rerun: cameras, predicted chunks in the images, TCP traces, e-stop/holds/refusals (--save x.rrd headless)"),
-    "serve-policy": ("posevla.remote_policy", "serve a policy checkpoint over TCP to robot PCs (policy_node -p remote:=host:port); no pickle, docs/remote_policy.md"),
     "trial": ("posevla.tools.trial", "evaluation trials: N per condition in randomised blocks, operator marks outcomes, resumable, success rates with Wilson intervals"),
     "xtrainer-sim": ("posevla.robot.simulator", "run the X-Trainer TCP simulator on loopback"),
 }
