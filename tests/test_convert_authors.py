@@ -278,3 +278,18 @@ def test_sharded_source_converts_like_a_single_file(authors, tmp_path: Path, cap
     (shard_dir / "model-00002-of-00002.safetensors").unlink()
     rc, _, err = _cli(capsys, shard_dir, tmp_path / "o2", "--config", cfg, "--bins", bins)
     assert rc == 2 and "shard model-00002-of-00002.safetensors" in err
+
+
+def test_fresh_pose_tokens_keep_our_bins_and_start_rows_at_the_mean(authors, tmp_path: Path, capsys) -> None:
+    src, state, _, cfg = authors
+    rc, out, err = _cli(capsys, src, tmp_path / "ours", "--config", cfg, "--fresh-pose-tokens", "--priors", "zero")
+    assert rc == 0, err
+    assert "pose-token rows moved: none" in out and "rot 16, trans_xy 16, trans_z 16, size 16" in out
+    pol = PoseVLAPolicy.from_pretrained(tmp_path / "ours", device="cpu")
+    assert pol.config.num_pose_bins == 16  # ours (from --config), not the authors' 8
+    emb_t = state[PG + "language_model.lm_head.weight"]
+    emb_o = pol.model.state_dict()["pi0.model.vlm.language_model.embed_tokens.weight"]
+    ids = pol.tokenizer.convert_tokens_to_ids([f"<trans_xy_{k}>" for k in range(16)])
+    # new rows: the mean of the authors' table plus noise of 1 % of its spread
+    dev = (emb_o[ids] - emb_t.mean(0)).abs().max()
+    assert 0 < dev < 0.05 * emb_t.std()
