@@ -165,6 +165,43 @@ def test_onnxruntime_matches_eager(policy, eager, tmp_path):
     engine.close()
 
 
+def test_onnxruntime_provider_choice_and_fallback(policy, caplog):
+    """auto takes CUDA only for a CUDA policy with onnxruntime-gpu; a missing provider falls back TensorRT -> CUDA
+    -> CPU with the reason logged; unknown names are refused."""
+    pytest.importorskip("onnxruntime")
+    from posevla.model.engines.onnx_engine import choose_provider
+
+    cpu_only, gpu = ["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    trt = ["TensorrtExecutionProvider", *gpu]
+    assert choose_provider(None, "cpu", gpu) == ("cpu", "")
+    assert choose_provider("auto", "cuda", gpu) == ("cuda", "")
+    assert choose_provider("tensorrt", "cuda", trt) == ("tensorrt", "")
+    provider, why = choose_provider("auto", "cuda", cpu_only)
+    assert provider == "cpu" and "CUDAExecutionProvider" in why and "onnxruntime-gpu" in why
+    provider, why = choose_provider("tensorrt", "cuda", gpu)
+    assert provider == "cuda" and "TensorrtExecutionProvider" in why and "falling back to cuda" in why
+    provider, why = choose_provider("tensorrt", "cuda", cpu_only)
+    assert provider == "cpu" and "TensorrtExecutionProvider" in why and "CUDAExecutionProvider" in why
+    with pytest.raises(ValueError, match="provider='quantum'"):
+        choose_provider("quantum", "cpu", gpu)
+    # this machine's onnxruntime is the CPU build: asking for TensorRT runs on the CPU, says why, exports fp32
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with caplog.at_level("WARNING", logger="posevla.engines.onnxruntime"):
+            engine = make_engine(policy, "onnxruntime", provider="tensorrt")
+        assert engine.provider == "cpu" and engine.dtype_name == "float32"
+        assert "falling back to cpu" in engine.provider_note and "falling back to cpu" in caplog.text
+        engine.close()
+    # provider options: the policy's GPU, TensorRT fp16 with its engine cache next to the ONNX files
+    engine = make_engine(policy, "onnxruntime", provider="cpu", dtype="float16")
+    options = dict(engine.provider_list("tensorrt")[0][1])
+    assert options["trt_fp16_enable"] is True and options["trt_engine_cache_path"].endswith("trt_cache")
+    assert engine.provider_list("cuda")[0] == ("CUDAExecutionProvider", {"device_id": 0})
+    assert engine.provider_list("cpu") == ["CPUExecutionProvider"]
+    engine.close()
+
+
 def test_engine_predict_matches_policy(policy, graphs):
     obs, _ = _arrays(policy)
     ref = policy.predict(obs, noise_seed=4)
@@ -203,27 +240,43 @@ def _infer_check():
 
 def test_infer_check_script_runs_on_cpu(tmp_path, monkeypatch, capsys):
     """scripts/gpu/infer_check.py end to end on the tiny config (in-process: torch is already imported): the
-    table, parity and the JSON in $OUT."""
+    table (eager first whatever the order asked), the pipelined end-to-end rows, parity and the JSON in $OUT."""
     monkeypatch.setenv("OUT", str(tmp_path))
     script = _infer_check()
     code = script.main(["--device", "cpu", "--config", str(TINY), "--iters", "2",
-                        "--engines", "torch,torch_recompute,transformers_pi0,torch_graphs"])
+                        "--engines", "torch_recompute,transformers_pi0,torch_graphs,e2e,torch"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "parity vs eager" in out and "torch_graphs" in out
     data = json.loads((tmp_path / "infer_check.json").read_text())
+    assert "partial" not in data["meta"] and data["meta"]["parity_ok"] is True
+    names = [r["name"] for r in data["rows"]]
+    assert names == ["torch", "torch_recompute", "transformers_pi0", "torch_graphs", "e2e_sequential",
+                     "e2e_pipelined"]
     rows = {r["name"]: r for r in data["rows"]}
-    assert set(rows) == {"torch", "torch_recompute", "transformers_pi0", "torch_graphs"}
-    for r in rows.values():
+    for name in ("torch", "torch_recompute", "transformers_pi0", "torch_graphs"):
+        r = rows[name]
         assert r["views"] == 3 and len(r["samples_ms"]) == 2 and r["p50_ms"] > 0 and r["first_s"] > 0
     assert rows["torch_graphs"]["max_abs_diff"] < ATOL and rows["torch_recompute"]["max_abs_diff"] < ATOL
-    assert data["meta"]["parity_ok"] is True
+    for name in ("e2e_sequential", "e2e_pipelined"):  # observation -> chunk through the runner: 10 chunks each
+        r = rows[name]
+        assert len(r["samples_ms"]) == 10 and 0 < r["p50_ms"] <= r["p90_ms"], r
+        assert "chunk period p50" in r["note"] and "preprocess" in r["note"] and "handoff" in r["note"]
+        # the latency covers at least the model call of the same engine
+        assert r["p50_ms"] > 0.5 * rows["torch_graphs"]["p50_ms"]
     assert sum(data["histograms"]["torch_graphs (3 view(s))"]["counts"]) == 2
+    # a budget smaller than the model build: every row skipped (not started), the JSON still written
+    assert script.main(["--device", "cpu", "--config", str(TINY), "--budget-s", "0.5",
+                        "--engines", "torch,torch_graphs"]) == 0
+    data = json.loads((tmp_path / "infer_check.json").read_text())
+    assert [r["note"].split(":")[0] for r in data["rows"]] == ["skipped", "skipped"]
+    capsys.readouterr()
     # bad input: one line naming the flag, exit code 2, no traceback
     assert script.main(["--device", "cpu", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert script.main(["--device", "cpu", "--config", str(TINY), "--engines", "tensorflow"]) == 2
+    assert script.main(["--device", "cpu", "--config", str(TINY), "--budget-s", "0"]) == 2
     err = capsys.readouterr().err
-    assert "--config" in err and "--engines" in err and "Traceback" not in err
+    assert "--config" in err and "--engines" in err and "--budget-s" in err and "Traceback" not in err
     # --help works without running anything
     with pytest.raises(SystemExit) as done:
         script.main(["--help"])

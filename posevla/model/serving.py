@@ -108,6 +108,12 @@ class PipelinedRunner:
         with self._cond:
             return self._pending is not None
 
+    @property
+    def staged_waiting(self) -> bool:
+        """An observation is staged and not yet taken by the model thread."""
+        with self._cond:
+            return self._staged is not None
+
     # ------------------------------------------------------------------ stages
     def _fail(self, obs: Observation, exc: Exception) -> None:
         self.failed += 1

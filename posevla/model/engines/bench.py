@@ -6,11 +6,16 @@ Per row: p50/p90 of one chunk (ms, host observation arrays in -> normalised acti
 call (s: includes CUDA-graph capture, compilation or ONNX export), peak memory (GiB; CUDA only: torch's peak
 allocation during that row, plus for onnxruntime the device memory its arena took), and the largest
 difference from the eager reference's actions for the same noise.
+
+`pipeline_rows` adds the end-to-end view through posevla.model.serving.PipelinedRunner: observation submitted ->
+chunk handed out, sequential and pipelined, with the chunk period and the per-stage p50s.
 """
 from __future__ import annotations
 
+import copy
 import gc
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +29,19 @@ from posevla.model.engines import make_engine
 from posevla.model.engines.base import Engine
 
 INSTRUCTION = "pick up the red cube"
+# table rows that are an engine with options (the others: torch_recompute, transformers_pi0)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "torch": ("torch", {}),
+    "torch_graphs": ("torch_graphs", {}),
+    "torch_graphs_cudnn": ("torch_graphs", {"sdpa_backend": "cudnn"}),  # CUDA: cuDNN attention kernels
+    "torch_graphs_efficient": ("torch_graphs", {"sdpa_backend": "efficient"}),  # CUDA: memory-efficient kernels
+    "torch_graphs_compiled": ("torch_graphs", {"compile": True}),
+    "onnxruntime": ("onnxruntime", {}),
+}
+# e2e: the two pipeline_rows (sequential and pipelined, torch_graphs engine)
+ROWS = ("torch", "torch_recompute", "transformers_pi0", *list(VARIANTS)[1:], "e2e")
+# seconds a row needs before it is started under a budget (default 10)
+SLOW_RESERVE_S = {"torch_graphs_compiled": 80.0, "onnxruntime": 120.0, "torch_recompute": 15.0, "e2e": 15.0}
 
 
 @dataclass
@@ -153,15 +171,20 @@ def run_table(policy, views: tuple[int, ...] = (3,), iters: int = 20, warm: int 
               log: Callable[[str], None] = print, on_row: Callable[[list[Row]], None] | None = None) -> list[Row]:
     """Measure every requested path for every view count; rows are printed as they finish.
 
-    engines: torch (eager, prefix KV reused: the reference), torch_recompute (eager, prefix recomputed every
-    step), transformers_pi0 (the anchor), torch_graphs, torch_graphs_compiled (prefix and flow step
-    torch.compile'd, then captured), onnxruntime. budget_s: skip the slow-to-build paths (compiled, onnxruntime) once the time spent
-    exceeds budget_s minus a reserve, instead of overrunning. on_row(rows so far): after every row (e.g. to
+    engines (ROWS), measured in the order given: torch (eager, prefix KV reused: the reference; put it first),
+    torch_recompute (eager, prefix recomputed every step), transformers_pi0 (the anchor), torch_graphs,
+    torch_graphs_cudnn / torch_graphs_efficient (attention restricted to one SDPA kernel), torch_graphs_compiled
+    (prefix and flow step torch.compile'd, then captured), onnxruntime (on a CUDA policy only with onnxruntime's
+    CUDA provider; the row says why when it is missing). budget_s: a row is skipped, not started, when less than
+    its reserve (SLOW_RESERVE_S, else 10 s) of the budget is left. on_row(rows so far): after every row (e.g. to
     save partial results in case the process is stopped)."""
+    unknown = [e for e in engines if e not in ROWS]
+    if unknown:
+        raise ValueError(f"engines {unknown}: choose from {list(ROWS)}")
     t_start = time.perf_counter()
     device = policy.device
     rows: list[Row] = []
-    slow_reserve_s = {"torch_graphs_compiled": 150.0, "onnxruntime": 120.0}
+    slow_reserve_s = SLOW_RESERVE_S
     for nv in views:
         obs = observation(policy, nv)
         arrays = policy.batcher.observation_arrays([obs])
@@ -176,6 +199,18 @@ def run_table(policy, views: tuple[int, ...] = (3,), iters: int = 20, warm: int 
                 row.note = f"skipped: {spent:.0f} s of the {budget_s:.0f} s budget spent"
                 rows.append(row)
                 log(row.line())
+                if on_row is not None:
+                    on_row(rows)
+                continue
+            if name == "e2e":
+                try:
+                    new = pipeline_rows(policy, "torch_graphs", nv, chunks=max(10, iters))
+                except Exception as exc:  # noqa: BLE001 - reported as the row's note
+                    text = str(exc).strip().splitlines()
+                    new = [Row("e2e", nv, note=f"failed: {type(exc).__name__}: {text[0][:160] if text else ''}")]
+                for r in new:
+                    rows.append(r)
+                    log(r.line())
                 if on_row is not None:
                     on_row(rows)
                 continue
@@ -196,15 +231,21 @@ def run_table(policy, views: tuple[int, ...] = (3,), iters: int = 20, warm: int 
                         def call(inp=inputs):
                             return policy.model.pi0.sample_actions(**inp)[0].float().cpu().numpy()
                     else:
-                        if name == "torch_graphs_compiled":
-                            engine = make_engine(policy, "torch_graphs", compile=True)
-                        elif name == "onnxruntime":
-                            engine = make_engine(policy, "onnxruntime", **(onnx_options or {}))
+                        kind, options = VARIANTS[name]
+                        if kind == "onnxruntime":
+                            options = dict(onnx_options or {})
+                            why = _onnx_skip_reason(policy, options)
+                            if why:
+                                raise _Skip(why)
+                        engine = make_engine(policy, kind, **options)
+                        if kind == "onnxruntime":
                             row.note = f"provider {engine.provider}, {engine.dtype_name}"
-                        else:
-                            engine = make_engine(policy, name)
+                            if engine.provider_note:
+                                row.note += f" ({engine.provider_note})"
                         if name.startswith("torch_graphs"):
                             row.note = "CUDA graphs" if engine.cuda_graphs else "static cache, no graphs (CPU)"
+                            if options:
+                                row.note += f", {options}"
 
                         def call(e=engine, a=arrays, n=noise):
                             return e.sample(a, n)
@@ -219,6 +260,8 @@ def run_table(policy, views: tuple[int, ...] = (3,), iters: int = 20, warm: int 
                     reference = out
                 elif reference is not None and name != "transformers_pi0":
                     row.max_abs_diff = float(np.abs(out[..., :reference.shape[-1]] - reference).max())
+            except _Skip as skip:
+                row.note = f"skipped: {skip}"
             except Exception as exc:  # noqa: BLE001 - one row's failure (missing provider, compiler, capture) is reported, the table goes on
                 text = str(exc).strip().splitlines()
                 row.note = f"failed: {type(exc).__name__}: {text[0][:160] if text else ''}"
@@ -230,6 +273,79 @@ def run_table(policy, views: tuple[int, ...] = (3,), iters: int = 20, warm: int 
             log(row.line())
             if on_row is not None:
                 on_row(rows)
+    return rows
+
+
+class _Skip(Exception):
+    """A row that cannot run here (reported as skipped, not failed)."""
+
+
+def _onnx_skip_reason(policy, options: dict) -> str:
+    """Why the onnxruntime row is skipped on a CUDA policy: its provider would fall back to the CPU (a 3B export
+    and CPU run would take many minutes)."""
+    if policy.device.type != "cuda":
+        return ""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnxruntime is not installed"
+    from posevla.model.engines.onnx_engine import choose_provider
+
+    provider, why = choose_provider(options.get("provider"), "cuda", ort.get_available_providers())
+    return why if provider == "cpu" else ""
+
+
+def pipeline_rows(policy, engine_name: str = "torch_graphs", views: int = 3, chunks: int = 30,
+                  options: dict | None = None, timeout_s: float = 120.0, camera_hz: float = 30.0) -> list[Row]:
+    """End to end through PipelinedRunner, sequential then pipelined, fed like the robot's cameras: a new
+    observation every 1/camera_hz s (stamped when submitted; the newest wins). Per chunk the latency from the
+    observation's stamp to the chunk handed out (ms); the note has the chunk period (1 / throughput) and the
+    stages' p50s. The engine is warmed up (captured) first; the first 3 chunks of each mode are dropped."""
+    from posevla.model.serving import PipelinedRunner
+
+    engine = make_engine(policy, engine_name, **(options or {}))
+    base = observation(policy, views)
+    rows = []
+    try:
+        first = engine.warmup(base)
+        for pipelined in (False, True):
+            name = f"e2e_{'pipelined' if pipelined else 'sequential'}"
+            out_ns: list[int] = []
+            latency_ms: list[float] = []
+            done = threading.Event()
+
+            def on_chunk(chunk, timing, out_ns=out_ns, latency_ms=latency_ms, done=done) -> None:
+                now = time.perf_counter_ns()
+                out_ns.append(now)
+                latency_ms.append((now - chunk.stamp_ns) * 1e-6)
+                if len(out_ns) >= chunks + 3:
+                    done.set()
+
+            runner = PipelinedRunner(engine, on_chunk, now_ns=time.perf_counter_ns, pipelined=pipelined)
+            deadline = time.perf_counter() + timeout_s
+            next_frame = time.perf_counter()
+            try:
+                while not done.is_set() and time.perf_counter() < deadline:
+                    obs = copy.copy(base)
+                    obs.stamp_ns = time.perf_counter_ns()
+                    runner.submit(obs)
+                    next_frame += 1.0 / camera_hz
+                    done.wait(max(0.0, next_frame - time.perf_counter()))
+            finally:
+                runner.close()
+            if runner.failed:
+                raise RuntimeError(f"{name}: {runner.failed} failed calls: {runner.last_error}")
+            st = runner.stats()
+            row = _fill(Row(name, views), first, latency_ms[3:])
+            if pipelined:
+                row.first_s = None  # the warm-up is counted once, on the sequential row
+            period = float(np.median(np.diff(out_ns[3:]))) * 1e-6 if len(out_ns) > 4 else float("nan")
+            row.note = (f"{engine_name}, camera {camera_hz:g} Hz; chunk period p50 {period:.1f} ms; stage p50 ms: " +
+                        ", ".join(f"{k} {1e3 * st[f'{k}_p50_s']:.1f}"
+                                  for k in ("queue", "preprocess", "handoff", "model", "postprocess", "publish")))
+            rows.append(row)
+    finally:
+        engine.close()
     return rows
 
 
