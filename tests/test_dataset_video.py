@@ -70,6 +70,38 @@ def test_video_episode_depth_is_bit_exact_and_colour_keeps_quality(tmp_path: Pat
     assert check_episode(path).ok, check_episode(path).problems
 
 
+def test_full_size_default_codec_psnr_above_40_db_and_bit_exact_depth_on_sensor_like_frames(tmp_path: Path) -> None:
+    """640x480, the format's default codecs, all three cameras. Test data: posevla.dataset.synthetic_streams --
+    ray-cast tabletop with a world-fixed grain texture, Gaussian colour noise (sigma 1.5 levels), RealSense-like
+    correlated stereo depth noise (RMS z^2 * 0.08 px / (f * baseline)) and ~1 % invalid pixels in clusters, and a
+    moving camera; it does not compress trivially (asserted below: > 1.5 bits per depth pixel even for FFV1)."""
+    cams = ("head", "left_wrist", "right_wrist")
+    gens = {c: SyntheticRGBD(c, StreamConfig(), seed=i) for i, c in enumerate(cams)}
+    frames = {c: list(g.frames(6, unique=2)) for c, g in gens.items()}
+    w = EpisodeWriter(tmp_path, "full", META, {c: g.intrinsics for c, g in gens.items()}, min_free_bytes=1)
+    for k in range(6):
+        stamp = 1_700_000_000_000_000_000 + k * 33_333_333
+        arms = {a: ArmState(np.eye(4), np.zeros(6), 0.5, stamp) for a in ("left", "right")}
+        rec = FrameRecord(stamp, {c: f[k][0] for c, f in frames.items()}, {c: f[k][1] for c, f in frames.items()},
+                          {c: stamp for c in cams}, RobotState(arms, stamp), np.zeros(14))
+        while not w.add_frame(rec):
+            time.sleep(0.001)
+    path = w.finish(success=True)
+    with EpisodeReader(path) as ep:
+        assert ep.meta["storage"]["colour_codec"] == {**ColourCodec().to_attrs()}
+        parts = ep.stored_bytes()
+        for c in cams:
+            key = "cam_high" if c == "head" else f"cam_{c}"
+            assert parts[f"depth/{key}"] * 8 / (6 * 640 * 480) > 1.5  # noisy depth: not a trivially compressible test
+            psnrs = []
+            for k in range(6):
+                depth = ep.raw_depth(c, k)
+                np.testing.assert_array_equal(depth, frames[c][k][1])  # bit-exact, invalid (0) pixels included
+                assert (depth == 0).mean() > 0.005
+                psnrs.append(psnr(ep.rgb(c, k), frames[c][k][0]))
+            assert np.mean(psnrs) > 40.0 and min(psnrs) > 39.0, (c, psnrs)
+
+
 def test_random_access_decodes_at_most_one_gop_and_matches_sequential(tmp_path: Path, clip) -> None:
     intr, frames = clip
     path = _write(tmp_path, intr, frames, colour_codec=ColourCodec(gop=8))
@@ -178,7 +210,10 @@ def test_recorder_meta_names_the_storage(tmp_path: Path, clip) -> None:
     with EpisodeReader(path) as ep:
         codec = ep.meta["storage"]["colour_codec"]
         assert codec == {"encoder": "libx264", "pix_fmt": "yuv444p", "crf": 20, "preset": "ultrafast", "gop": 2,
-                         "codec": "h264"}
+                         "tune": "none", "codec": "h264"}
+        assert ColourCodec.from_attrs(codec) == ColourCodec(crf=20, gop=2)
+        old = {k: v for k, v in codec.items() if k != "tune"}  # episodes written before `tune` existed
+        assert ColourCodec.from_attrs(old).tune == "none"
         assert json.loads(ep._h.attrs["meta"])["complete"] is True
         assert dict(ep._h["observations/video/cam_high"].attrs)["crf"] == 20
 

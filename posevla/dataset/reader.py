@@ -138,14 +138,19 @@ class EpisodeReader:
         return out
 
     def stored_bytes(self) -> dict[str, int]:
-        """Bytes on disk per stream kind: colour, depth, other (for `dataset info` and the benchmark)."""
+        """Bytes on disk per stream kind: colour, depth, other (for `dataset info` and the benchmark), and per
+        camera: "colour/<camera key>", "depth/<camera key>" (e.g. "depth/cam_high")."""
         out = {"colour": 0, "depth": 0, "other": 0}
 
         def visit(name: str, obj) -> None:
             if isinstance(obj, h5py.Dataset):
                 kind = ("colour" if name.startswith(("observations/video/", "observations/images/")) else
                         "depth" if name.startswith("observations/depth/") else "other")
-                out[kind] += obj.id.get_storage_size() + (_vlen_bytes(obj) if obj.dtype.kind == "O" else 0)
+                n = obj.id.get_storage_size() + (_vlen_bytes(obj) if obj.dtype.kind == "O" else 0)
+                out[kind] += n
+                if kind != "other":
+                    key = f"{kind}/{name.rsplit('/', 1)[-1]}"
+                    out[key] = out.get(key, 0) + n
         self._h.visititems(visit)
         return out
 

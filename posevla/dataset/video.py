@@ -35,6 +35,7 @@ import numpy as np
 COLOUR_ENCODERS = {"libx264": "h264"}  # encoder -> decoder
 COLOUR_PIX_FMTS = ("yuv444p", "yuv420p")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium")
+X264_TUNES = ("none", "psnr", "ssim", "film", "grain")  # psycho-visual tuning, combined with zerolatency
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ColourCodec:
     crf: int = 15  # x264 constant quality: lower is better; 15 (ultrafast) gives >= 40 dB on textured, noisy frames
     preset: str = "ultrafast"
     gop: int = 4  # frames between keyframes: random access decodes at most this many frames
+    tune: str = "none"  # x264 psycho-visual tuning ("psnr": no psy-rd/AQ, optimises the stored PSNR)
 
     def __post_init__(self) -> None:
         if self.encoder not in COLOUR_ENCODERS:
@@ -58,13 +60,16 @@ class ColourCodec:
             raise ValueError(f"colour codec preset={self.preset!r}: one of {list(X264_PRESETS)}")
         if not 1 <= int(self.gop) <= 300:
             raise ValueError(f"colour codec gop={self.gop}: must be in 1..300 frames")
+        if self.tune not in X264_TUNES:
+            raise ValueError(f"colour codec tune={self.tune!r}: one of {list(X264_TUNES)}")
 
     def to_attrs(self) -> dict:
         return {**asdict(self), "codec": COLOUR_ENCODERS[self.encoder]}
 
     @classmethod
     def from_attrs(cls, attrs) -> ColourCodec:
-        return cls(str(attrs["encoder"]), str(attrs["pix_fmt"]), int(attrs["crf"]), str(attrs["preset"]), int(attrs["gop"]))
+        return cls(str(attrs["encoder"]), str(attrs["pix_fmt"]), int(attrs["crf"]), str(attrs["preset"]), int(attrs["gop"]),
+                   str(attrs.get("tune", "none")))  # episodes before `tune` existed were written without one
 
 
 class ColourEncoder:
@@ -81,7 +86,8 @@ class ColourEncoder:
         ctx.gop_size = int(spec.gop)
         ctx.max_b_frames = 0
         ctx.thread_count = 1  # the writer runs one encoder per camera in parallel
-        ctx.options = {"crf": str(spec.crf), "preset": spec.preset, "tune": "zerolatency"}
+        ctx.options = {"crf": str(spec.crf), "preset": spec.preset,
+                       "tune": "zerolatency" if spec.tune == "none" else f"zerolatency,{spec.tune}"}
         self._ctx = ctx
         self._n = 0
 
