@@ -11,8 +11,11 @@ threads around an inference engine (`posevla.model.engines`):
   model thread     newest staged observation -> engine.execute (the compute stream waits on the event, never the
                    host) -> engine.postprocess -> on_chunk (publish)
 
-A staged observation that a newer one replaces before the model took it is released unrun (counted in
-`superseded`). With `pipelined=False` one thread runs the same stages back to back: the sequential reference
+While the model is busy, staging starts *just in time*: at the model call's expected end minus 1.5 x the
+expected staging time (running averages), with the newest observation then; so the model gets an observation
+as fresh as the sequential runner would give it, one staging time earlier, and frames arriving meanwhile are
+not preprocessed only to be replaced (on a CPU that work would slow the model itself). A staged observation
+that a newer one replaces before the model took it is released unrun (counted in `superseded`). With `pipelined=False` one thread runs the same stages back to back: the sequential reference
 the pipelined path is tested against. Times are seconds; stamps are ROS-time nanoseconds.
 
 Per chunk (`StageTiming`, and p50/p90 over the last 500 chunks in `stats()`): queue (submit -> staging
@@ -47,6 +50,10 @@ class StageTiming(ChunkTiming):
     postprocess: float
 
 
+def _ema(average: float | None, value: float, alpha: float = 0.2) -> float:
+    return value if average is None else (1 - alpha) * average + alpha * value
+
+
 @dataclass
 class _Job:
     obs: Observation
@@ -68,14 +75,17 @@ class PipelinedRunner:
                  on_error: Callable[[Observation, Exception], None] | None = None,
                  modalities: str | Callable[[], str] = "full",
                  noise_seed: Callable[[Observation], int | None] | None = None, pipelined: bool = True,
-                 history: int = 500) -> None:
+                 just_in_time: bool = True, history: int = 500) -> None:
         if min_period_s < 0:
             raise ValueError(f"min_period_s={min_period_s} must be >= 0")
         self.engine, self._on_chunk, self._on_error = engine, on_chunk, on_error
         self._now_ns, self._min_period_s = now_ns, min_period_s
         self._modalities = modalities if callable(modalities) else (lambda m=modalities: m)
         self._noise_seed = noise_seed or (lambda obs: None)
-        self.pipelined = pipelined
+        self.pipelined, self.just_in_time = pipelined, just_in_time
+        self._model_est: float | None = None  # running averages (s) of the model call and of staging
+        self._stage_est: float | None = None
+        self._model_t0 = 0.0
         self._cond = threading.Condition()
         self._pending: _Job | None = None  # submitted, not yet staged
         self._staged: _Job | None = None  # staged, not yet taken by the model thread
@@ -138,7 +148,15 @@ class PipelinedRunner:
             self._fail(job.obs, exc)
             return False
         job.t_staged = time.perf_counter()
+        self._stage_est = _ema(self._stage_est, job.t_staged - job.t_stage0)
         return True
+
+    def _stage_delay(self) -> float:
+        """Seconds the staging thread still waits (condition held): until the running model call's expected end
+        minus 1.5 x the expected staging time; 0 when the model is idle or nothing has been timed yet."""
+        if not self.just_in_time or not self._executing or self._model_est is None or self._stage_est is None:
+            return 0.0
+        return self._model_t0 + self._model_est - 1.5 * self._stage_est - time.perf_counter()
 
     def _run_model(self, job: _Job, last_start: list[float]) -> None:
         t0 = time.perf_counter()
@@ -147,6 +165,7 @@ class PipelinedRunner:
             with torch.inference_mode():
                 actions = self.engine.execute(job.staged)
             t1 = time.perf_counter()
+            self._model_est = _ema(self._model_est, t1 - t0)
             chunk = self.engine.postprocess(actions, job.obs)
         except Exception as exc:  # noqa: BLE001 - the node reports it; the robot simply gets no new chunk
             self._fail(job.obs, exc)
@@ -178,6 +197,8 @@ class PipelinedRunner:
     def _stage_loop(self) -> None:
         while True:
             with self._cond:
+                while self._running and (self._pending is None or (wait := self._stage_delay()) > 0):
+                    self._cond.wait(None if self._pending is None else wait)
                 job = self._take_pending()
                 if job is None:
                     return
@@ -205,11 +226,13 @@ class PipelinedRunner:
                     continue
                 job, self._staged = self._staged, None
                 self._executing = True
+                self._model_t0 = time.perf_counter()
             try:
                 self._run_model(job, last_start)
             finally:
                 with self._cond:
                     self._executing = False
+                    self._cond.notify_all()  # a staging thread waiting for the model's end goes now
 
     def _sequential_loop(self) -> None:
         last_start = [-np.inf]
