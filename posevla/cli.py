@@ -11,7 +11,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("posevla.tools.bench", "run the benchmarks and print figures"),
     "dataset": ("posevla.dataset.cli", "inspect and check recorded datasets (dataset check|info)"),
     "train": ("posevla.training.train", "flow-matching post-training on recorded episodes (torchrun for several processes)"),
-    "convert-authors": ("posevla.model.convert_authors", "convert a checkpoint of the Pose-VLA authors' code (hetolin/PoseVLA) into a Pose-VLA checkpoint directory"),
     "pretrain": ("posevla.pretrain.train", "pose pre-training: 3D grounding or trajectories as pose tokens, AP15 evaluation (pretrain --stage grounding|trajectory)"),
     "tokenizer": ("posevla.pretrain.tokenizer_cli", "pose-token bins: fit equal-frequency bins from data, report quantisation error (tokenizer fit)"),
     "calibrate": ("posevla.calibration.cli", "hand-eye calibration from a recorded episode (calibrate handeye|board)"),
@@ -21,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gripper": ("posevla.robot.gripper_cli", "Feetech follower grippers: read, move, calibrate closed/open positions, simulate (gripper read|move|calibrate|sim)"),
     "benchmark": ("posevla.sim.benchmark", "closed-loop benchmark on the MuJoCo twin: demos -> training -> trials (benchmark closed-loop)"),
     "view": ("posevla.viewer", "live view of the running graph in rerun: cameras, predicted chunks in the images, TCP traces, e-stop/holds/refusals (--save x.rrd headless)"),
+    "serve-policy": ("posevla.remote_policy", "serve a policy checkpoint over TCP to robot PCs (policy_node -p remote:=host:port); no pickle, docs/remote_policy.md"),
     "trial": ("posevla.tools.trial", "evaluation trials: N per condition in randomised blocks, operator marks outcomes, resumable, success rates with Wilson intervals"),
     "xtrainer-sim": ("posevla.robot.simulator", "run the X-Trainer TCP simulator on loopback"),
 }

@@ -49,20 +49,32 @@ class PolicyNode(Node):
             "engine": ("torch", "inference engine: torch (eager) | torch_graphs (static KV cache, CUDA graphs) | "
                        "onnxruntime", ENGINES),
             "diagnostics_period_s": (1.0, "period of /diagnostics", (0.1, 60.0)),
+            "remote": ("", "host:port of a policy server (`posevla serve-policy`, docs/remote_policy.md): the model "
+                           "runs there; checkpoint, device, engine and compile are then the server's", None),
+            "remote_timeout_s": (2.0, "remote: seconds for one round trip before the call fails", (0.01, 60.0)),
         })
         ckpt = Path(p["checkpoint"])
-        if not p["checkpoint"] or not ckpt.is_dir():
-            raise ValueError(f"parameter checkpoint={p['checkpoint']!r} is not a checkpoint directory")
-        from posevla import PoseVLAPolicy  # torch import happens here, after the parameters are valid
+        if p["remote"]:  # the model on another machine (posevla.remote_policy): same engine interface
+            from posevla.remote_policy import RemoteEngine
 
-        t0 = time.perf_counter()
-        device = None if p["device"] == "auto" else p["device"]
-        self.policy = PoseVLAPolicy.from_pretrained(ckpt, device=device, compile=p["compile"] and p["engine"] == "torch")
-        self.get_logger().info(f"loaded {ckpt} on {self.policy.device} in {time.perf_counter() - t0:.1f} s")
-        from posevla.model.engines import make_engine
+            self.engine = RemoteEngine(p["remote"], timeout_s=p["remote_timeout_s"])
+            self.policy = self.engine.policy
+            self.get_logger().info(f"policy server: {self.policy.device}")
+        elif not p["checkpoint"] or not ckpt.is_dir():
+            raise ValueError(f"parameter checkpoint={p['checkpoint']!r} is not a checkpoint directory "
+                             "(or give remote:=host:port)")
+        else:
+            from posevla import PoseVLAPolicy  # torch import happens here, after the parameters are valid
 
-        self.engine = make_engine(self.policy, p["engine"],
-                                  **({"compile": True} if p["compile"] and p["engine"] == "torch_graphs" else {}))
+            t0 = time.perf_counter()
+            device = None if p["device"] == "auto" else p["device"]
+            self.policy = PoseVLAPolicy.from_pretrained(ckpt, device=device,
+                                                        compile=p["compile"] and p["engine"] == "torch")
+            self.get_logger().info(f"loaded {ckpt} on {self.policy.device} in {time.perf_counter() - t0:.1f} s")
+            from posevla.model.engines import make_engine
+
+            self.engine = make_engine(self.policy, p["engine"],
+                                      **({"compile": True} if p["compile"] and p["engine"] == "torch_graphs" else {}))
         if p["warmup"]:  # also captures the CUDA graphs / exports the ONNX graphs for the full-view shape
             self.get_logger().info(f"engine {p['engine']}: warm-up done in {self.engine.warmup():.2f} s")
         self.instruction = p["instruction"]
