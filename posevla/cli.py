@@ -11,6 +11,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("posevla.tools.bench", "run the benchmarks and print figures"),
     "dataset": ("posevla.dataset.cli", "inspect and check recorded datasets (dataset check|info)"),
     "train": ("posevla.training.train", "flow-matching post-training on recorded episodes (torchrun for several processes)"),
+    "convert-authors": ("posevla.model.convert_authors", "convert a checkpoint of the Pose-VLA authors' code (hetolin/PoseVLA) into a Pose-VLA checkpoint directory"),
     "pretrain": ("posevla.pretrain.train", "pose pre-training: 3D grounding or trajectories as pose tokens, AP15 evaluation (pretrain --stage grounding|trajectory)"),
     "tokenizer": ("posevla.pretrain.tokenizer_cli", "pose-token bins: fit equal-frequency bins from data, report quantisation error (tokenizer fit)"),
     "calibrate": ("posevla.calibration.cli", "hand-eye calibration from a recorded episode (calibrate handeye|board)"),
