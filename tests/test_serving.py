@@ -269,3 +269,22 @@ def test_pipelined_runner_reports_bad_observations_and_goes_on(tiny_policy) -> N
     with pytest.raises(ValueError, match="min_period_s"):
         PipelinedRunner(engine, lambda c, t: None, min_period_s=-1.0)
     engine.close()
+
+
+def test_staging_waits_until_just_before_the_model_call_ends() -> None:
+    """While the model is busy, staging starts at its expected end minus 1.5 x the staging time, not at once."""
+    from posevla.model.serving import PipelinedRunner
+
+    for jit, low, high in ((True, 0.08, 0.0851), (False, 0.0, 0.0)):
+        runner = PipelinedRunner(object(), lambda c, t: None, just_in_time=jit)  # type: ignore[arg-type]
+        try:
+            assert runner._stage_delay() == 0.0  # nothing timed yet: stage at once
+            with runner._cond:
+                runner._executing, runner._model_t0 = True, time.perf_counter()
+                runner._model_est, runner._stage_est = 0.1, 0.01
+                delay = runner._stage_delay()
+                runner._executing = False
+                idle = runner._stage_delay()
+            assert low <= delay <= high and idle == 0.0
+        finally:
+            runner.close()
