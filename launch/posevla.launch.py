@@ -32,7 +32,7 @@ def _value(v):
 
 def _nodes(context, *args, **kwargs):
     get = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
-    extra = BringupArgs(calibration_dir=get("calibration_dir"), cameras=parse_cameras(get("cameras")),
+    extra = BringupArgs(calibration_dir=get("calibration_dir"), cameras=parse_cameras(get("cameras")), remote=get("remote"),
                         serials={c: get(f"{c}_serial") for c in CAMERAS if get(f"{c}_serial")})
     trial = trial_options(get("trials"), get("time_limit_s"), get("conditions"), get("trial_out"), get("record"),
                           get("seed")) if get("setup") == "trial" else None
@@ -48,6 +48,8 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription([
         DeclareLaunchArgument("setup", default_value="robot", description=" | ".join(SETUPS)),
         DeclareLaunchArgument("checkpoint", default_value="", description="policy checkpoint directory"),
+        DeclareLaunchArgument("remote", default_value="",
+                              description="host:port of a policy server (posevla serve-policy) instead of checkpoint"),
         DeclareLaunchArgument("episode", default_value="", description="episode to replay (setup:=sim)"),
         DeclareLaunchArgument("instruction", default_value="", description="language instruction"),
         DeclareLaunchArgument("task", default_value="", description="task name of recorded episodes (collect)"),

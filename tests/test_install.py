@@ -181,6 +181,9 @@ def test_bringup_arguments_reach_the_right_nodes() -> None:
     assert by_name["policy"].parameters["cameras"] == ["head", "left_wrist"]
     cmd = node_command(by_name["head_camera"])
     assert 'serial:="012345678901"' in cmd  # quoted: rcl would read a bare 012345678901 as a number
+    remote = {s.name: s for s in bringup("robot", args=BringupArgs(remote="192.168.1.20:5555"))}
+    assert remote["policy"].parameters == {"remote": "192.168.1.20:5555"}
+    assert 'remote:="192.168.1.20:5555"' in node_command(remote["policy"])
     collect = {s.name: s for s in bringup("collect", task="t", instruction="x",
                                           args=BringupArgs(calibration_dir="/c", cameras=["head"]))}
     assert collect["recorder"].parameters["calibration_dir"] == "/c" and collect["recorder"].parameters["cameras"] == ["head"]
@@ -287,3 +290,20 @@ def test_trial_runner_and_run_graph_trial_refuse_bad_input(tmp_path: Path) -> No
     out = run("posevla_ros.run_graph", "trial", "--task", "t")
     assert out.returncode == 2 and "setup trial needs task and instruction" in out.stderr, out.stderr
     assert not list(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_installed_live_view_and_trial_runner(install: Path, tmp_path: Path) -> None:
+    """The new entry points are installed: --help without starting ROS, and live_view records headless for its
+    duration with the installed calibration (no source tree), then exits 0 with a complete .rrd."""
+    env = _env(install, tmp_path)
+    lib = install / "posevla_ros" / "lib" / "posevla_ros"
+    for exe, word in (("live_view", "image_rate_hz"), ("trial_runner", "time_limit_s")):
+        out = subprocess.run([str(lib / exe), "--help"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0 and word in out.stdout, out.stdout + out.stderr
+    rrd = tmp_path / "live.rrd"
+    out = subprocess.run([str(lib / "live_view"), "--ros-args", "-p", f"save:={rrd}", "-p", "duration_s:=1.0"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "parameters in force" in out.stdout + out.stderr and "Traceback" not in out.stdout + out.stderr
+    assert rrd.read_bytes()[:4] == b"RRF2"

@@ -9,7 +9,9 @@ the graph of `posevla_ros.graph` and applies the operator's choices:
 - `<camera>_serial`: the RealSense serial per camera, always a string (a digit-only serial must not become
   an integer parameter);
 - `calibration_dir`: the hand-eye calibration folder for the executor, the policy and the recorder
-  (default: share/posevla/calibration of the install, or calibration/ of the source tree).
+  (default: share/posevla/calibration of the install, or calibration/ of the source tree);
+- `remote`: host:port of a policy server (`posevla serve-policy`): the policy node sends its observations there
+  instead of loading a checkpoint (docs/remote_policy.md).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class BringupArgs:
     calibration_dir: str = ""
     serials: dict[str, str] = field(default_factory=dict)  # camera -> RealSense serial ("" = any camera)
     cameras: list[str] = field(default_factory=list)  # [] = all three
+    remote: str = ""  # host:port of a policy server ("" = the model runs in the policy node)
 
     def validate(self) -> None:
         unknown = sorted(set(self.cameras) - set(CAMERAS)) + sorted(set(self.serials) - set(CAMERAS))
@@ -67,5 +70,7 @@ def bringup(setup: str, checkpoint: str = "", episode: str = "", instruction: st
             spec.parameters["calibration_dir"] = args.calibration_dir
         if args.cameras and spec.executable in CAMERA_USERS:
             spec.parameters["cameras"] = list(cameras)
+        if args.remote and spec.executable == "policy_node":
+            spec.parameters["remote"] = args.remote
         out.append(spec)
     return out

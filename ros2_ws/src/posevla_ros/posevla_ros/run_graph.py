@@ -108,6 +108,8 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--leader-dir", default="", help="folder of simulated leader ports (collect_sim)")
     parser.add_argument("--calibration-dir", default="", help="hand-eye calibration folder (default: the installed one)")
     parser.add_argument("--cameras", default="", help="cameras in use, e.g. 'head,left_wrist' (default: all three)")
+    parser.add_argument("--remote", default="", help="host:port of a policy server (posevla serve-policy) instead of "
+                                                     "--checkpoint")
     for cam in CAMERAS:
         parser.add_argument(f"--{cam.replace('_', '-')}-serial", default="", help=f"RealSense serial of the {cam} camera")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
@@ -119,7 +121,7 @@ def main(args: list[str] | None = None) -> int:
     trial.add_argument("--no-record", action="store_true", help="do not start a recorder / record the trials")
     trial.add_argument("--seed", default="", help="seed of the randomised block order (default 0)")
     ns = parser.parse_args(args)
-    extra = BringupArgs(calibration_dir=ns.calibration_dir, cameras=parse_cameras(ns.cameras),
+    extra = BringupArgs(calibration_dir=ns.calibration_dir, cameras=parse_cameras(ns.cameras), remote=ns.remote,
                         serials={c: getattr(ns, f"{c}_serial") for c in CAMERAS if getattr(ns, f"{c}_serial")})
     try:
         trial = trial_options(ns.trials, ns.time_limit, ";".join(ns.condition), ns.out,
