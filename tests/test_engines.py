@@ -80,6 +80,21 @@ def test_static_cache_matches_eager(policy, eager, graphs, views, modalities):
     assert np.abs(graphs.sample(arrays, eager.noise(12), modalities) - ref).max() > 100 * ATOL
 
 
+@pytest.mark.parametrize("views,modalities", [(None, "full"), (("head",), "rgb+ray")])
+def test_matmul_attention_matches_eager(policy, eager, views, modalities):
+    """attention="matmul" (scores as a batched GEMM with the fp32 bias, fp32 softmax, GEMM with the values)."""
+    engine = make_engine(policy, "torch_graphs", attention="matmul")
+    assert engine.core.bias_dtype() == torch.float32
+    _, arrays = _arrays(policy, views)
+    noise = eager.noise(13)
+    np.testing.assert_allclose(engine.sample(arrays, noise, modalities), eager.sample(arrays, noise, modalities),
+                               rtol=0, atol=ATOL)
+    with pytest.raises(ValueError, match="attention"):
+        make_engine(policy, "torch_graphs", attention="flash3")
+    with pytest.raises(ValueError, match="sdpa_backend"):
+        make_engine(policy, "torch_graphs", sdpa_backend="tpu")
+
+
 def test_compiled_step_traces_as_one_graph_and_matches_eager(policy, eager):
     """torch.compile of the prefix and the flow step (aot_eager backend here: the tracing and the in-place buffer
     updates, without Inductor's C++ build): one graph each, no graph break, no recompilation per step."""

@@ -10,6 +10,7 @@ important first, so a tight --budget-s drops the slow anchors, not the answer):
   torch_graphs             static KV cache + CUDA graphs (the robot's engine)
   e2e_sequential/pipelined observation -> chunk through posevla.model.serving.PipelinedRunner (torch_graphs)
   transformers_pi0         transformers' PI0ForConditionalGeneration.sample_actions, same sizes (the anchor)
+  torch_graphs_matmul      the graph engine with the flow step's attention as GEMMs + fp32 softmax
   torch_graphs_cudnn/_efficient  (CUDA) the graph engine with attention restricted to one SDPA kernel
   torch_graphs_compiled    (CUDA) prefix and flow step torch.compile'd, then captured (first call ~1 min)
   onnxruntime              needs onnx + onnxruntime; on CUDA only with onnxruntime-gpu (else skipped, saying why)
@@ -35,8 +36,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 # measurement order; the CPU default drops the CUDA-only rows
-ALL = ("torch", "torch_graphs", "e2e", "transformers_pi0", "torch_graphs_cudnn", "torch_graphs_efficient",
-       "torch_graphs_compiled", "onnxruntime", "torch_recompute")
+ALL = ("torch", "torch_graphs", "e2e", "transformers_pi0", "torch_graphs_matmul", "torch_graphs_cudnn",
+       "torch_graphs_efficient", "torch_graphs_compiled", "onnxruntime", "torch_recompute")
 CUDA_ONLY = ("torch_graphs_cudnn", "torch_graphs_efficient", "torch_graphs_compiled")
 GOAL_P50_MS = 30.0
 GOAL_PEAK_GB = 8.0

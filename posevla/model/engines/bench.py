@@ -35,6 +35,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "torch_graphs": ("torch_graphs", {}),
     "torch_graphs_cudnn": ("torch_graphs", {"sdpa_backend": "cudnn"}),  # CUDA: cuDNN attention kernels
     "torch_graphs_efficient": ("torch_graphs", {"sdpa_backend": "efficient"}),  # CUDA: memory-efficient kernels
+    "torch_graphs_matmul": ("torch_graphs", {"attention": "matmul"}),  # flow step's attention as GEMMs
     "torch_graphs_compiled": ("torch_graphs", {"compile": True}),
     "onnxruntime": ("onnxruntime", {}),
 }

@@ -37,6 +37,10 @@ from transformers.models.pi0.modeling_pi0 import PI0TimestepEmbeddings
 
 from posevla.model.network import PoseVLAModel
 
+# how the expert's flow step attends over the cache (fused path): "sdpa" = F.scaled_dot_product_attention (one fused
+# kernel; few thread blocks for ~400 folded query rows), "matmul" = scores as one batched GEMM with fp32 output
+# (bias added in the GEMM), fp32 softmax, one GEMM with the values: more kernels, each spread over the whole GPU
+ATTENTION = ("sdpa", "matmul")
 KV_ALIGN = 16  # cache length is rounded up to this many slots (aligned rows for fused attention kernels)
 PROMPT_BUCKET = 16  # prompt lengths are padded to a multiple of this many tokens
 
@@ -108,10 +112,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class StaticPi0(nn.Module):
     """Prefix / expert step / sampler of a PoseVLAModel over a static KV cache. Holds no weights of its own."""
 
-    def __init__(self, model: PoseVLAModel, fused: bool = True) -> None:
+    def __init__(self, model: PoseVLAModel, fused: bool = True, attention: str = "sdpa") -> None:
         super().__init__()
+        if attention not in ATTENTION:
+            raise ValueError(f"attention={attention!r} must be one of {list(ATTENTION)}")
+        if attention != "sdpa" and not fused:
+            raise ValueError(f"attention={attention!r} needs fused=True")
         self.model = model
         self.fused = fused
+        self.attention = attention
         pi0 = model.pi0
         self.vlm_layers = model.vlm.language_model.layers
         self.expert = pi0.model.dit
@@ -274,6 +283,32 @@ class StaticPi0(nn.Module):
         rep = self.n_heads // self.n_kv
         return bias if bias.shape[-2] == 1 or rep == 1 else bias.repeat_interleave(rep, dim=-2)
 
+    def bias_dtype(self) -> torch.dtype:
+        """dtype of the expert's additive bias: the model's for SDPA, fp32 for the matmul attention (added to fp32
+        scores)."""
+        return torch.float32 if self.attention == "matmul" else self.dtype
+
+    def _attend_matmul(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                       scale: float) -> torch.Tensor:
+        """`_attend_folded` as GEMMs: fp32 scores = bias + scale * q k^T (bf16/fp16 inputs: cuBLAS with an fp32 output,
+        as SDPA's kernels keep them), fp32 softmax, probabilities in the values' dtype (as the fused kernels round
+        them) times v. bias: fp32, folded (B, 1, Lq * rep, Lk)."""
+        b, lq, nh, d = q.shape
+        h_kv, lk = k.shape[1], k.shape[2]
+        rep = nh // h_kv
+        qf = q.reshape(b, lq, h_kv, rep, d).permute(0, 2, 1, 3, 4).reshape(b * h_kv, lq * rep, d)
+        kt = k.reshape(b * h_kv, lk, d).transpose(1, 2)
+        bias = bias.expand(b, h_kv, lq * rep, lk).reshape(b * h_kv, lq * rep, lk)
+        if q.dtype == torch.float32:
+            scores = torch.baddbmm(bias, qf, kt, alpha=scale)
+        elif q.is_cuda:
+            scores = torch.baddbmm(bias, qf, kt, alpha=scale, out_dtype=torch.float32)
+        else:  # the low-precision GEMM with an fp32 output is CUDA only
+            scores = torch.baddbmm(bias, qf.float(), kt.float(), alpha=scale)
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        out = torch.bmm(probs, v.reshape(b * h_kv, lk, d))
+        return out.reshape(b, h_kv, lq, rep, d).permute(0, 2, 1, 3, 4).reshape(b, lq, nh * d)
+
     def _attend_folded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                        scale: float) -> torch.Tensor:
         """Grouped-query attention without repeating the keys/values: the query heads sharing one kv head are folded
@@ -425,7 +460,8 @@ class StaticPi0(nn.Module):
                 k = self._rope_roll(attn.k_proj(xn).view(b, n, nkv, d), cos, sin_s).transpose(1, 2)
                 v = attn.v_proj(xn).view(b, n, nkv, d).transpose(1, 2)
             k_all, v_all = kv(i, k, v)
-            h = self._finish_layer(layer, h, self._attend_folded(q, k_all, v_all, bias, attn.scaling), s_post,
+            attend = self._attend_matmul if self.attention == "matmul" else self._attend_folded
+            h = self._finish_layer(layer, h, attend(q, k_all, v_all, bias, attn.scaling), s_post,
                                    self._exp_gate_up[i] if self._exp_gate_up else None)
         h = self._rms(self.expert.norm, h[:, -self.chunk:], self._exp_final_norm)
         return self.action_out(h).float()
@@ -483,7 +519,7 @@ class StaticSampler:
         self.positions = torch.zeros(b, shape.suffix_len, dtype=torch.long, device=device)
         # the fused path folds the query heads into the rows: its bias has one row per (token, head of a kv group)
         rows = shape.suffix_len * (core.n_heads // core.n_kv if core.fused else 1)
-        self.bias = torch.zeros(b, 1, rows, shape.kv_len, dtype=core.dtype, device=device)
+        self.bias = torch.zeros(b, 1, rows, shape.kv_len, dtype=core.bias_dtype(), device=device)
         self.actions = torch.zeros(b, shape.chunk, cfg.action_dim, **f32)
         # denoising state: x (padded to the expert's width), this step's t and dt, the suffix's RoPE
         self.x = torch.zeros(b, shape.chunk, core.io_action, **f32)
@@ -496,8 +532,10 @@ class StaticSampler:
             self.state_emb = torch.zeros(b, 1, width, dtype=core.dtype, device=device)
             self.t_parts = torch.zeros(steps, b, 1, width, dtype=core.dtype, device=device)
             self.t_part = torch.zeros(b, 1, width, dtype=core.dtype, device=device)
-        # replaced by a torch.compile'd version when asked (GraphEngine(compile=True))
+        # replaced by a torch.compile'd version when asked (GraphEngine(compile=True), which sets `compiled`: then
+        # every step runs the same code on copies of t_k and dt_k; uncompiled, the fused step reads views of them)
         self.step = self._step_fused if core.fused else self._step
+        self.compiled = False
 
     def _write_prefix(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
         lp = self.shape.prefix_len
@@ -536,19 +574,23 @@ class StaticSampler:
                                       rope=(self.cos, self.sin))
         self.x.add_(self.dt * v)
 
-    def _step_fused(self) -> None:
+    def _step_fused(self, t_part: torch.Tensor | None = None, dt: torch.Tensor | None = None) -> None:
         """The same update through StaticPi0.fused_velocity (per-chunk constants computed in prefix()); the Euler
-        update is one addcmul."""
-        v = self.core.fused_velocity(self.state_emb, self.x, self.t_part, self.bias, (self.cos, self.sin),
-                                     self._suffix_kv)
-        self.x.addcmul_(self.dt, v)
+        update is one addcmul. t_part/dt: this step's (default: the buffers the compiled loop copies them into)."""
+        v = self.core.fused_velocity(self.state_emb, self.x, self.t_part if t_part is None else t_part, self.bias,
+                                     (self.cos, self.sin), self._suffix_kv)
+        self.x.addcmul_(self.dt if dt is None else dt, v)
 
     def denoise(self) -> None:
-        """The Euler loop of StaticPi0.euler over the static buffers (same arithmetic, one step function): per step
-        two tiny copies select t_k (or its precomputed time term) and dt_k, so every step runs the same code."""
+        """The Euler loop of StaticPi0.euler over the static buffers (same arithmetic, one step function). Compiled
+        or unfused, two tiny copies per step select t_k (or its precomputed time term) and dt_k, so every step runs
+        the same code (one compiled graph); the uncompiled fused step takes views of them instead."""
         inp = self.inputs
         self.x.copy_(_pad_to(inp["noise"], self.core.io_action))
         for k in range(self.steps):
+            if self.core.fused and not self.compiled:
+                self.step(self.t_parts[k], inp["dts"][k])  # views: no copy kernels
+                continue
             if self.core.fused:
                 self.t_part.copy_(self.t_parts[k])
             else:

@@ -83,12 +83,14 @@ class GraphEngine(Engine):
     of a shape then takes minutes). compile_backend: torch.compile's backend ("aot_eager" checks the tracing
     without Inductor's code generation). sdpa_backend: flash | efficient | cudnn | math restricts
     scaled_dot_product_attention to that kernel while the graphs are captured (None: PyTorch's choice).
+    attention: sdpa | matmul, how the flow step attends over the cache (static_kv.ATTENTION).
     """
 
     name = "torch_graphs"
 
     def __init__(self, policy, cuda_graphs: bool | None = None, compile: bool = False,
-                 compile_backend: str = "inductor", sdpa_backend: str | None = None) -> None:
+                 compile_backend: str = "inductor", sdpa_backend: str | None = None,
+                 attention: str = "sdpa") -> None:
         super().__init__(policy)
         is_cuda = self.device.type == "cuda"
         self.cuda_graphs = is_cuda if cuda_graphs is None else bool(cuda_graphs)
@@ -99,7 +101,7 @@ class GraphEngine(Engine):
         self.sdpa_backend = sdpa_backend
         self.compile = bool(compile)
         self.compile_backend = compile_backend
-        self.core = StaticPi0(policy.model)  # reads the policy's weights in place (no copy, no .to())
+        self.core = StaticPi0(policy.model, attention=attention)  # reads the policy's weights in place (no copy)
         self._samplers: dict[ShapeKey, StaticSampler] = {}
         self._graphs: dict[ShapeKey, tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph]] = {}
         self.build_s: dict[ShapeKey, float] = {}
@@ -113,6 +115,7 @@ class GraphEngine(Engine):
             if self.compile:
                 sampler.prefix = torch.compile(sampler.prefix, dynamic=False, backend=self.compile_backend)
                 sampler.step = torch.compile(sampler.step, dynamic=False, backend=self.compile_backend)
+                sampler.compiled = True
             self._samplers[key] = sampler
             self.build_s[key] = time.perf_counter() - t0
         return sampler
