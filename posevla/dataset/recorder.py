@@ -93,8 +93,10 @@ class Recorder:
         self.latest.arrival[stream] = time.monotonic()
         self.counts[stream] = self.counts.get(stream, 0) + 1
 
-    def stale_streams(self, now: float) -> list[str]:
-        return [s for s in self.streams() if now - self.latest.arrival.get(s, -1e9) > self.cfg.stream_timeout_s]
+    def stale_streams(self, now: float, since: float = -1e9) -> list[str]:
+        """Streams silent for more than stream_timeout_s (counted from `since` at the earliest)."""
+        return [s for s in self.streams()
+                if now - max(self.latest.arrival.get(s, -1e9), since) > self.cfg.stream_timeout_s]
 
     def stream_rates(self, now: float | None = None) -> dict[str, float]:
         """Messages per second of every stream since the previous call (Hz)."""
@@ -225,7 +227,8 @@ class Recorder:
             self.state = "idle"
         if self.state != "recording" or self.writer is None:
             return None
-        stale = self.stale_streams(time.monotonic())
+        # from the episode's start at the earliest: opening the writer may have kept the callbacks waiting
+        stale = self.stale_streams(time.monotonic(), since=self.episode_start)
         if stale:
             return self.abort(f"stream(s) {stale} stopped for more than {self.cfg.stream_timeout_s} s")
         if self.writer.error:
