@@ -285,7 +285,8 @@ class PolicyServer:
             daemon_threads = True
 
         self._server = Server((host, port), Handler)
-        self.host, self.port = self._server.server_address[:2]
+        address = self._server.server_address
+        self.host, self.port = str(address[0]), int(address[1])
         self._thread: threading.Thread | None = None
 
     def start(self) -> PolicyServer:
