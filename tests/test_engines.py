@@ -112,6 +112,22 @@ def test_compiled_step_traces_as_one_graph_and_matches_eager(policy, eager):
     assert not torch._dynamo.utils.counters["graph_break"]
 
 
+def test_kernels_per_flow_step():
+    """The loop is launch-bound: operators (about one CUDA kernel each, uncompiled) per expert layer and per step.
+    The previous sampler had 23 per layer + 25 per step (439 per step at 18 layers); now 18 + 12 (336)."""
+    from posevla.model.config import PoseVLAConfig
+    from posevla.model.engines.bench import count_ops
+
+    steps = {}
+    for layers in (2, 3):
+        cfg = PoseVLAConfig.from_yaml(TINY)
+        cfg.text = {**cfg.text, "num_hidden_layers": layers}
+        steps[layers] = count_ops(PoseVLAPolicy.from_config(cfg, seed=0, device="cpu"))["step"]
+    layer = steps[3] - steps[2]
+    fixed = steps[2] - 2 * layer
+    assert 10 <= layer <= 18 and 4 <= fixed <= 12, (layer, fixed)
+
+
 def test_prompt_buckets_and_padding(policy, eager, graphs):
     short = policy.batcher.observation_arrays([policy.synthetic_observation("go")])
     long = policy.batcher.observation_arrays([policy.synthetic_observation("pick up the red cube and place it "

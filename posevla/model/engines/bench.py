@@ -350,6 +350,41 @@ def pipeline_rows(policy, engine_name: str = "torch_graphs", views: int = 3, chu
     return rows
 
 
+# aten operators that only make views (no kernel on the GPU); everything else counts as one kernel launch
+VIEW_OPS = frozenset({"view", "_unsafe_view", "transpose", "permute", "expand", "slice", "select", "unsqueeze",
+                      "squeeze", "as_strided", "t", "alias", "detach", "split", "split_with_sizes", "chunk",
+                      "unbind", "_reshape_alias", "reshape", "lift_fresh", "empty"})
+
+
+def count_ops(policy, views: int = 3, prompt: int = 32, **engine_options) -> dict[str, int]:
+    """aten operators (views excluded: about one CUDA kernel each without torch.compile) in the torch_graphs
+    engine's prefix and in one flow step, counted on whatever device the policy is on. engine_options: StaticPi0's
+    (attention)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from posevla.model.engines.static_kv import StaticPi0, StaticSampler
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0] not in VIEW_OPS:
+                self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    core = StaticPi0(policy.model, **engine_options)
+    sampler = StaticSampler(core, core.shape(1, views, prompt), policy.config.flow_steps, policy.device)
+    with torch.inference_mode():
+        sampler.prefix()
+        with Count() as prefix:
+            sampler.prefix()
+        with Count() as denoise:
+            sampler.denoise()
+    return {"prefix": prefix.n, "denoise": denoise.n, "step": round(denoise.n / policy.config.flow_steps)}
+
+
 def histogram(rows: list[Row], bins: int = 30) -> dict[str, dict[str, list[float]]]:
     out = {}
     for r in rows:
