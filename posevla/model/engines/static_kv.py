@@ -281,7 +281,10 @@ class StaticPi0(nn.Module):
     def fold_bias(self, bias: torch.Tensor) -> torch.Tensor:
         """Additive bias (B, 1, Lq, Lk) -> (B, 1, Lq * rep, Lk) for `_attend_folded` (row i * rep + r = query i)."""
         rep = self.n_heads // self.n_kv
-        return bias if bias.shape[-2] == 1 or rep == 1 else bias.repeat_interleave(rep, dim=-2)
+        if bias.shape[-2] == 1 or rep == 1:
+            return bias
+        b, one, lq, lk = bias.shape  # expand + reshape: repeat_interleave may synchronise (not while capturing)
+        return bias[:, :, :, None, :].expand(b, one, lq, rep, lk).reshape(b, one, lq * rep, lk)
 
     def bias_dtype(self) -> torch.dtype:
         """dtype of the expert's additive bias: the model's for SDPA, fp32 for the matmul attention (added to fp32
@@ -441,7 +444,10 @@ class StaticPi0(nn.Module):
         te = self.time_embed
         act = te.action_in_proj(x.to(self.dtype))
         w_a = te.action_time_mlp_in.weight[:, :act.shape[-1]]
-        mid = torch.baddbmm(t_part, act, w_a.t().expand(act.shape[0], -1, -1))
+        if act.shape[0] == 1:  # the engines' batch: one GEMM with the time term as its broadcast bias (as a Linear)
+            mid = torch.addmm(t_part.reshape(1, -1), act[0], w_a.t())[None]
+        else:
+            mid = torch.baddbmm(t_part, act, w_a.t().expand(act.shape[0], -1, -1))
         at = te.action_time_mlp_out(F.silu(mid))
         h = torch.cat([state_emb, at], dim=1)
         cos, sin_s = rope
