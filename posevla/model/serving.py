@@ -159,6 +159,7 @@ class PipelinedRunner:
         return self._model_t0 + self._model_est - 1.5 * self._stage_est - time.perf_counter()
 
     def _run_model(self, job: _Job, last_start: list[float]) -> None:
+        assert job.staged is not None  # _stage succeeded
         t0 = time.perf_counter()
         last_start[0] = t0
         try:
@@ -208,7 +209,7 @@ class PipelinedRunner:
             with self._cond:
                 if busy or self._executing:
                     self.overlapped += 1
-                if self._staged is not None:  # the model is still busy: the newer observation replaces it
+                if self._staged is not None and self._staged.staged is not None:  # newer replaces it (model busy)
                     self.engine.release(self._staged.staged)
                     self.superseded += 1
                 self._staged = job
@@ -238,9 +239,10 @@ class PipelinedRunner:
         last_start = [-np.inf]
         while True:
             with self._cond:
-                if self._take_pending_after_period(last_start[0]) is None:
+                job = self._take_pending_after_period(last_start[0])
+                if job is None:
                     return
-                job, self._pending = self._pending, None
+                self._pending = None
             if self._stage(job):
                 self._run_model(job, last_start)
 
