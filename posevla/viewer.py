@@ -39,7 +39,7 @@ from posevla.types import ARM_NAMES, VIEW_NAMES, ActionChunk, optical_frame
 BASE = "world/base_link"
 # diagnostics statuses shown under safety/ (prefix match: xtrainer_driver/left, xtrainer_driver/right, ...)
 SAFETY_SOURCES = ("executor", "xtrainer_driver", "policy")
-MIN_DEPTH_M = 0.01  # chunk points closer to (or behind) a camera's image plane are not drawn in it
+MIN_DEPTH_M = 0.02  # chunk points closer to (or behind) a camera's image plane are not drawn in it
 ARM_COLOURS = {"left": (80, 160, 255), "right": (255, 140, 60)}
 
 
@@ -129,16 +129,29 @@ def log_depth(rec: Any, entity: str, depth: np.ndarray, meter: float) -> None:
     rec.log(f"{entity}/depth", rr.DepthImage(depth, meter=meter))
 
 
-def project_chunk(positions_base: np.ndarray, T_base_cam: np.ndarray, intr: CameraIntrinsics) -> np.ndarray:
-    """(N,3) points in base_link -> (M,2) pixels (u, v) of the points in front of the camera (z > MIN_DEPTH_M), in
-    order; a point behind the camera is dropped rather than mirrored into the image."""
-    p_cam = se3.transform_points(se3.invert_T(T_base_cam), np.asarray(positions_base, float).reshape(-1, 3))
-    front = p_cam[:, 2] > MIN_DEPTH_M
-    if not front.any():
-        return np.zeros((0, 2))
+def project_chunk(positions_base: np.ndarray, T_base_cam: np.ndarray, intr: CameraIntrinsics) -> list[np.ndarray]:
+    """(N,3) points in base_link -> the visible runs of the path, each a (k,2) array of pixels (u, v), in order.
+
+    A point is visible when it lies in front of the camera (z > MIN_DEPTH_M) and projects within one image size
+    around the image (a point near the image plane projects towards infinity; one behind it would be mirrored).
+    The path is split where points are not visible, so no segment joins two points that are not neighbours."""
     from posevla.geometry.projection import project
 
-    return project(p_cam[front], intr)
+    p_cam = se3.transform_points(se3.invert_T(T_base_cam), np.asarray(positions_base, float).reshape(-1, 3))
+    front = p_cam[:, 2] > MIN_DEPTH_M
+    uv = np.full((len(p_cam), 2), np.nan)
+    if front.any():
+        uv[front] = project(p_cam[front], intr)
+    w, h = intr.width, intr.height
+    visible = front & (uv[:, 0] >= -w) & (uv[:, 0] <= 2 * w) & (uv[:, 1] >= -h) & (uv[:, 1] <= 2 * h)
+    runs, start = [], None
+    for i, ok in enumerate([*visible, False]):
+        if ok and start is None:
+            start = i
+        elif not ok and start is not None:
+            runs.append(uv[start:i])
+            start = None
+    return runs
 
 
 # ------------------------------------------------------------------------------------------- the live view
@@ -158,7 +171,8 @@ class LiveView:
         self.rr, self.rec = rr, rec
         self.calibrations = calibrations
         self.cameras = tuple(cameras)
-        self.histories = {arm: PoseHistory() for arm in ARM_NAMES}
+        # TCP poses at ~100 Hz; hold 100 ms at the ends of the history (loaded CPUs), as the policy's source does
+        self.histories = {arm: PoseHistory(tolerance_ns=100_000_000) for arm in ARM_NAMES}
         self.to_base = CameraToBase(calibrations, self.histories)
         self.image_period_ns = int(image_period_s * 1e9)
         self.tcp_period_ns = int(tcp_period_s * 1e9)
@@ -264,16 +278,17 @@ class LiveView:
             return  # an uncalibrated camera, or no TCP pose at that stamp yet: nothing to draw into it
         set_capture_time(self.rec, stamp_ns)
         for arm, c in self.chunk_base.arms.items():
-            pts = c.T[np.all(np.isfinite(c.T[:, :3, 3]), axis=1), :3, 3]
-            uv = project_chunk(pts, T_base_cam, self.intrinsics[cam]) if len(pts) else np.zeros((0, 2))
+            pts = c.T[:, :3, 3]
+            pts = pts[np.all(np.isfinite(pts), axis=1)]
+            runs = project_chunk(pts, T_base_cam, self.intrinsics[cam]) if len(pts) else []
             colour = ARM_COLOURS.get(arm, (200, 200, 200))
             path = f"{self.entity[cam]}/chunk/{arm}"
-            if len(uv) >= 2:
-                self.rec.log(path, self.rr.LineStrips2D([uv], colors=[colour]), self.rr.Points2D(uv[:1], radii=4.0,
-                                                                                               colors=[colour]))
+            if runs:  # the path (visible runs) and a dot on the first visible point
+                self.rec.log(path, self.rr.LineStrips2D(runs, colors=[colour]),
+                             self.rr.Points2D(runs[0][:1], radii=4.0, colors=[colour]))
             else:
                 self.rec.log(path, self.rr.Clear(recursive=False))
-            self.stats["projected"] += len(uv)
+            self.stats["projected"] += sum(len(r) for r in runs)
 
     # ---- safety
     def estop_topic(self, value: bool, stamp_ns: int) -> None:
@@ -290,11 +305,12 @@ class LiveView:
         if not name.startswith(SAFETY_SOURCES):
             return
         set_capture_time(self.rec, stamp_ns)
-        self.rec.log(f"safety/{name}/level", self.rr.Scalars(float(level)))
+        base = "safety/" + "/".join(self.rr.escape_entity_path_part(part) for part in name.split("/"))
+        self.rec.log(f"{base}/level", self.rr.Scalars(float(level)))
         for key, text in values.items():
             number = _number(text)
-            if number is not None:
-                self.rec.log(f"safety/{name}/{key}", self.rr.Scalars(number))
+            if number is not None:  # keys may hold spaces and punctuation: one escaped path part each
+                self.rec.log(f"{base}/{self.rr.escape_entity_path_part(key)}", self.rr.Scalars(number))
         if message != self.messages.get(name):
             self.messages[name] = message
             self.rec.log("safety/log", self.rr.TextLog(f"{name}: {message}",

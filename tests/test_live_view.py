@@ -67,11 +67,18 @@ def _chunk(stamp_ns: int, left_head: np.ndarray, right_head: np.ndarray) -> Acti
     return ActionChunk("head_camera_color_optical_frame", stamp_ns, 0.1, arms)
 
 
-def test_projection_by_hand_and_behind_camera_points_dropped() -> None:
+def test_projection_by_hand_and_invisible_points_split_the_path() -> None:
     T_base_cam = np.eye(4)
-    pts = np.array([[0.1, -0.05, 0.5], [0.0, 0.0, -0.3], [0.02, 0.03, 0.005]])  # in front, behind, on the plane
-    uv = project_chunk(pts, T_base_cam, INTR)
-    np.testing.assert_allclose(uv, [[60 * 0.2 + 31.5, 62 * -0.1 + 23.5]])
+    pts = np.array([[0.1, -0.05, 0.5], [0.0, 0.1, 0.4],  # in front
+                    [0.0, 0.0, -0.3],  # behind the camera
+                    [0.02, 0.03, 0.03],  # in front, below the image (v = 85.5 px): within one image height, drawn
+                    [0.2, 0.0, 0.021],  # barely in front of the image plane: u = 603 px, far outside
+                    [0.0, 0.0, 1.0], [-0.1, 0.05, 1.0]])  # in front, on the optical axis and beside it
+    runs = project_chunk(pts, T_base_cam, INTR)
+    assert [len(r) for r in runs] == [2, 1, 2]
+    np.testing.assert_allclose(runs[0], [[60 * 0.2 + 31.5, 62 * -0.1 + 23.5], [31.5, 62 * 0.25 + 23.5]])
+    np.testing.assert_allclose(runs[1], [[60 * 0.02 / 0.03 + 31.5, 62 * 1.0 + 23.5]])
+    np.testing.assert_allclose(runs[2], [[31.5, 23.5], [60 * -0.1 + 31.5, 62 * 0.05 + 23.5]])
 
 
 def test_live_view_core_logs_projected_chunk_trace_and_safety(tmp_path: Path) -> None:
@@ -92,6 +99,7 @@ def test_live_view_core_logs_projected_chunk_trace_and_safety(tmp_path: Path) ->
     view.diagnostics("executor", 2, "e-stop latched", {"estop_latched": "True", "holds": "12", "last_refusal":
                                                        "chunk is 2.700 s old"}, t0 + 90_000_000)
     view.diagnostics("camera_head", 0, "ok", {"fps": "30"}, t0)  # not a safety source: ignored
+    view.diagnostics("policy_node", 0, "running", {"source_sync_('head', 'depth'): queue overflow": "3"}, t0)
     view.estop_topic(True, t0 + 95_000_000)
     close_recording(rec, saved=True)
     data = read_rrd(path)
@@ -117,6 +125,8 @@ def test_live_view_core_logs_projected_chunk_trace_and_safety(tmp_path: Path) ->
     assert any("top_camera_color_optical_frame" in t and "not drawn" in t for t in log), log
     assert "executor: chunk refused: chunk is 2.700 s old" in log and "E-STOP: /estop is true" in log, log
     assert not any(e.startswith("/safety/camera_head") for e in data)
+    odd = [e for e in data if e.startswith("/safety/policy_node/source_sync")]  # one escaped path part
+    assert len(odd) == 1 and data[odd[0]]["Scalars:scalars"] == [[3.0]] and odd[0].count("/") == 3, odd
     assert view.stats["chunks"] == 1 and view.stats["chunk_refused"] == 1
 
 
