@@ -185,6 +185,7 @@ class LiveView:
         self.chunk_base: ActionChunk | None = None
         self.estop: bool | None = None
         self.messages: dict[str, str] = {}  # diagnostics status name -> last message (logged when it changes)
+        self.warned: set[str] = set()  # cameras whose changing camera_info was reported
         self.stats = {"images": 0, "depth": 0, "chunks": 0, "chunk_refused": 0, "projected": 0, "tcp": 0,
                       "diagnostics": 0, "estop": 0}
         self.entity: dict[str, str] = {}
@@ -201,6 +202,11 @@ class LiveView:
             return
         self.intrinsics[cam] = intr
         log_pinhole(self.rec, self.entity[cam], intr)
+        if old is not None and cam not in self.warned:  # a camera's K does not change: two publishers, or a restart
+            self.warned.add(cam)
+            self.rec.log("safety/log", self.rr.TextLog(
+                f"{cam}: camera_info changed from {old.width}x{old.height} fx {old.fx:.1f} to {intr.width}x{intr.height} "
+                f"fx {intr.fx:.1f} (two camera drivers on one ROS domain, or a restarted camera?)", level="WARN"))
 
     def wants_image(self, cam: str, stamp_ns: int) -> bool:
         """Whether an image of `cam` stamped `stamp_ns` would be logged (throttle; callers skip converting it)."""

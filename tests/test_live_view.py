@@ -94,6 +94,9 @@ def test_live_view_core_logs_projected_chunk_trace_and_safety(tmp_path: Path) ->
         view.image(cam, np.full((48, 64, 3), 128, np.uint8), t0 + 80_000_000)
         view.depth(cam, np.full((48, 64), 400, np.uint16), 1000.0, t0 + 80_000_000)
     view.tcp("left", T_BASE_LEFT_TCP + _shift(0.05), t0 + 100_000_000)
+    for _ in range(2):  # a second camera driver on the same topic: reported once
+        view.camera_info("head", CameraIntrinsics(120.0, 124.0, 63.5, 47.5, 128, 96))
+        view.camera_info("head", INTR)
     assert view.chunk(_chunk(t0 + 80_000_000, left_head, right_head))
     assert not view.chunk(ActionChunk("top_camera_color_optical_frame", t0, 0.1, _chunk(t0, left_head, right_head).arms))
     view.diagnostics("executor", 2, "e-stop latched", {"estop_latched": "True", "holds": "12", "last_refusal":
@@ -124,6 +127,7 @@ def test_live_view_core_logs_projected_chunk_trace_and_safety(tmp_path: Path) ->
     log = [t[0] for t in data["/safety/log"]["TextLog:text"]]
     assert any("top_camera_color_optical_frame" in t and "not drawn" in t for t in log), log
     assert "executor: chunk refused: chunk is 2.700 s old" in log and "E-STOP: /estop is true" in log, log
+    assert sum("head: camera_info changed from 64x48 fx 60.0 to 128x96 fx 120.0" in t for t in log) == 1, log
     assert not any(e.startswith("/safety/camera_head") for e in data)
     odd = [e for e in data if e.startswith("/safety/policy_node/source_sync")]  # one escaped path part
     assert len(odd) == 1 and data[odd[0]]["Scalars:scalars"] == [[3.0]] and odd[0].count("/") == 3, odd
