@@ -157,6 +157,9 @@ def run_dds(seconds: float, size: tuple[int, int], fps: float, slots: int, uniqu
     from std_srvs.srv import Trigger
 
     apply_network_policy()
+    # a DDS domain of its own (215..232: above the ephemeral ports; tests draw 1..200, closed-loop runs 1..100), so no other graph on this
+    # machine receives the benchmark's cameras and robot poses, or sends it theirs
+    os.environ["ROS_DOMAIN_ID"] = str(215 + os.getpid() % 18)
     prefix = f"pvb_{uuid.uuid4().hex[:8]}"
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as tmp:

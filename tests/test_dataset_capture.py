@@ -209,3 +209,52 @@ def test_capture_recorder_node_records_every_frame_and_publishes_previews(tmp_pa
             seq = [next(j for j, (_, d) in enumerate(banks[c]) if np.array_equal(d, ep.raw_depth(c, k)))
                    for k in range(ep.num_frames)]
             assert np.all(np.diff(seq) % len(banks[c]) == 1), (c, seq)  # every source frame, once, in order
+
+
+def test_a_slow_writer_start_does_not_count_as_a_silent_stream(tmp_path: Path) -> None:
+    """Opening the writer can take longer than stream_timeout_s on a loaded PC (the capture threads wait on the lock
+    meanwhile); the first tick after it must record, not stop the episode. A stream silent for longer than the
+    timeout after the start still stops it."""
+    from posevla.geometry.intrinsics import CameraIntrinsics
+
+    rec = Recorder(RecorderConfig(tmp_path, "t", "i", ("head",), require_action=False, stream_timeout_s=0.2,
+                                  reset_period_s=0.0))
+
+    def feed(k: int, robot_only: bool = False) -> None:
+        if not robot_only:
+            rec.latest.color["head"] = (k, np.zeros((24, 32, 3), np.uint8))
+            rec.latest.depth["head"] = (k, np.full((24, 32), 500, np.uint16))
+            rec.note_arrival("head/color")
+            rec.note_arrival("head/depth")
+        rec.latest.info["head"] = CameraIntrinsics(30.0, 30.0, 15.5, 11.5, 32, 24)
+        rec.latest.tcp["left"] = (k, np.eye(4))
+        rec.note_arrival("robot")
+    feed(1)
+    assert rec.start() == "recording episode 0"
+    for s in rec.latest.arrival:  # as if the writer took 1 s to open after the streams' last arrival
+        rec.latest.arrival[s] -= 1.0
+    rec.episode_start = time.monotonic()
+    assert rec.tick(time.time_ns()) is None and rec.frames_queued == 1
+    _wait(lambda: time.monotonic() - rec.episode_start > 0.3, 5, "the timeout to pass")
+    feed(2, robot_only=True)
+    msg = rec.tick(time.time_ns())
+    assert msg is not None and "['head/color', 'head/depth'] stopped for more than 0.2 s" in msg, msg
+
+
+def test_capture_recorder_node_help_and_refusals(tmp_path: Path) -> None:
+    """--help lists the recorder's and the capture parameters without starting ROS; a camera rate that is not the
+    recording rate, or a serial list that does not match the cameras, is refused: exit 2, one line naming it."""
+    pytest.importorskip("rclpy")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "posevla_ros.capture_recorder_node", *args], capture_output=True,
+                              text=True, timeout=120)
+    help_ = run("--help")
+    assert help_.returncode == 0 and all(p in help_.stdout for p in ("camera_source", "preview_hz", "max_pending",
+                                                                     "instruction", "storage"))
+    base = ["--ros-args", "-p", f"root:={tmp_path}", "-p", "instruction:=x", "-p", "sound_cues:=false"]
+    bad_rate = run(*base, "-p", "camera_fps:=15")
+    assert bad_rate.returncode == 2 and "Traceback" not in bad_rate.stdout + bad_rate.stderr
+    assert "parameter fps=30.0 differs from camera_fps=15" in bad_rate.stdout, bad_rate.stdout
+    bad_serials = run(*base, "-p", "camera_serials:=['1', '2']")
+    assert bad_serials.returncode == 2 and "camera_serials has 2 entries for 3 cameras" in bad_serials.stdout

@@ -43,6 +43,7 @@ EXECUTABLES: dict[str, str] = {
     "xtrainer_sim": "posevla_ros.xtrainer_sim_node",
     "teleop_node": "posevla_ros.teleop_node",
     "recorder_node": "posevla_ros.recorder_node",
+    "capture_recorder_node": "posevla_ros.capture_recorder_node",
     "run_graph": "posevla_ros.run_graph",
     "trigger": "posevla_ros.trigger",
     "mujoco_sim": "posevla_ros.mujoco_sim_node",
