@@ -288,17 +288,22 @@ class PolicyServer:
         address = self._server.server_address
         self.host, self.port = str(address[0]), int(address[1])
         self._thread: threading.Thread | None = None
+        self._serving = False
 
     def start(self) -> PolicyServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="policy-server", daemon=True)
+        """Serve on a background thread."""
+        self._thread = threading.Thread(target=self.serve_forever, name="policy-server", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
+        """Serve on this thread until close() (from another thread) or KeyboardInterrupt."""
+        self._serving = True
         self._server.serve_forever()
 
     def close(self) -> None:
-        self._server.shutdown()
+        if self._serving:  # shutdown() waits for a serve_forever loop: only when one ran
+            self._server.shutdown()
         self._server.server_close()
 
     def _serve_connection(self, sock: socket.socket) -> None:
@@ -392,8 +397,14 @@ class PolicyClient:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
         self.reconnects += 1
-        header, _ = self._round_trip({"type": "hello", "version": VERSION}, {}, time.monotonic() + self.connect_timeout_s)
+        try:
+            header, _ = self._round_trip({"type": "hello", "version": VERSION}, {},
+                                         time.monotonic() + self.connect_timeout_s)
+        except (RemoteError, TimeoutError) as exc:  # a refused hello (version) or a silent server: cannot connect
+            self.close()
+            raise ConnectionError(str(exc)) from None
         if header.get("type") != "info":
+            self.close()
             raise ConnectionError(f"policy server {self.host}:{self.port}: answered {header.get('type')!r} to hello")
         self.info = header
 

@@ -166,12 +166,21 @@ def test_malformed_and_hostile_messages_are_refused(fake_server) -> None:
     assert calls == ["stack the cups"] and server.errors >= 4
 
 
-def test_no_server_is_one_clear_error() -> None:
+def test_no_server_or_a_silent_one_is_one_clear_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(ConnectionError, match=f"policy server 127.0.0.1:{port}"):
         PolicyClient(f"127.0.0.1:{port}", connect_timeout_s=2.0)
+    with socket.socket() as silent:  # accepts (the kernel's backlog) but never answers the hello
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionError, match=f"policy server 127.0.0.1:{port}: no reply within the deadline"):
+            PolicyClient(f"127.0.0.1:{port}", connect_timeout_s=0.5)
+        assert time.monotonic() - t0 < 5.0
+    PolicyServer(_fake_chunk, INFO, port=0).close()  # never started: closes without waiting for a serve loop
 
 
 def test_tiny_model_served_gives_the_local_chunk() -> None:
