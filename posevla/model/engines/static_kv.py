@@ -121,6 +121,7 @@ class StaticPi0(nn.Module):
         self.model = model
         self.fused = fused
         self.attention = attention
+        self._fp32_out_gemm = True  # baddbmm(..., out_dtype=float32) on bf16/fp16 CUDA inputs
         pi0 = model.pi0
         self.vlm_layers = model.vlm.language_model.layers
         self.expert = pi0.model.dit
@@ -304,8 +305,12 @@ class StaticPi0(nn.Module):
         bias = bias.expand(b, h_kv, lq * rep, lk).reshape(b * h_kv, lq * rep, lk)
         if q.dtype == torch.float32:
             scores = torch.baddbmm(bias, qf, kt, alpha=scale)
-        elif q.is_cuda:
-            scores = torch.baddbmm(bias, qf, kt, alpha=scale, out_dtype=torch.float32)
+        elif q.is_cuda and self._fp32_out_gemm:
+            try:
+                scores = torch.baddbmm(bias, qf, kt, alpha=scale, out_dtype=torch.float32)
+            except (RuntimeError, TypeError):  # a torch without it: upcast from now on (checked before any launch)
+                self._fp32_out_gemm = False
+                scores = torch.baddbmm(bias, qf.float(), kt.float(), alpha=scale)
         else:  # the low-precision GEMM with an fp32 output is CUDA only
             scores = torch.baddbmm(bias, qf.float(), kt.float(), alpha=scale)
         probs = torch.softmax(scores, dim=-1).to(v.dtype)
