@@ -126,8 +126,9 @@ class PipelinedRunner:
 
     # ------------------------------------------------------------------ stages
     def _fail(self, obs: Observation, exc: Exception) -> None:
-        self.failed += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        with self._cond:  # both threads count failures
+            self.failed += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
         if self._on_error:
             self._on_error(obs, exc)
 
