@@ -387,3 +387,32 @@ def test_cuda_graphs_match_eager_on_gpu():
         np.testing.assert_allclose(graphs_e.sample(arrays, noise, modalities), eager_e.sample(arrays, noise, modalities),
                                    rtol=0, atol=1e-3)
     assert len(graphs_e._graphs) >= 1
+    # the matmul attention (fp32-output GEMM on CUDA) and the pipelined runner (copy stream + events) on the GPU
+    matmul_e = make_engine(pol, "torch_graphs", attention="matmul")
+    _, arrays = _arrays(pol)
+    noise = eager_e.noise(4)
+    np.testing.assert_allclose(matmul_e.sample(arrays, noise), eager_e.sample(arrays, noise), rtol=0, atol=1e-3)
+    import threading
+
+    from posevla.model.serving import PipelinedRunner
+
+    chunks: dict[int, object] = {}
+    done = threading.Event()
+
+    def on_chunk(chunk, timing) -> None:
+        chunks[chunk.stamp_ns] = chunk
+        if chunk.stamp_ns == 3:
+            done.set()
+
+    runner = PipelinedRunner(graphs_e, on_chunk, noise_seed=lambda o: o.stamp_ns)
+    for stamp in (1, 2, 3):
+        obs = pol.synthetic_observation("pick up the red cube")
+        obs.stamp_ns = stamp
+        runner.submit(obs)
+    assert done.wait(120)
+    runner.close()
+    for stamp, chunk in chunks.items():
+        obs = pol.synthetic_observation("pick up the red cube")
+        obs.stamp_ns = stamp
+        ref = graphs_e.predict(obs, noise_seed=stamp)
+        np.testing.assert_allclose(chunk.arms["left"].T, ref.arms["left"].T, rtol=0, atol=1e-6)
