@@ -251,7 +251,11 @@ def test_malformed_sources_exit_2_naming_the_key(authors, tmp_path: Path, capsys
     (cfg_json / "config.json").write_text(json.dumps({"type": "posevla", "pi05": True}))
     rc, _, err = _cli(capsys, cfg_json, tmp_path / "o8", *common)
     assert rc == 2 and "field pi05=true" in err
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 9))  # nothing written on refusal
+    # without --config: pi0's sizes (models/posevla_3b.yaml), 18 layers where the tiny file has 2
+    rc, _, err = _cli(capsys, src, tmp_path / "o9", "--bins", bins, "--priors", "zero")
+    assert rc == 2 and "missing tensor model.paligemma_with_expert.gemma_expert.model.layers.10." in err
+    assert "sizes: --config" in err
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 10))  # nothing written on refusal
 
 
 def test_sharded_source_converts_like_a_single_file(authors, tmp_path: Path, capsys) -> None:

@@ -423,7 +423,12 @@ def convert(src: str | Path, dst: str | Path, config: str | Path | PoseVLAConfig
     state, origin, prior_params, report.dropped = map_authors_names(raw)
     del raw
     if config is None:
-        config = Path(__file__).resolve().parents[2] / "models" / "posevla_3b.yaml"
+        from posevla.paths import models_dir
+
+        try:
+            config = models_dir() / "posevla_3b.yaml"
+        except FileNotFoundError as exc:
+            raise ValueError(f"no default model config ({exc}): pass --config") from exc
     cfg = config if isinstance(config, PoseVLAConfig) else PoseVLAConfig.from_yaml(config)
 
     # vocabulary: the authors' tokenizer, their rows kept, our pose tokens appended with their learned rows
