@@ -85,8 +85,13 @@ def run(seconds: float, size: tuple[int, int], fps: float, slots: int, unique: i
             load0, t0, c0 = os.getloadavg(), time.monotonic(), time.process_time()
             _wait(lambda: time.monotonic() - t0 >= seconds or rec.state != "recording", seconds + 60, "the recording")
             wall = time.monotonic() - t0
-            summary, msg = cr.control(lambda: (cr.summary(), rec.stop_and_save(True)))
-            cpu = time.process_time() - c0
+            summary, cpu, enc_at_stop, queued, msg = cr.control(lambda: (
+                cr.summary(), time.process_time() - c0, writer.encode_cpu_s, writer.frames_written,
+                rec.stop_and_save(True)))
+            # CPU per set = encoders (all sets, exact) + capture threads (exact) + the rest (writer worker, robot
+            # feed) as measured up to the stop; finishing the file (flush, read-back check, rename) is not per set
+            capture_s = sum(st.cpu_s for st in cr.stats.values())
+            rest_per_set = max(0.0, cpu - enc_at_stop - capture_s) / max(queued, 1)
             load1 = os.getloadavg()
             stop.set()
             cr.stop()
@@ -104,6 +109,10 @@ def run(seconds: float, size: tuple[int, int], fps: float, slots: int, unique: i
             "episode_frames": frames, "writer_rejected": writer.frames_rejected, "cameras": summary["cameras"],
             "max_stamp_gap_ms": gaps, "process_cores": cpu / wall, "writer_encode_cpu_cores": writer.encode_cpu_s / wall,
             "load_avg_1min_before_after": [load0[0], load1[0]], "cpu_count": os.cpu_count(), "episode_mb": size_mb,
+            "cpu_ms_per_set": 1e3 * (writer.encode_cpu_s / max(summary["sets_recorded"], 1)
+                                     + capture_s / max(summary["sets_recorded"], 1) + rest_per_set),
+            "encoder_cpu_ms_per_set": 1e3 * writer.encode_cpu_s / max(summary["sets_recorded"], 1),
+            "capture_cpu_ms_per_set": 1e3 * capture_s / max(summary["sets_recorded"], 1),
             "aborted": aborted, "source": next((ln for ln in out.splitlines() if ln.startswith("shm_camera:")), out[-300:]), "storage": storage, "slots": slots}
 
 
@@ -297,9 +306,11 @@ def report(r: dict, a: argparse.Namespace) -> None:
         print(f"{c:12s} {s['captured']:8d} {s['recorded']:8d} {s['superseded']:10d} {s['dropped_at_source']:11d} "
               f"{s['latency_ms_p50']:10.1f} {s['latency_ms_p99']:7.1f} {s['latency_ms_max']:7.1f} "
               f"{r['max_stamp_gap_ms'][c]:10.1f}")
-    per_set = r["process_cores"] * r["seconds"] / max(r["sets_recorded"], 1)
-    print(f"load-independent cost: {1e3 * per_set:.1f} CPU ms per recorded set -> {per_set * a.fps:.2f} cores at "
-          f"{a.fps:.0f} Hz (encoders {1e3 * r['writer_encode_cpu_cores'] * r['seconds'] / max(r['sets_recorded'], 1):.1f} ms)")
+    per_set = r["cpu_ms_per_set"]
+    print(f"load-independent cost: {per_set:.1f} CPU ms per recorded set -> {per_set * a.fps / 1e3:.2f} cores at "
+          f"{a.fps:.0f} Hz (encoders {r['encoder_cpu_ms_per_set']:.1f} ms, capture threads "
+          f"{r['capture_cpu_ms_per_set']:.1f} ms, writer worker and the rest "
+          f"{per_set - r['encoder_cpu_ms_per_set'] - r['capture_cpu_ms_per_set']:.1f} ms)")
     print(f"recorder process CPU {r['process_cores']:.2f} cores (encoders {r['writer_encode_cpu_cores']:.2f}); load average "
           f"(1 min) {r['load_avg_1min_before_after'][0]:.1f} -> {r['load_avg_1min_before_after'][1]:.1f} on "
           f"{r['cpu_count']} cores; source: {r['source']}")

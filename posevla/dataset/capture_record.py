@@ -42,8 +42,8 @@ class CameraStats:
     captured: int = 0  # new frames read from the camera
     recorded: int = 0  # frames that went into an episode
     superseded: int = 0  # frames replaced by a newer one of the same camera before their set was recorded
-    read_errors: int = 0
     reconnects: int = 0
+    cpu_s: float = 0.0  # capture thread CPU time: read, depth conversion, set assembly, preview
     latency_ns: list[int] = field(default_factory=list)  # capture stamp -> handed to the writer (recorded frames)
 
 
@@ -103,7 +103,9 @@ class CaptureRecorder:
     # ------------------------------------------------------------------ threads
     def _capture(self, name: str) -> None:
         cam, st = self.cameras[name], self.stats[name]
+        cpu0 = time.thread_time()
         while self._running:
+            st.cpu_s = time.thread_time() - cpu0
             if cam.pipeline is None:
                 try:
                     cam.connect()
@@ -206,6 +208,7 @@ class CaptureRecorder:
             out["cameras"][c] = {
                 "captured": st.captured, "recorded": st.recorded, "superseded": st.superseded,
                 "dropped_at_source": int(getattr(cam, "dropped", 0)), "reconnects": st.reconnects,
+                "capture_cpu_ms_per_frame": 1e3 * st.cpu_s / max(st.captured, 1),
                 "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else float("nan"),
                 "latency_ms_p99": float(np.percentile(lat, 99)) if lat.size else float("nan"),
                 "latency_ms_max": float(lat.max()) if lat.size else float("nan")}
