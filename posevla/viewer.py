@@ -181,6 +181,7 @@ class LiveView:
         self.traces: dict[str, deque[tuple[int, np.ndarray]]] = {arm: deque() for arm in ARM_NAMES}
         self.last_tcp_log: dict[str, int] = {}
         self.last_image: dict[str, int] = {}  # cam -> stamp of the last logged image
+        self.pending_depth: dict[str, tuple[int, np.ndarray, float]] = {}  # depth that came before its colour image
         self.intrinsics: dict[str, CameraIntrinsics] = {}
         self.chunk_base: ActionChunk | None = None
         self.estop: bool | None = None
@@ -220,13 +221,26 @@ class LiveView:
         set_capture_time(self.rec, stamp_ns)
         log_rgb(self.rec, self.entity[cam], rgb)
         self.stats["images"] += 1
+        pending = self.pending_depth.pop(cam, None)
+        if pending is not None and pending[0] == stamp_ns:
+            self._log_depth(cam, *pending)
         self._project_into(cam, stamp_ns)
         return True
 
+    def wants_depth(self, cam: str, stamp_ns: int) -> bool:
+        """Whether a depth image of that stamp would be logged (now, or when its colour image comes)."""
+        return self.log_depth_images and (self.last_image.get(cam) == stamp_ns or self.wants_image(cam, stamp_ns))
+
     def depth(self, cam: str, depth: np.ndarray, meter: float, stamp_ns: int) -> None:
-        """Logged with the colour image of the same stamp (aligned depth), when that one was logged."""
-        if not self.log_depth_images or self.last_image.get(cam) != stamp_ns:
+        """Aligned depth is logged with the colour image of the same stamp, whichever of the two arrives first."""
+        if not self.wants_depth(cam, stamp_ns):
             return
+        if self.last_image.get(cam) == stamp_ns:
+            self._log_depth(cam, stamp_ns, depth, meter)
+        else:
+            self.pending_depth[cam] = (stamp_ns, depth, meter)
+
+    def _log_depth(self, cam: str, stamp_ns: int, depth: np.ndarray, meter: float) -> None:
         set_capture_time(self.rec, stamp_ns)
         log_depth(self.rec, self.entity[cam], depth, meter)
         self.stats["depth"] += 1

@@ -126,8 +126,8 @@ class LiveViewNode(Node):
             self._bad(topic, f"depth encoding {msg.encoding!r}, expected one of {sorted(DEPTH_METER)}")
             return
         stamp = time_to_ns(msg.header.stamp)
-        if self.view.last_image.get(cam) != stamp or not self.view.log_depth_images:
-            return  # only beside a logged colour image of the same capture
+        if not self.view.wants_depth(cam, stamp):
+            return  # only beside a logged colour image of the same capture (before or after it)
         try:
             self.view.depth(cam, msg_to_image(msg, topic), DEPTH_METER[msg.encoding], stamp)
         except ValueError as exc:
