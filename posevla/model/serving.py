@@ -25,18 +25,22 @@ handed to on_chunk).
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from posevla.model.engines.base import Engine, Staged
 from posevla.serving import ChunkTiming
 from posevla.types import ActionChunk, Observation
+
+if TYPE_CHECKING:  # importing this module needs no torch (a remote-engine client may not have it)
+    from posevla.model.engines.base import Engine
 
 STAGES = ("queue", "preprocess", "handoff", "model", "postprocess", "publish", "obs_age")
 
@@ -50,6 +54,12 @@ class StageTiming(ChunkTiming):
     postprocess: float
 
 
+def _inference_mode() -> contextlib.AbstractContextManager:
+    """torch.inference_mode() when torch is loaded (a torch engine), else nothing (a torch-free remote engine)."""
+    torch = sys.modules.get("torch")
+    return torch.inference_mode() if torch is not None else contextlib.nullcontext()
+
+
 def _ema(average: float | None, value: float, alpha: float = 0.2) -> float:
     return value if average is None else (1 - alpha) * average + alpha * value
 
@@ -60,7 +70,7 @@ class _Job:
     t_submit: float
     t_stage0: float = 0.0
     t_staged: float = 0.0
-    staged: Staged | None = None
+    staged: Any = None  # Engine.stage's Staged (or a remote engine's request)
 
 
 class PipelinedRunner:
@@ -164,7 +174,7 @@ class PipelinedRunner:
         t0 = time.perf_counter()
         last_start[0] = t0
         try:
-            with torch.inference_mode():
+            with _inference_mode():
                 actions = self.engine.execute(job.staged)
             t1 = time.perf_counter()
             self._model_est = _ema(self._model_est, t1 - t0)
