@@ -297,3 +297,47 @@ def test_fresh_pose_tokens_keep_our_bins_and_start_rows_at_the_mean(authors, tmp
     # new rows: the mean of the authors' table plus noise of 1 % of its spread
     dev = (emb_o[ids] - emb_t.mean(0)).abs().max()
     assert 0 < dev < 0.05 * emb_t.std()
+
+
+def test_full_size_layout_maps_onto_the_3b_config_without_gaps() -> None:
+    """The authors' full-size module tree (pi0 sizes, their defaults) on the meta device: every tensor but the expert's
+    LM head and the prior MLPs lands on a tensor of models/posevla_3b.yaml with the same shape (the word embedding
+    only gains our pose-token rows)."""
+    from posevla.model.config import PoseVLAConfig
+    from posevla.model.convert_authors import map_authors_names
+    from posevla.model.network import PoseVLAModel
+    from posevla.paths import models_dir
+
+    cfg = PoseVLAConfig.from_yaml(models_dir() / "posevla_3b.yaml")
+    rows = 257152 + 3 * 1024 + 360 + 7  # PaliGemma + transXY/transZ/size (paper: 1024 each) + rot + image/no_object
+    with torch.device("meta"):
+        pg = PaliGemmaForConditionalGeneration(PaliGemmaConfig(
+            text_config={"model_type": "gemma", "vocab_size": rows, **cfg.text},
+            vision_config={"model_type": "siglip_vision_model", "image_size": 224, "patch_size": 14,
+                           "vision_use_head": False, **cfg.vision},
+            projection_dim=2048, image_token_id=257152))
+        expert = GemmaForCausalLM(GemmaConfig(vocab_size=257152, hidden_size=1024, intermediate_size=4096,
+                                              num_hidden_layers=18, num_attention_heads=8, num_key_value_heads=1,
+                                              head_dim=256))  # their gemma_expert_config defaults
+        state = {PG + _transformers4(k): v for k, v in pg.state_dict().items()
+                 if k != "model.language_model.embed_tokens.weight"}
+        state.update({"model.paligemma_with_expert.gemma_expert." + k: v for k, v in expert.state_dict().items()
+                      if k != "model.embed_tokens.weight"})
+        for name, (n_out, n_in) in {"state_proj": (1024, 32), "action_in_proj": (1024, 32),
+                                    "action_out_proj": (32, 1024), "action_time_mlp_in": (1024, 2048),
+                                    "action_time_mlp_out": (1024, 1024)}.items():
+            state[f"model.{name}.weight"], state[f"model.{name}.bias"] = torch.empty(n_out, n_in), torch.empty(n_out)
+        for module, c in (("rays", 3), ("depth", 2)):
+            for fc, (n_out, n_in) in (("fc1", (4 * 1152, c * 196)), ("fc2", (1152, 4 * 1152))):
+                state[f"{PRIOR}{module}.proj.2.{fc}.weight"] = torch.empty(n_out, n_in)
+                state[f"{PRIOR}{module}.proj.2.{fc}.bias"] = torch.empty(n_out)
+        ours, _, priors, dropped = map_authors_names(state)
+        model = PoseVLAModel(cfg, rows + 4 * cfg.num_pose_bins, 257152, 0, 32)
+    own = model.state_dict()
+    assert len(state) == 785 and len(ours) == 776 and sorted(priors) == ["depth", "ray"]
+    assert dropped == ["model.paligemma_with_expert.gemma_expert.lm_head.weight"]
+    assert sorted(set(own) - set(ours)) == sorted(k for k in own if k.startswith("geometry."))
+    assert not set(ours) - set(own)
+    mismatched = [k for k, v in ours.items() if v.shape != own[k].shape]
+    assert mismatched == ["pi0.model.vlm.language_model.embed_tokens.weight"]
+    assert own[mismatched[0]].shape[0] - ours[mismatched[0]].shape[0] == 4 * 1024  # our pose rows, appended
