@@ -284,13 +284,16 @@ def test_sharded_source_converts_like_a_single_file(authors, tmp_path: Path, cap
     assert rc == 2 and "shard model-00002-of-00002.safetensors" in err
 
 
-def test_fresh_pose_tokens_keep_our_bins_and_start_rows_at_the_mean(authors, tmp_path: Path, capsys) -> None:
+def test_fresh_pose_tokens_and_no_priors(authors, tmp_path: Path, capsys) -> None:
     src, state, _, cfg = authors
-    rc, out, err = _cli(capsys, src, tmp_path / "ours", "--config", cfg, "--fresh-pose-tokens", "--priors", "zero")
+    no_prior = _edit(src, tmp_path / "no_prior", lambda t: [t.pop(k) for k in list(t) if k.startswith(PRIOR)])
+    rc, out, err = _cli(capsys, no_prior, tmp_path / "ours", "--config", cfg, "--fresh-pose-tokens")
     assert rc == 0, err
+    assert "prior embeddings: none in the checkpoint" in out and "1 dropped" in out  # add_prior off: no MLPs
     assert "pose-token rows moved: none" in out and "rot 16, trans_xy 16, trans_z 16, size 16" in out
     pol = PoseVLAPolicy.from_pretrained(tmp_path / "ours", device="cpu")
     assert pol.config.num_pose_bins == 16  # ours (from --config), not the authors' 8
+    assert torch.count_nonzero(pol.model.geometry.ray.out.weight) == 0  # no priors in the source: zero output
     emb_t = state[PG + "language_model.lm_head.weight"]
     emb_o = pol.model.state_dict()["pi0.model.vlm.language_model.embed_tokens.weight"]
     ids = pol.tokenizer.convert_tokens_to_ids([f"<trans_xy_{k}>" for k in range(16)])
