@@ -157,3 +157,24 @@ def evaluate_grounding(policy, samples: list[PretrainSample], batch_size: int = 
     result.update({"questions": len(samples), "decode": stats.as_dict(), "examples": texts[:3],
                    "modalities": modalities})
     return result
+
+
+def best_constant_answer(boxes_by_category: dict[str, list[Box3D]], iou_threshold: float = IOU_THRESHOLD
+                         ) -> dict[str, Box3D]:
+    """The image-blind baseline: per category, the one box (from the given, e.g. training, boxes) that overlaps
+    the most of them at IoU >= threshold, i.e. the best answer a model could give without looking at the image."""
+    out = {}
+    for cat, boxes in boxes_by_category.items():
+        if not boxes:
+            continue
+        hits = (iou_matrix(boxes, boxes) >= iou_threshold).sum(axis=1)
+        out[cat] = boxes[int(np.argmax(hits))]
+    return out
+
+
+def constant_answer_ap(answer: dict[str, Box3D], samples: list[PretrainSample],
+                       iou_threshold: float = IOU_THRESHOLD) -> dict:
+    """AP of answering every question with the category's constant box (no box for unknown categories)."""
+    records = [(s.category, f"{s.source}:{s.image_id}", [answer[s.category]] if s.category in answer else [],
+                s.gt_boxes) for s in samples if s.category is not None]
+    return average_precision(records, iou_threshold)

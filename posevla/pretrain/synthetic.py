@@ -124,10 +124,10 @@ def _render(T_cam_table: np.ndarray, boxes: list[tuple[Box3D, tuple[int, int, in
 
 def make_scene(rng: np.random.Generator, intr: CameraIntrinsics | None = None,
                models: tuple[BoxModel, ...] = MODELS, max_objects: int = 3, fixed_camera: bool = False,
-               grid: int = 0) -> Scene:
+               grid: int = 0, max_yaw_deg: float = 45.0) -> Scene:
     """One random scene: 1..max_objects boxes (no overlaps); the camera 0.45-0.75 m from the table centre at
     45-70 deg elevation, or, with fixed_camera, always 0.6 m away at 60 deg (a head camera over a table).
-    Boxes stand anywhere within +-0.16 m with yaw in +-45 deg, or, with grid = n > 0, on the cells of an n x n
+    Boxes stand anywhere within +-0.16 m with yaw in +-max_yaw_deg, or, with grid = n > 0, on the cells of an n x n
     lattice over +-0.12 m with yaw 0 (a controlled layout for quick learning checks)."""
     intr = intr or default_intrinsics()
     if fixed_camera:
@@ -149,7 +149,7 @@ def make_scene(rng: np.random.Generator, intr: CameraIntrinsics | None = None,
             else:
                 xy = rng.uniform(-0.16, 0.16, 2)
             if all(np.linalg.norm(xy - T[:2, 3]) > 0.11 for _, T in placed):
-                yaw = 0.0 if grid > 0 else rng.uniform(-np.pi / 4, np.pi / 4)
+                yaw = 0.0 if grid > 0 else rng.uniform(-1.0, 1.0) * np.deg2rad(max_yaw_deg)
                 T_table_obj = se3.T_from_xyz_rpy(np.r_[xy, model.size_xyz[2] / 2], np.array([0.0, 0.0, yaw]))
                 placed.append((model, T_table_obj))
                 break
@@ -179,8 +179,13 @@ def _projected_box(box: Box3D, intr: CameraIntrinsics) -> list[float]:
 
 def write_dataset(out: str | Path, num_images: int, split: str = "train", seed: int = 0,
                   intr: CameraIntrinsics | None = None, max_objects: int = 3, fixed_camera: bool = False,
-                  grid: int = 0) -> dict:
-    """Generate `num_images` scenes and write them in both layouts. Returns paths and the ground truth."""
+                  grid: int = 0, max_yaw_deg: float = 45.0, categories: int = len(MODELS),
+                  models: tuple[BoxModel, ...] = MODELS) -> dict:
+    """Generate `num_images` scenes and write them in both layouts, with boxes of the first `categories` of
+    `models`. Returns paths and the ground truth."""
+    if not 1 <= categories <= len(models):
+        raise ValueError(f"categories={categories} must be 1..{len(models)}")
+    models = models[:categories]
     out = Path(out)
     rng = np.random.default_rng(seed)
     intr = intr or default_intrinsics()
@@ -189,7 +194,8 @@ def write_dataset(out: str | Path, num_images: int, split: str = "train", seed: 
     ann_id = 0
     bop_scenes: dict[int, dict[str, dict]] = {}
     for i in range(num_images):
-        scene = make_scene(rng, intr, max_objects=max_objects, fixed_camera=fixed_camera, grid=grid)
+        scene = make_scene(rng, intr, models, max_objects=max_objects, fixed_camera=fixed_camera, grid=grid,
+                           max_yaw_deg=max_yaw_deg)
         rel = f"images/synthetic/{split}/{i:06d}.png"
         _write_png(o3d_root / rel, scene.rgb)
         depth_mm = np.round(scene.depth_m * 1000.0).clip(0, 65535).astype(np.uint16)
@@ -227,7 +233,7 @@ def write_dataset(out: str | Path, num_images: int, split: str = "train", seed: 
     json_path.write_text(json.dumps({
         "info": {"id": "synthetic", "source": 0, "name": "posevla synthetic tabletop", "split": split,
                  "version": "1", "url": ""},
-        "images": images, "categories": [{"id": m.obj_id, "name": m.name, "supercategory": "box"} for m in MODELS],
+        "images": images, "categories": [{"id": m.obj_id, "name": m.name, "supercategory": "box"} for m in models],
         "annotations": annotations}))
     for s, entry in bop_scenes.items():
         for name, data in entry.items():
@@ -236,8 +242,8 @@ def write_dataset(out: str | Path, num_images: int, split: str = "train", seed: 
     (bop_root / "models" / "models_info.json").write_text(json.dumps({
         str(m.obj_id): {"diameter": float(np.linalg.norm(m.size_xyz) * 1000.0),
                         **{f"min_{a}": -v * 500.0 for a, v in zip("xyz", m.size_xyz)},
-                        **{f"size_{a}": v * 1000.0 for a, v in zip("xyz", m.size_xyz)}} for m in MODELS}))
-    (bop_root / "object_names.json").write_text(json.dumps({str(m.obj_id): m.name for m in MODELS}))
+                        **{f"size_{a}": v * 1000.0 for a, v in zip("xyz", m.size_xyz)}} for m in models}))
+    (bop_root / "object_names.json").write_text(json.dumps({str(m.obj_id): m.name for m in models}))
     return {"omni3d_json": json_path, "omni3d_root": o3d_root, "omni3d_depth_root": o3d_root / "depth",
             "bop_root": bop_root, "split": split, "scenes": truth}
 
@@ -259,12 +265,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-objects", type=int, default=3, help="boxes per image: 1..max")
     p.add_argument("--fixed-camera", action="store_true", help="one camera pose for every image (else random)")
     p.add_argument("--grid", type=int, default=0, help="n > 0: boxes on an n x n lattice, yaw 0 (else anywhere)")
+    p.add_argument("--max-yaw-deg", type=float, default=45.0, help="boxes placed anywhere: yaw within +- this")
+    p.add_argument("--categories", type=int, default=len(MODELS), help=f"box models used: the first 1..{len(MODELS)}")
     args = p.parse_args(argv)
     if args.images < 1 or args.width < 16 or args.height < 16 or args.max_objects < 1 or args.grid < 0:
         print("posevla synthetic: --images and --max-objects must be >= 1, --grid >= 0, --width/--height >= 16", file=sys.stderr)
         return 2
+    if not (0 <= args.max_yaw_deg <= 180 and 1 <= args.categories <= len(MODELS)):
+        print(f"posevla synthetic: --max-yaw-deg must be in [0, 180] and --categories in 1..{len(MODELS)}", file=sys.stderr)
+        return 2
     info = write_dataset(args.out, args.images, args.split, args.seed, default_intrinsics(args.width, args.height),
-                         args.max_objects, args.fixed_camera, args.grid)
+                         args.max_objects, args.fixed_camera, args.grid, args.max_yaw_deg, args.categories)
     print(f"wrote {args.images} images: {info['omni3d_json']} and {info['bop_root']}/{args.split}")
     return 0
 

@@ -5,9 +5,10 @@ weights) does not: every `<loc>` and pose bin is an unrelated random vector, so 
 means nothing, and neighbouring bins share nothing. This module gives each ordered token group a smooth
 embedding: random Fourier features of the bin's normalised position x = k / (K - 1),
 
-    e_k = s * sqrt(2 / D) * cos(w * x_k + b),   w ~ N(0, 1 / bandwidth^2),  b ~ U(0, 2 pi)
+    e_k = s * (a g + sqrt(1 - a^2) sqrt(2) cos(w * x_k + b)),   w ~ N(0, 1 / bandwidth^2),  b ~ U(0, 2 pi)
 
-so that e_k . e_l ~ s^2 exp(-(x_k - x_l)^2 / (2 bandwidth^2)) (a Gaussian kernel). With the LM head tied to the
+so that e_k . e_l / D ~ s^2 (a^2 + (1 - a^2) exp(-(x_k - x_l)^2 / (2 bandwidth^2))) (a Gaussian kernel plus a
+direction g ~ N(0, I) shared by the group, so the model can pick the group as a whole). With the LM head tied to the
 input embeddings (PaliGemma's), neighbouring bins then get similar logits and a bin seen rarely is still near
 the bins around it. The scale s keeps the norm of the rows it replaces. Rotation bins wrap around
 (x_k = angle, features cos/sin of integer frequencies), translation, size and `<loc>` bins do not.
@@ -22,8 +23,9 @@ import torch
 
 from posevla.model.text_tokenizer import LOC_TOKENS, pose_token_ids
 
-# bandwidth in units of the group's normalised range [0, 1]: ~2 bins of 32, ~20 <loc> bins of 1024
-BANDWIDTH = {"loc": 0.02, "trans_xy": 0.06, "trans_z": 0.06, "size": 0.06, "rot": 0.06}
+# bandwidth in units of the group's normalised range [0, 1] (0.08: ~2.5 bins of 32, ~80 <loc> bins of 1024)
+BANDWIDTH = {"loc": 0.08, "trans_xy": 0.08, "trans_z": 0.08, "size": 0.08, "rot": 0.08}
+GROUP_SHARE = 0.5  # part of each row that is the group's own direction (so a group can be chosen as a whole)
 
 
 def _features(x: np.ndarray, dim: int, bandwidth: float, periodic: bool, rng: np.random.Generator) -> np.ndarray:
@@ -52,7 +54,9 @@ def ordinal_token_init(policy, seed: int = 0) -> dict[str, int]:
     for name, ids in groups.items():
         k = len(ids)
         x = np.arange(k) / max(1, k - 1) if name != "rot" else np.arange(k) / k
-        rows = _features(x, emb.shape[1], BANDWIDTH[name], name == "rot", rng) * scale
+        smooth = _features(x, emb.shape[1], BANDWIDTH[name], name == "rot", rng)
+        group = rng.normal(0.0, 1.0, emb.shape[1])
+        rows = (GROUP_SHARE * group[None, :] + np.sqrt(1.0 - GROUP_SHARE**2) * smooth) * scale
         emb[torch.as_tensor(ids, device=emb.device)] = torch.as_tensor(rows, dtype=emb.dtype, device=emb.device)
         written[name] = k
     return written
