@@ -7,6 +7,7 @@ Entity layout (metres, base_link z up; stamps on the `capture_time` timeline are
     world/base_link                          the robot base (axes)
     world/base_link/<arm>_tcp                measured TCP pose T_base_tcp (Transform3D + axes)
     world/base_link/<arm>_tcp_trace          the TCP's recent path (LineStrips3D)
+    world/base_link/<arm>_command_trace      the servo set-points' recent path (/xtrainer/servo_command, grey)
     world/base_link/head                     the head camera (eye-to-hand: T_base_head) with its Pinhole
     world/base_link/<arm>_tcp/<arm>_wrist    a wrist camera (eye-in-hand: T_tcp_wrist under its moving TCP)
     cameras/<cam>                            a camera without calibration (image space only)
@@ -14,7 +15,7 @@ Entity layout (metres, base_link z up; stamps on the `capture_time` timeline are
     <camera entity>/chunk/<arm>              the predicted chunk's TCP positions projected into that image (pixels)
     world/base_link/chunk/<arm>              the predicted chunk in base_link (policy, mapped with the calibration)
     world/base_link/executor_chunk/<arm>     the chunk the executor accepted (/executor/chunk_base)
-    robot/<arm>/tcp_x|y|z                    TCP position scalars (m)
+    robot/<arm>/tcp_x|y|z, command_x|y|z     measured TCP and commanded set-point positions (m)
     safety/estop                             /estop as 0/1; safety/log: e-stop, hold and refusal messages
     safety/<node>/<key>                      numeric diagnostics of the executor, driver and policy (holds, refused,
                                              estop_latched, latencies, ...)
@@ -178,7 +179,7 @@ class LiveView:
         self.tcp_period_ns = int(tcp_period_s * 1e9)
         self.log_depth_images = log_depth_images
         self.trace_ns = int(trace_s * 1e9)
-        self.traces: dict[str, deque[tuple[int, np.ndarray]]] = {arm: deque() for arm in ARM_NAMES}
+        self.traces: dict[str, deque[tuple[int, np.ndarray]]] = {}  # trace entity -> (stamp, position) of trace_s
         self.last_tcp_log: dict[str, int] = {}
         self.last_image: dict[str, int] = {}  # cam -> stamp of the last logged image
         self.pending_depth: dict[str, tuple[int, np.ndarray, float]] = {}  # depth that came before its colour image
@@ -188,7 +189,7 @@ class LiveView:
         self.messages: dict[str, str] = {}  # diagnostics status name -> last message (logged when it changes)
         self.warned: set[str] = set()  # cameras whose changing camera_info was reported
         self.stats = {"images": 0, "depth": 0, "chunks": 0, "chunk_refused": 0, "projected": 0, "tcp": 0,
-                      "diagnostics": 0, "estop": 0}
+                      "commands": 0, "diagnostics": 0, "estop": 0}
         self.entity: dict[str, str] = {}
         log_world(rec)
         for cam in self.cameras:
@@ -247,23 +248,39 @@ class LiveView:
 
     # ---- robot
     def tcp(self, arm: str, T_base_tcp: np.ndarray, stamp_ns: int) -> None:
+        """A measured TCP pose (base_link): kept for the wrist cameras' poses, logged at most every tcp_period_s."""
         if arm not in self.histories or not np.all(np.isfinite(T_base_tcp)):
             return
         self.histories[arm].add(stamp_ns, T_base_tcp)
-        trace = self.traces[arm]
-        trace.append((stamp_ns, np.asarray(T_base_tcp, float)[:3, 3].copy()))
+        if self._trace(f"{BASE}/{arm}_tcp_trace", ARM_COLOURS.get(arm, (200, 200, 200)), T_base_tcp, stamp_ns):
+            log_tcp(self.rec, arm, T_base_tcp)
+            self.stats["tcp"] += 1
+
+    def command(self, arm: str, T_base_tcp: np.ndarray, stamp_ns: int) -> None:
+        """A servo set-point sent to the driver (base_link): its trace beside the measured one, and x/y/z plots
+        (robot/<arm>/command_x|y|z) on the same axes as the measured TCP's, so lag and holds show."""
+        if arm not in ARM_NAMES or not np.all(np.isfinite(T_base_tcp)):
+            return
+        if self._trace(f"{BASE}/{arm}_command_trace", (200, 200, 200), T_base_tcp, stamp_ns):
+            for a, axis in enumerate("xyz"):
+                self.rec.log(f"robot/{arm}/command_{axis}", self.rr.Scalars(float(T_base_tcp[a, 3])))
+            self.stats["commands"] += 1
+
+    def _trace(self, entity: str, colour: tuple[int, int, int], T: np.ndarray, stamp_ns: int) -> bool:
+        """Append T's position to the trace logged at `entity` (last trace_s); when due (tcp_period_s), log the
+        trace, set the time and return True (the caller logs the rest)."""
+        trace = self.traces.setdefault(entity, deque())
+        trace.append((stamp_ns, np.asarray(T, float)[:3, 3].copy()))
         while trace and stamp_ns - trace[0][0] > self.trace_ns:
             trace.popleft()
-        last = self.last_tcp_log.get(arm)
+        last = self.last_tcp_log.get(entity)
         if last is not None and 0 <= stamp_ns - last < self.tcp_period_ns:
-            return
-        self.last_tcp_log[arm] = stamp_ns
+            return False
+        self.last_tcp_log[entity] = stamp_ns
         set_capture_time(self.rec, stamp_ns)
-        log_tcp(self.rec, arm, T_base_tcp)
         if len(trace) > 1:
-            self.rec.log(f"{BASE}/{arm}_tcp_trace",
-                         self.rr.LineStrips3D([np.stack([p for _, p in trace])], colors=[ARM_COLOURS.get(arm, (200, 200, 200))]))
-        self.stats["tcp"] += 1
+            self.rec.log(entity, self.rr.LineStrips3D([np.stack([p for _, p in trace])], colors=[colour]))
+        return True
 
     # ---- chunks
     def chunk(self, chunk: ActionChunk, source: str = "policy") -> bool:

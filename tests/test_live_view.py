@@ -100,6 +100,10 @@ def test_live_view_core_logs_projected_chunk_trace_and_safety(tmp_path: Path) ->
     view.depth("head", np.full((48, 64), 999, np.uint16), 1000.0, t0 + 10_000_000)  # no colour image of that stamp: not logged
     assert view.stats["depth"] == 2 and view.stats["images"] == 2
     view.tcp("left", T_BASE_LEFT_TCP + _shift(0.05), t0 + 100_000_000)
+    for k in range(3):  # set-points 10 ms apart, logged every 33 ms: the first one only, then the trace on the next
+        view.command("left", T_BASE_LEFT_TCP + _shift(0.001 * k), t0 + k * 10_000_000)
+    view.command("left", T_BASE_LEFT_TCP + _shift(0.004), t0 + 40_000_000)
+    view.command("middle", T_BASE_LEFT_TCP, t0)  # not an arm: ignored
     for _ in range(2):  # a second camera driver on the same topic: reported once
         view.camera_info("head", CameraIntrinsics(120.0, 124.0, 63.5, 47.5, 128, 96))
         view.camera_info("head", INTR)
@@ -127,7 +131,11 @@ def test_live_view_core_logs_projected_chunk_trace_and_safety(tmp_path: Path) ->
     trace = np.array(data["/world/base_link/left_tcp_trace"]["LineStrips3D:strips"][-1][0])
     # logged at most every 33 ms (t0, +40, +80 ms): the last drawn trace holds every pose up to +80 ms
     np.testing.assert_allclose(trace[:, 0], 0.35 + np.array([0.0, 0.01, 0.02, 0.03, 0.04]))
-    assert view.stats["tcp"] == 3 and len(view.traces["left"]) == 6
+    assert view.stats["tcp"] == 3 and len(view.traces["world/base_link/left_tcp_trace"]) == 6
+    command = np.array(data["/world/base_link/left_command_trace"]["LineStrips3D:strips"][-1][0])
+    np.testing.assert_allclose(command[:, 0], 0.35 + np.array([0.0, 0.001, 0.002, 0.004]))
+    np.testing.assert_allclose(np.concatenate(data["/robot/left/command_x"]["Scalars:scalars"]), [0.35, 0.354])
+    assert view.stats["commands"] == 2 and not any("middle" in e for e in data)
     assert data["/safety/estop"]["Scalars:scalars"][-1] == [1.0]
     assert data["/safety/executor/estop_latched"]["Scalars:scalars"][-1] == [1.0]
     assert data["/safety/executor/holds"]["Scalars:scalars"][-1] == [12.0]
@@ -182,6 +190,7 @@ def test_posevla_view_records_the_live_topics_headless(tmp_path: Path, rclpy_con
         image_to_msg,
         intrinsics_to_msg,
         ns_to_time,
+        servo_command_to_msg,
     )
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image
@@ -202,6 +211,7 @@ def test_posevla_view_records_the_live_topics_headless(tmp_path: Path, rclpy_con
     chunk_pub = node.create_publisher(MultiDOFJointTrajectory, "/policy/chunk", 10)
     diag_pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
     estop_pub = node.create_publisher(Bool, "/estop", 10)  # ROS's default QoS (reliable, volatile)
+    command_pub = node.create_publisher(MultiDOFJointTrajectory, "/xtrainer/servo_command", 10)
     seen: dict[str, str] = {}
 
     def on_diag(msg: DiagnosticArray) -> None:
@@ -213,7 +223,8 @@ def test_posevla_view_records_the_live_topics_headless(tmp_path: Path, rclpy_con
 
     def done() -> bool:
         return (int(seen.get("images", 0)) >= 6 and int(seen.get("projected", 0)) >= 9
-                and int(seen.get("diagnostics", 0)) >= 1 and int(seen.get("estop", 0)) >= 1)
+                and int(seen.get("diagnostics", 0)) >= 1 and int(seen.get("estop", 0)) >= 1
+                and int(seen.get("commands", 0)) >= 1)
 
     rgb, depth = np.full((48, 64, 3), (200, 40, 40), np.uint8), np.full((48, 64), 450, np.uint16)
     try:
@@ -221,6 +232,7 @@ def test_posevla_view_records_the_live_topics_headless(tmp_path: Path, rclpy_con
         while time.monotonic() < deadline and not done() and proc.poll() is None:
             now = node.get_clock().now().nanoseconds
             tcp_pub.publish(T_to_pose_stamped(T_BASE_LEFT_TCP, now, "base_link"))  # the left TCP rests
+            command_pub.publish(servo_command_to_msg(now, {"left": T_BASE_LEFT_TCP + _shift(0.01)}, {"left": 0.5}))
             t_img = now - 100_000_000  # images 0.1 s old: the TCP history covers their stamps on arrival
             for cam, (p_rgb, p_depth, p_info) in pubs.items():
                 frame = f"{cam}_camera_color_optical_frame"
@@ -256,6 +268,7 @@ def test_posevla_view_records_the_live_topics_headless(tmp_path: Path, rclpy_con
     np.testing.assert_allclose(np.array(data["/world/base_link/head"]["Pinhole:image_from_camera"][-1]).reshape(3, 3).T,
                                INTR.K)
     np.testing.assert_allclose(data["/robot/left/tcp_x"]["Scalars:scalars"][-1], [0.35])
+    np.testing.assert_allclose(data["/robot/left/command_x"]["Scalars:scalars"][-1], [0.36])
     assert data["/safety/estop"]["Scalars:scalars"][-1] == [1.0]
     assert data["/safety/executor/estop_latched"]["Scalars:scalars"][-1] == [1.0]
     assert data["/safety/executor/refused"]["Scalars:scalars"][-1] == [3.0]

@@ -4,8 +4,8 @@ Subscribes (read-only; it never publishes to the robot) the three cameras' /<cam
 /<cam>/aligned_depth_to_color/image_raw and /<cam>/color/camera_info (sensor-data QoS, like the policy), the
 policy's /policy/chunk (a camera frame: mapped to base_link with the hand-eye calibration and the TCP pose at
 the observation stamp, then drawn into every camera image at that image's stamp) and the executor's
-/executor/chunk_base, /<arm>_arm/tcp_pose (TCP traces in base_link), /diagnostics (executor, driver and policy:
-e-stop latches, holds, refusals, latencies) and /estop (every QoS kind a sender may use). Logs them with
+/executor/chunk_base and /xtrainer/servo_command (set-point traces), /<arm>_arm/tcp_pose (TCP traces in
+base_link), /diagnostics (executor, driver and policy: e-stop latches, holds, refusals, latencies) and /estop (every QoS kind a sender may use). Logs them with
 `posevla.viewer.LiveView` (entity layout shared with `posevla dataset view`) to a new viewer (default), a running
 one (`connect`), or a .rrd file (`save`, headless). Publishes its own counts on /diagnostics (name live_view).
 Start it beside any graph: teleop, recording, trials.
@@ -32,6 +32,7 @@ from posevla_ros.msg_conv import (
     msg_to_chunk,
     msg_to_image,
     msg_to_intrinsics,
+    msg_to_servo_command,
     ns_to_time,
     pose_to_T,
     time_to_ns,
@@ -85,6 +86,7 @@ class LiveViewNode(Node):
         self.create_subscription(MultiDOFJointTrajectory, "/policy/chunk", lambda m: self._on_chunk(m, "policy"), 10)
         self.create_subscription(MultiDOFJointTrajectory, "/executor/chunk_base",
                                  lambda m: self._on_chunk(m, "executor"), 10)
+        self.create_subscription(MultiDOFJointTrajectory, "/xtrainer/servo_command", self._on_command, 50)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
         subscribe_estop(self, self._on_estop)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -145,6 +147,15 @@ class LiveViewNode(Node):
             self.view.chunk(msg_to_chunk(msg, topic), source)
         except ValueError as exc:
             self._bad(topic, str(exc))
+
+    def _on_command(self, msg: MultiDOFJointTrajectory) -> None:
+        try:
+            stamp, poses, _ = msg_to_servo_command(msg)
+        except ValueError as exc:
+            self._bad("/xtrainer/servo_command", str(exc))
+            return
+        for arm, T in poses.items():
+            self.view.command(arm, T, stamp)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         stamp = time_to_ns(msg.header.stamp) or self._now()
