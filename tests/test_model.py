@@ -149,12 +149,17 @@ def test_overfit_drives_flow_matching_and_ntp_losses_down() -> None:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     torch.manual_seed(0)
-    for _ in range(300):
+    for step in range(1, 301):  # at most 300 steps; stop as soon as both losses are down (a loaded CI machine is slow)
         loss = model.compute_loss(batch)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
-    fm1, ntp1 = evaluate()
+        if step % 25 == 0:
+            fm1, ntp1 = evaluate()
+            model.train()
+            if ntp1 < 0.05 * ntp0 and fm1 < 0.75 * fm0:
+                break
+    print(f"overfit: {step} steps, ntp {ntp0:.3f} -> {ntp1:.4f}, flow {fm0:.3f} -> {fm1:.3f}")
     assert ntp1 < 0.05 * ntp0, (ntp0, ntp1)
     assert fm1 < 0.75 * fm0, (fm0, fm1)  # a 32-wide expert learns slowly; the trend is what matters
     # the trained model decodes the pose sequence it was taught

@@ -12,7 +12,6 @@ Units: metres, radians, seconds; base_link is MuJoCo's world frame.
 from __future__ import annotations
 
 import copy
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -263,15 +262,13 @@ class TwinControllers:
             c.close()
 
 
-def _serve_gripper_buses(cfgs: dict, shared, ready, stop) -> None:
+def _serve_gripper_buses(cfgs: dict, shared, ready, stop, open_requests=None) -> None:
     """Child process: the simulated Feetech buses answer the driver at once, whatever the physics process is doing.
     shared[2k] <- the goal opening the driver wrote (NaN: none yet); shared[2k+1] -> the physical opening."""
     from posevla.robot.feetech_sim import A_GOAL_POS, FeetechBusSim
+    from posevla.tools.sim_priority import raise_for_simulated_hardware
 
-    try:  # a servo answers within its reply timeout (34 ms) whatever else runs: a loaded machine must not starve it
-        os.nice(-10)
-    except OSError:
-        pass
+    raise_for_simulated_hardware()  # a servo answers within its reply timeout (34 ms) whatever else runs
     buses, links = {}, []
     try:
         for arm, g in cfgs.items():
@@ -287,6 +284,9 @@ def _serve_gripper_buses(cfgs: dict, shared, ready, stop) -> None:
         ready.set()
         while not stop.is_set():
             for k, (arm, g) in enumerate(cfgs.items()):
+                if open_requests is not None and open_requests[k]:  # reset: the goal becomes "fully open"
+                    buses[arm].set_register(g.servo_id, A_GOAL_POS, int(round(g.position(1.0))).to_bytes(2, "little"))
+                    open_requests[k] = 0
                 goal = buses[arm].register(g.servo_id, A_GOAL_POS, 2)
                 shared[2 * k] = float(np.clip(g.opening(goal), 0.0, 1.0)) if goal else float("nan")
                 buses[arm].move_by_hand(g.servo_id, g.position(float(shared[2 * k + 1])))
@@ -317,8 +317,10 @@ class TwinGrippers:
             return
         ctx = mp.get_context("spawn")
         self.shared = ctx.Array("d", [float("nan"), 1.0] * len(self.cfgs), lock=False)
+        self.open_requests = ctx.Array("b", [0] * len(self.cfgs), lock=False)  # 1: set the goal to open
         self._stop, ready = ctx.Event(), ctx.Event()
-        self.proc = ctx.Process(target=_serve_gripper_buses, args=(self.cfgs, self.shared, ready, self._stop),
+        self.proc = ctx.Process(target=_serve_gripper_buses,
+                                args=(self.cfgs, self.shared, ready, self._stop, self.open_requests),
                                 daemon=True, name="twin-grippers")
         self.proc.start()
         while not ready.wait(0.1):
@@ -334,6 +336,18 @@ class TwinGrippers:
                 with twin.lock:
                     twin.gripper_target = float(goal)
             self.shared[2 * k + 1] = float(twin.gripper)
+
+    def open(self, timeout_s: float = 2.0) -> bool:
+        """An operator's reset: every gripper's goal register set to fully open (the fingers follow), as if the
+        last command had been `open`; the driver's next goal overrides it. True once the buses took it."""
+        if self.proc is None:
+            return True
+        for k in range(len(self.cfgs)):
+            self.open_requests[k] = 1
+        deadline = time.monotonic() + timeout_s
+        while any(self.open_requests[k] for k in range(len(self.cfgs))) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return not any(self.open_requests[k] for k in range(len(self.cfgs)))
 
     def close(self) -> None:
         if self.proc is not None:

@@ -104,7 +104,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _sim_leaders(args: argparse.Namespace) -> int:
     from posevla.teleop.dxl_sim import DynamixelChainSim
+    from posevla.tools.sim_priority import raise_for_simulated_hardware
 
+    raise_for_simulated_hardware()  # the simulated leaders answer in time like real ones, however busy the PC is
     cfg = LeaderConfig.from_yaml(args.config)
     q0 = parse_pose_deg(args.pose)
     args.link_dir.mkdir(parents=True, exist_ok=True)
