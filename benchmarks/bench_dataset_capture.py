@@ -5,7 +5,8 @@ superseded, refused by the writer), capture-to-writer latency, the writer's CPU,
 measuring.
 
     python benchmarks/bench_dataset_capture.py [--seconds 30] [--size 640 480] [--fps 30] [--slots 8]
-Writes runs/bench/dataset_capture.json.
+                                               [--paths composed|dds|both] [--out runs/bench]
+Writes <out>/dataset_capture.json.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def _wait(cond, timeout_s: float, what: str) -> None:
     end = time.monotonic() + timeout_s
     while not cond():
         if time.monotonic() > end:
-            raise SystemExit(f"bench_dataset_capture: timed out after {timeout_s:.0f} s waiting for {what}")
+            raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.05)
 
 
@@ -62,7 +63,7 @@ def run(seconds: float, size: tuple[int, int], fps: float, slots: int, unique: i
         try:
             _wait(lambda: ready.exists() or src.poll() is not None, 600, "the camera source process")
             if src.poll() is not None:
-                raise SystemExit(f"bench_dataset_capture: camera source failed: {src.stdout.read()[-2000:]}")
+                raise RuntimeError(f"camera source failed: {src.stdout.read()[-2000:]}")
             rec = Recorder(RecorderConfig(Path(tmp) / "data", "bench", "bench", CAMS, fps=fps, require_action=False,
                                           reset_period_s=0.0, storage=storage, stream_timeout_s=stream_timeout_s,
                                           calibration_files=tuple(sorted((REPO / "calibration").glob("*.yaml")))))
@@ -214,7 +215,7 @@ def run_dds(seconds: float, size: tuple[int, int], fps: float, slots: int, uniqu
                     break
                 time.sleep(0.5)
             if r is None or not r.success:
-                raise SystemExit(f"bench_dataset_capture: recorder_node did not start: {r and r.message}")
+                raise RuntimeError(f"recorder_node did not start: {r and r.message}")
             load0, t0 = os.getloadavg(), time.monotonic()
             cpu0 = [_cpu_s(p.pid) for p in procs]
             while time.monotonic() - t0 < seconds:
@@ -271,14 +272,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--storage", choices=("video", "jpeg"), default="video")
     ap.add_argument("--stream-timeout", type=float, default=RecorderConfig.stream_timeout_s,
                     help="the recorder stops the episode when a camera is silent this long (s)")
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench", help="folder for dataset_capture.json")
     ap.add_argument("--paths", choices=("composed", "dds", "both"), default="composed",
                     help="composed: capture+record in one process; dds: a camera_node-like publisher process per camera "
                          "-> DDS -> recorder_node; both: one after the other")
     a = ap.parse_args(argv if argv is not None else [])
     for name, v, lo, hi in (("--seconds", a.seconds, 1, 3600), ("--fps", a.fps, 1, 120), ("--slots", a.slots, 2, 1024),
-                            ("--unique", a.unique, 1, 100), ("--stream-timeout", a.stream_timeout, 0.05, 60)):
+                            ("--unique", a.unique, 1, 100), ("--stream-timeout", a.stream_timeout, 0.05, 60),
+                            ("--size W", a.size[0], 16, 4096), ("--size H", a.size[1], 16, 4096)):
         if not lo <= v <= hi:
-            raise SystemExit(f"bench_dataset_capture: {name}={v}: must be in {lo}..{hi}")
+            print(f"bench_dataset_capture: {name}={v}: must be in {lo}..{hi}", file=sys.stderr)
+            raise SystemExit(2)
     r = None
     if a.paths != "dds":
         r = run(a.seconds, tuple(a.size), a.fps, a.slots, a.unique, a.storage, a.stream_timeout)
@@ -287,9 +291,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.paths != "composed":
         dds = run_dds(a.seconds, tuple(a.size), a.fps, a.slots, a.unique, a.storage, a.stream_timeout)
         report_dds(dds, a, r)
-    out = REPO / "runs" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dataset_capture.json").write_text(json.dumps({"args": vars(a), "result": r, "dds": dds}, indent=2))
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "dataset_capture.json").write_text(json.dumps({"args": {**vars(a), "out": str(a.out)}, "result": r,
+                                                            "dds": dds}, indent=2))
 
 
 def report(r: dict, a: argparse.Namespace) -> None:
@@ -337,4 +341,8 @@ def report_dds(dds: dict, a: argparse.Namespace, r: dict | None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except RuntimeError as exc:  # a run that could not be measured (under `posevla bench` the runner reports it)
+        print(f"bench_dataset_capture: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

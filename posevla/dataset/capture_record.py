@@ -20,8 +20,9 @@ Everything else (robot state, actions, episode control, crash-safe writer, statu
 capture thread, so it must be quick. All recorder calls go through `lock` (the ROS executor thread calls start
 / stop through it too).
 
-Per-camera figures (`stats()`): frames captured, recorded in an episode, superseded, dropped by the source
-(frame-number gaps the camera object reports), capture-to-queued latency (ns), sets recorded.
+Per-camera figures (`summary()`): frames captured, recorded in an episode, superseded (while recording), dropped
+by the source since the last episode started (frame-number gaps the camera object reports), capture-to-writer
+latency, capture thread CPU, sets recorded.
 """
 from __future__ import annotations
 
@@ -58,6 +59,10 @@ class CaptureRecorder:
             raise ValueError(f"capture+record: no camera object for recorder camera(s) {missing}")
         if max_pending < 1:
             raise ValueError(f"capture+record max_pending={max_pending}: must be >= 1")
+        if recorder.cfg.writer_queue_frames < 2 * max_pending:  # a stalled camera catching up completes a burst
+            raise ValueError(f"capture+record max_pending={max_pending} needs the recorder's writer_queue_frames >= "
+                             f"{2 * max_pending} (it is {recorder.cfg.writer_queue_frames}): the sets a stalled "
+                             "camera completes when it catches up arrive at the writer at once")
         if preview_hz < 0:
             raise ValueError(f"capture+record preview_hz={preview_hz}: must be >= 0")
         self.rec, self.cameras = recorder, {c: cameras[c] for c in recorder.cfg.cameras}
@@ -69,6 +74,8 @@ class CaptureRecorder:
         self.sets_completed = 0
         self.status = {c: "starting" for c in self.cameras}
         self.max_pending = max_pending
+        self._episode_writer: object | None = None
+        self._dropped_base = {c: 0 for c in self.cameras}
         self._pending: dict[str, deque[tuple[CameraFrame, np.ndarray]]] = {c: deque() for c in self.cameras}
         self._last_set = time.monotonic()
         self._last_preview = {c: 0.0 for c in self.cameras}
@@ -96,9 +103,15 @@ class CaptureRecorder:
             cam.disconnect()
 
     def control(self, fn: Callable[[], str]) -> str:
-        """Run a recorder control call (start, stop_and_save, discard, ...) under the lock."""
+        """Run a recorder control call (start, stop_and_save, discard, ...) under the lock. The capture threads
+        wait meanwhile (opening a writer can take a while): frames the cameras drop then are before the episode's
+        first frame, so the source's drop counts are taken from each episode's start."""
         with self.lock:
-            return fn()
+            out = fn()
+            if self.rec.writer is not None and self.rec.writer is not self._episode_writer:
+                self._episode_writer = self.rec.writer
+                self._dropped_base = {c: int(getattr(cam, "dropped", 0)) for c, cam in self.cameras.items()}
+            return out
 
     # ------------------------------------------------------------------ threads
     def _capture(self, name: str) -> None:
@@ -207,7 +220,7 @@ class CaptureRecorder:
             lat = np.asarray(st.latency_ns, np.float64) / 1e6
             out["cameras"][c] = {
                 "captured": st.captured, "recorded": st.recorded, "superseded": st.superseded,
-                "dropped_at_source": int(getattr(cam, "dropped", 0)), "reconnects": st.reconnects,
+                "dropped_at_source": int(getattr(cam, "dropped", 0)) - self._dropped_base[c], "reconnects": st.reconnects,
                 "capture_cpu_ms_per_frame": 1e3 * st.cpu_s / max(st.captured, 1),
                 "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else float("nan"),
                 "latency_ms_p99": float(np.percentile(lat, 99)) if lat.size else float("nan"),

@@ -41,10 +41,13 @@ class RecorderConfig:
     camera_serials: dict[str, str] = field(default_factory=dict)
     require_action: bool = True  # the leader/command stream must be alive (teleoperation); False: observe only
     storage: str = "video"  # episode storage format: "video" (H.264 + FFV1) or "jpeg" (format.py)
+    writer_queue_frames: int = 64  # frame sets the writer buffers while encoding catches up (more are refused)
 
     def __post_init__(self) -> None:
         if self.storage not in F.STORAGE_FORMATS:
             raise ValueError(f"recorder storage={self.storage!r}: one of {list(F.STORAGE_FORMATS)}")
+        if self.writer_queue_frames < 1:
+            raise ValueError(f"recorder writer_queue_frames={self.writer_queue_frames}: must be >= 1")
 
 
 @dataclass
@@ -144,7 +147,8 @@ class Recorder:
                 "software_version": "posevla 0.1.0", "start_time_ns": time.time_ns()}
         try:
             self.writer = EpisodeWriter(self.cfg.root, self.cfg.task, meta,
-                                        {c: self.latest.info[c] for c in self.cfg.cameras}, storage=self.cfg.storage)
+                                        {c: self.latest.info[c] for c in self.cfg.cameras}, storage=self.cfg.storage,
+                                        queue_size=self.cfg.writer_queue_frames)
         except OSError as exc:
             self.last_reason = str(exc)
             return Refusal(f"cannot start: {exc}")

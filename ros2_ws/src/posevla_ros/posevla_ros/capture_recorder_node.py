@@ -46,7 +46,8 @@ class CaptureRecorderNode(RecorderNode):
         "camera_fps": (RealSenseConfig.fps, "camera frame rate (Hz); set `fps` (the recording rate) to the same value", (5, 90)),
         "shm_prefix": ("posevla_cam", "camera_source shm: segment prefix (segments <prefix>_<camera>)", None),
         "preview_hz": (5.0, "frames per second per camera published on the camera topics (0: none)", (0.0, 30.0)),
-        "max_pending": (8, "frames a camera may run ahead of the others before its oldest is superseded", (1, 120)),
+        "max_pending": (8, "frames a camera may run ahead of the others before its oldest is superseded (the writer "
+                        "then buffers up to 2 x max_pending sets, at least 64)", (1, 120)),
     }
 
     def __init__(self) -> None:
@@ -73,6 +74,8 @@ class CaptureRecorderNode(RecorderNode):
                        for c, s in zip(cams, serials)}
         else:
             objects = {c: SharedMemoryCamera(c, segment_name(g["shm_prefix"], c)) for c in cams}
+        # room in the writer for the burst of sets a stalled camera completes when it catches up
+        self.rec.cfg.writer_queue_frames = max(self.rec.cfg.writer_queue_frames, 2 * g["max_pending"])
         self.cr = CaptureRecorder(self.rec, objects, preview_hz=g["preview_hz"], preview=self._preview,
                                   max_pending=g["max_pending"])
         self._reported = 0
