@@ -52,7 +52,8 @@ def test_benchmark_refuses_bad_input_with_one_line(tmp_path):
     bad = tmp_path / "robot.yaml"
     bad.write_text("arms: {left: {host: 127.0.0.1}}\nsafety: {}\n")
     for extra, expected in ((["--robot-config", str(bad)], f"{bad}: field arms.left needs"),
-                            (["--demos", "0"], "--demos must be >= 1")):
+                            (["--demos", "0"], "--demos must be >= 1"),
+                            (["--lr", "0"], "--lr must lie in (0, 1]")):
         proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--out",
                                str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
@@ -87,6 +88,9 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     assert "loaded" in (out / "nodes.log").read_text()
     # evaluation and success reporting
     res = json.loads((out / "results.json").read_text())
+    # a randomly initialised model is trained whole (lora / expert would leave its vision tower random)
+    assert res["train_mode"] == "all" and res["config"].endswith("closed_loop.yaml")
+    assert "(--train all)" in (out / "train.log").read_text()
     full = res["conditions"]["full"]
     assert full["trials"] == 2 and full["seeds"] == [HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 1]
     assert full["successes"] == sum(full["success_per_seed"])

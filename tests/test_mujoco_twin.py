@@ -140,7 +140,8 @@ def _request(sock: socket.socket, text: str) -> str:
 
 def test_controllers_and_gripper_bus_drive_the_physics(spec, tmp_path):
     """ServoJ over the Dobot TCP protocol moves the MuJoCo joints; the gripper's Feetech bus (as the driver writes
-    it) closes the fingers, and the position read back is the physical one (stopped by the cube when grasping)."""
+    it) closes the fingers, and the position read back is the physical one (stopped by the cube when grasping);
+    TwinGrippers.open (the twin's reset) opens them again."""
     from posevla.robot.feetech import FeetechGripper, GripperConfig
 
     world = TwinWorld(spec)
@@ -173,6 +174,15 @@ def test_controllers_and_gripper_bus_drive_the_physics(spec, tmp_path):
             assert world.arms["left"].gripper < 0.02  # nothing between the fingers: they close fully
             time.sleep(0.1)
             assert g.read_opening()[0] < 0.05
+            # a reset opens the grippers as an operator would: the goal register becomes "open" and stays so
+            # until the driver writes again (a trial must not start with the last trial's closed gripper)
+            assert grippers.open()
+            deadline = time.monotonic() + 30
+            while world.arms["left"].gripper < 0.98 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert world.arms["left"].gripper >= 0.98
+            time.sleep(0.3)
+            assert world.arms["left"].gripper >= 0.98 and g.read_opening()[0] > 0.95
     finally:
         world.stop()
         servers.close()

@@ -6,7 +6,8 @@
 Stages, each through the project's own tools and the unchanged ROS graphs:
   1. collect   scripted demonstrations of the left-arm pick-and-lift (train seeds) recorded by the recorder
                (graph collect_mujoco: twin + driver + recorder; the scripted leader streams joint commands)
-  2. train     `posevla train` on the recorded episodes (tiny config, CPU)
+  2. train     `posevla train --train all` on the recorded episodes that lifted the cube (models/closed_loop.yaml:
+               tiny widths, head + left wrist views, random init, CPU)
   3. evaluate  closed-loop trials on held-out seeds (graph sim_mujoco: twin + driver + executor + policy node);
                success = the cube's centre above the task's lift height at the trial's end
   4. ablations the same trials with the policy on RGB only (depth and raymaps masked: policy modalities=rgb) and
@@ -103,8 +104,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--demos", type=int, default=100, help="scripted demonstrations (train seeds 0..n-1)")
     p.add_argument("--steps", type=int, default=3000, help="training steps")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--config", type=Path, default=REPO / "models" / "tiny.yaml", help="model config")
+    p.add_argument("--config", type=Path, default=REPO / "models" / "closed_loop.yaml", help="model config")
     p.add_argument("--trials", type=int, default=30, help="closed-loop trials per condition (held-out seeds)")
+    p.add_argument("--ablation-trials", type=int, default=None,
+                   help="trials per ablation (RGB only, mis-calibrated; default: --trials)")
+    p.add_argument("--skip-full", action="store_true", help="only the ablations (the full model's trials done before)")
     p.add_argument("--trial-s", type=float, default=12.0, help="seconds per trial")
     p.add_argument("--no-ablations", action="store_true", help="only the full model (no RGB-only / mis-calibrated)")
     p.add_argument("--width", type=int, default=160, help="camera image width (pixels)")
@@ -115,6 +119,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-dir", type=Path, default=REPO / "calibration", help="camera poses the twin renders")
     p.add_argument("--skip-collect", action="store_true", help="reuse <out>/data (demos already recorded)")
     p.add_argument("--skip-train", action="store_true", help="reuse <out>/train/checkpoint")
+    p.add_argument("--collect-only", action="store_true", help="stop after recording the demonstrations")
+    p.add_argument("--train-mode", choices=("all", "no-vision", "lora", "expert"), default="all",
+                   help="what `posevla train --train` trains (a randomly initialised model needs all: with lora or "
+                        "expert its vision tower stays random)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of `posevla train`")
+    p.add_argument("--warmup", type=int, default=200, help="warm-up steps of `posevla train` (then cosine to 10 %%)")
+    p.add_argument("--val-episodes", type=int, default=0,
+                   help="demonstrations `posevla train` holds out for its open-loop action errors (mm, deg, gripper)")
+    p.add_argument("--workers", type=int, default=2, help="data loader processes of `posevla train`")
+    p.add_argument("--ros-domain-id", type=int, default=None,
+                   help="ROS_DOMAIN_ID of the run's graphs (default: one drawn from the process id in 1..100, so two "
+                        "runs or another graph on this machine never share topics such as /sim/reset)")
 
 
 def _check(args: argparse.Namespace) -> str | None:
@@ -123,6 +139,18 @@ def _check(args: argparse.Namespace) -> str | None:
             return f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})"
     if not (0.5 <= args.rate <= 60):
         return f"--rate must lie in [0.5, 60] Hz (got {args.rate})"
+    if args.ablation_trials is not None and args.ablation_trials < 1:
+        return f"--ablation-trials must be >= 1 (got {args.ablation_trials})"
+    if args.skip_full and args.no_ablations:
+        return "--skip-full with --no-ablations leaves nothing to evaluate"
+    if not (0 < args.lr <= 1.0):
+        return f"--lr must lie in (0, 1] (got {args.lr})"
+    if args.val_episodes < 0:
+        return f"--val-episodes must be >= 0 (got {args.val_episodes})"
+    if args.warmup < 0 or args.workers < 0:
+        return f"--warmup and --workers must be >= 0 (got {args.warmup}, {args.workers})"
+    if args.ros_domain_id is not None and not (0 <= args.ros_domain_id <= 101):
+        return f"--ros-domain-id must lie in [0, 101] (got {args.ros_domain_id})"
     if args.trial_s <= 0:
         return f"--trial-s must be > 0 (got {args.trial_s})"
     for name in ("robot_config", "config"):
@@ -177,6 +205,11 @@ def run(args: argparse.Namespace) -> int:
     if why:
         print(f"posevla benchmark closed-loop: {why}", file=sys.stderr)
         return 2
+    import os
+
+    # the run's own DDS domain on loopback (set before any ROS context or node process exists)
+    os.environ["ROS_DOMAIN_ID"] = str(args.ros_domain_id if args.ros_domain_id is not None else 1 + os.getpid() % 100)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     from posevla_ros.closed_loop import GraphOptions, StageError, collect_demos, evaluate
 
     from posevla.sim.task import PickLiftTask, heldout_seeds, train_seeds
@@ -193,8 +226,15 @@ def run(args: argparse.Namespace) -> int:
     robot = robot_yaml_on_free_ports(args.robot_config, out / "robot")
     opts = GraphOptions(robot, args.calibration_dir.resolve(), args.width, args.height, args.rate,
                         node_log=out / "nodes.log")
-    results: dict = {"demos": args.demos, "steps": args.steps, "trials": args.trials, "trial_s": args.trial_s,
+    results: dict = {"demos": args.demos, "steps": args.steps, "config": str(args.config), "lr": args.lr,
+                     "train_mode": args.train_mode, "trials": args.trials, "trial_s": args.trial_s,
                      "image": [args.width, args.height], "rate_hz": args.rate, "conditions": {}}
+    if args.skip_collect and (out / "results.json").is_file():  # a later stage of an earlier run: keep its figures
+        prev = json.loads((out / "results.json").read_text())
+        results["conditions"] = prev.get("conditions", {})
+        results.update({k: prev[k] for k in ("demo_success", "demo_takes", "collect_s") if k in prev})
+        if args.skip_train and "train_s" in prev:  # that run trained the checkpoint: its training figures
+            results.update({k: prev[k] for k in ("train_s", "steps", "config", "lr", "train_mode") if k in prev})
     t_start = time.monotonic()
     try:
         data = out / "data"
@@ -205,6 +245,11 @@ def run(args: argparse.Namespace) -> int:
             results["demo_success"] = sum(d.success for d in demos)
             results["demo_takes"] = sum(d.takes for d in demos)
             results["collect_s"] = time.monotonic() - t_start
+            if args.collect_only:
+                (out / "results.json").write_text(json.dumps(results, indent=2))
+                print(f"[collect] done: {results['demo_success']}/{args.demos} lifted, {results['demo_takes']} takes, "
+                      f"{results['collect_s']:.0f} s; {data}", flush=True)
+                return 0
         from posevla_ros.closed_loop import nonfinite_frames
 
         episodes = sorted((data / "pick_cube").glob("episode_*.h5"))
@@ -221,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
             t0 = time.monotonic()
             cmd = [sys.executable, "-m", "posevla.cli", "train", "--data", *map(str, clean), "--config",
                    str(args.config), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-                   "--out", str(out / "train"), "--val-episodes", "0"]
+                   "--out", str(out / "train"), "--val-episodes", str(args.val_episodes), "--train", args.train_mode,
+                   "--lr", str(args.lr), "--warmup", str(min(args.warmup, args.steps)), "--workers", str(args.workers)]
             with open(out / "train.log", "w") as log:
                 rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
             if rc != 0:
@@ -231,20 +277,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"[train] done in {results['train_s']:.0f} s", flush=True)
         if not ckpt.is_dir() or not any(ckpt.iterdir()):
             raise StageError(f"training left no checkpoint in {ckpt}")
-        conditions = {"full": {}}
+        conditions: dict[str, dict] = {} if args.skip_full else {"full": {}}
         if not args.no_ablations:
             conditions["rgb_only"] = {"modalities": "rgb"}
             conditions["miscalibrated"] = {"executor_calibration_dir": perturbed_calibration(
                 args.calibration_dir, out / "calibration_perturbed")}
         trials: dict[str, list] = {}
         for cond, kw in conditions.items():
-            prog = _Progress(f"evaluate {cond}", args.trials)
+            n_trials = args.trials if cond == "full" or args.ablation_trials is None else args.ablation_trials
+            prog = _Progress(f"evaluate {cond}", n_trials)
             t0 = time.monotonic()
 
             def report(r, prog=prog) -> None:
                 prog.item(r.success, f"seed {r.seed}: {r.chunks} chunks, left TCP moved {r.tcp_travel_m:.2f} m")
 
-            trials[cond] = evaluate(ckpt, task.instruction, heldout_seeds(args.trials), opts, args.trial_s,
+            trials[cond] = evaluate(ckpt, task.instruction, heldout_seeds(n_trials), opts, args.trial_s,
                                     on_progress=report, **kw)
             k, n = sum(t.success for t in trials[cond]), len(trials[cond])
             lo, hi = wilson_interval(k, n)
@@ -254,7 +301,8 @@ def run(args: argparse.Namespace) -> int:
                                            "chunks_per_trial": [t.chunks for t in trials[cond]],
                                            "tcp_travel_m": [round(t.tcp_travel_m, 4) for t in trials[cond]],
                                            "seconds": time.monotonic() - t0}
-        _rollout_strip(trials, out / "rollouts.png")
+            (out / "results.json").write_text(json.dumps(results, indent=2))  # what is done so far
+        _rollout_strip(trials, out / ("rollouts.png" if "full" in trials else "rollouts_ablations.png"))
     except StageError as exc:
         print(f"posevla benchmark closed-loop: stage failed: {exc} (node output: {out / 'nodes.log'})", file=sys.stderr)
         results["error"] = str(exc)

@@ -13,6 +13,7 @@ interfaces, like an operator would:
 """
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import time
@@ -210,14 +211,19 @@ class LoggedGraphRunner(GraphRunner):
 def _start(specs, opts: GraphOptions) -> GraphRunner:
     runner = LoggedGraphRunner(specs, opts.node_log) if opts.node_log else GraphRunner(specs)
     runner.start(delay_s=0.3)
+    # the policy's model calls yield to the twin, driver and executor (its own session, 5 nice steps lower)
+    share_autogroup_nice({n: p.pid for n, p in runner.procs.items()}, {"policy": 5})
     return runner
 
 
 def collect_demos(root: Path, task: str, instruction: str, seeds: list[int], opts: GraphOptions,
-                  on_progress: Callable[[DemoResult], None] = lambda r: None, max_attempts: int = 6) -> list[DemoResult]:
+                  on_progress: Callable[[DemoResult], None] = lambda r: None, max_attempts: int = 6,
+                  max_lift_attempts: int = 3) -> list[DemoResult]:
     """Record one scripted demonstration per seed into `root/task/` through the collect_mujoco graph. A take whose
     robot state or action has a NaN is recorded again (/recorder/rerecord_last moves it aside), up to
-    `max_attempts` takes."""
+    `max_attempts` takes; so is a take that did not lift the cube (on a loaded machine the driver's guard may hold
+    the arm mid-path; the scripted pick itself lifts every placement in physics), up to `max_lift_attempts` takes.
+    The last take is kept either way (a failed lift marked failed)."""
     spec = TwinSpec.from_files(opts.robot_config, opts.calibration_dir)
     q_home = {arm: k.home() for arm, k in spec.kins.items()}
     specs = graph("collect_mujoco", instruction=instruction, task=task, overrides={
@@ -257,7 +263,7 @@ def collect_demos(root: Path, task: str, instruction: str, seeds: list[int], opt
                 if not ok:
                     probe.trigger("/recorder/mark_failure")
                 gaps = nonfinite_frames(max((root / task).glob("episode_*.h5"), key=lambda f: f.stat().st_mtime))
-                saved_bad = gaps > 0
+                saved_bad = gaps > 0 or (not ok and takes < max_lift_attempts)
                 if not saved_bad:
                     break
             if gaps < 0:
@@ -268,6 +274,33 @@ def collect_demos(root: Path, task: str, instruction: str, seeds: list[int], opt
         runner.stop()
         probe.close()
     return results
+
+
+def _settled(probe: SimProbe, not_before: float, chunks: int) -> bool:
+    return time.monotonic() >= not_before and probe.chunks >= chunks
+
+
+def _autogroup_nice() -> int | None:
+    """This process's autogroup nice (Linux with sched_autogroup: `nice` orders processes only within one
+    session, and every node runs in a session of its own), or None where there is none."""
+    try:
+        return int(Path("/proc/self/autogroup").read_text().split("nice")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def share_autogroup_nice(pids: dict[str, int], extra: dict[str, int] | None = None) -> None:
+    """Give each node's session the orchestrator's autogroup nice (plus `extra[name]`), so a run started with a
+    raised CPU share (`echo -10 > /proc/self/autogroup`) passes it to its nodes; best effort (no permission, no
+    autogroup: nothing changes)."""
+    base = _autogroup_nice()
+    if base is None or base == 0 and not extra:
+        return
+    for name, pid in pids.items():
+        try:
+            Path(f"/proc/{pid}/autogroup").write_text(str(max(-20, min(19, base + (extra or {}).get(name, 0)))))
+        except OSError:
+            pass
 
 
 @dataclass
@@ -281,8 +314,10 @@ class TrialResult:
 
 def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOptions, trial_s: float = 10.0,
              modalities: str = "full", executor_calibration_dir: Path | None = None,
-             on_progress: Callable[[TrialResult], None] = lambda r: None) -> list[TrialResult]:
-    """Closed-loop trials through policy node, executor, driver and twin; one per held-out seed."""
+             on_progress: Callable[[TrialResult], None] = lambda r: None, settle_s: float = 1.5) -> list[TrialResult]:
+    """Closed-loop trials through policy node, executor, driver and twin; one per held-out seed. After each reset
+    the arms are released only after `settle_s` seconds and two policy chunks (the executor refuses chunks whose
+    observation is older than its max_chunk_age_s, 1 s: every chunk it then takes saw the reset scene)."""
     specs = graph("sim_mujoco", checkpoint=str(checkpoint), instruction=instruction, overrides={
         "mujoco_sim": opts.twin_overrides(), "xtrainer_driver": {"robot_config": str(opts.robot_config)},
         "executor": {"robot_config": str(opts.robot_config),
@@ -301,6 +336,11 @@ def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOp
             for name in ("/executor/estop/trigger", "/xtrainer/estop/trigger"):
                 probe.trigger(name, 60.0)
             probe.reset(seed)
+            # the arms stay e-stopped until the policy has answered observations of the new scene: a chunk from
+            # before the reset (the last trial's closed gripper in its state) would close the gripper at the start
+            # and the policy, reading its own closed gripper, then "holds" an absent cube
+            settled = functools.partial(_settled, probe, time.monotonic() + settle_s, probe.chunks + 2)
+            probe.spin(60.0, settled)
             for name in ("/xtrainer/estop/reset", "/executor/estop/reset"):
                 r = probe.trigger(name, 60.0)
                 if not r.success:

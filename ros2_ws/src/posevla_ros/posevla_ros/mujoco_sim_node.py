@@ -116,6 +116,8 @@ class MujocoSimNode(Node):
     def _reset(self, seed: int) -> None:
         try:
             with self._reset_lock:
+                if self.grippers is not None and not self.grippers.open():  # the operator opens the grippers
+                    self.get_logger().warning("reset: the simulated gripper buses did not take the open goal")
                 self.world.reset(seed)
                 self._publish_episode()
                 self.get_logger().info(f"reset: seed {seed}, cube at {np.round(self.world.state.cube_xy, 3).tolist()}")
