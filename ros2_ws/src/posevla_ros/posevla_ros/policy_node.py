@@ -48,6 +48,10 @@ class PolicyNode(Node):
                                 "and the flow step, before CUDA-graph capture; onnxruntime: ignored)", None),
             "engine": ("torch", "inference engine: torch (eager) | torch_graphs (static KV cache, CUDA graphs) | "
                        "onnxruntime", ENGINES),
+            "attention": ("matmul", "engine torch_graphs: how the flow steps attend over the static cache: matmul "
+                                    "(GEMMs, fp32 scores; H200 full size 28.9 ms p50) | sdpa (39.7 ms)", ("matmul", "sdpa")),
+            "pipelined": (False, "stage the next observation on a second thread while the model runs (on the H200 "
+                                 "it contended with the model thread: 92.5 ms end to end vs 61.4 ms sequential)", None),
             "diagnostics_period_s": (1.0, "period of /diagnostics", (0.1, 60.0)),
             "remote": ("", "host:port of a policy server (`posevla serve-policy`, docs/remote_policy.md): the model "
                            "runs there; checkpoint, device, engine and compile are then the server's", None),
@@ -73,8 +77,12 @@ class PolicyNode(Node):
             self.get_logger().info(f"loaded {ckpt} on {self.policy.device} in {time.perf_counter() - t0:.1f} s")
             from posevla.model.engines import make_engine
 
-            self.engine = make_engine(self.policy, p["engine"],
-                                      **({"compile": True} if p["compile"] and p["engine"] == "torch_graphs" else {}))
+            options: dict[str, object] = {}
+            if p["engine"] == "torch_graphs":
+                options["attention"] = p["attention"]
+                if p["compile"]:
+                    options["compile"] = True
+            self.engine = make_engine(self.policy, p["engine"], **options)
         if p["warmup"]:  # also captures the CUDA graphs / exports the ONNX graphs for the full-view shape
             self.get_logger().info(f"engine {p['engine']}: warm-up done in {self.engine.warmup():.2f} s")
         self.instruction = p["instruction"]
@@ -88,7 +96,7 @@ class PolicyNode(Node):
 
         self.runner = PipelinedRunner(self.engine, self._publish_chunk, now_ns=self._now_ns,
                                       min_period_s=p["min_period_s"], on_error=self._on_error,
-                                      modalities=lambda: self.modalities)
+                                      modalities=lambda: self.modalities, pipelined=p["pipelined"])
         from posevla_ros.observation_source import ObservationSource
 
         self.source = ObservationSource(self, views=list(self.policy.config.views),
