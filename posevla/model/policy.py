@@ -129,7 +129,9 @@ class PoseVLAPolicy:
             config if config is not None and not isinstance(config, PoseVLAConfig) else
             "the given model config" if config is not None else "models/posevla_3b.yaml")
         if config is None:
-            config = Path(__file__).resolve().parents[2] / "models" / "posevla_3b.yaml"
+            from posevla.paths import default_path
+
+            config = default_path("models", "posevla_3b.yaml")
         cfg = config if isinstance(config, PoseVLAConfig) else PoseVLAConfig.from_yaml(config)
         if fmt == "transformers":
             try:

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from posevla.paths import default_path
 from posevla.robot.feetech import FeetechError, FeetechGripper, GripperConfig, load_grippers
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "grippers_xtrainer.yaml"
+DEFAULT_CONFIG = default_path("config", "grippers_xtrainer.yaml")  # share/posevla/config of an install
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
