@@ -56,6 +56,8 @@ class Batcher:
         per = [self.inputs(o) for o in observations]
         out = {k: np.stack([p[k] for p in per]) for k in per[0]}
         out["state"] = self.norm.normalize_state(out["state"]).astype(np.float32)
+        if not self.cfg.state_input:  # the normalised state's mean: the model cannot read the robot's pose
+            out["state"][:] = 0.0
         prompts = [self.prompt_ids(o.instruction) for o in observations]
         out["prompt_ids"], out["prompt_mask"] = _pad(prompts, self.tokenizer.pad_token_id)
         return out

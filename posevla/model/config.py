@@ -34,6 +34,8 @@ class PoseVLAConfig:
     fusion: str = "siglip_output"
     p_drop_ray: float = 0.3  # modality masking probabilities (training only)
     p_drop_depth: float = 0.3
+    state_input: bool = True  # False: the robot state is not shown to the model (a constant, the data mean), so
+    # actions cannot be copied from proprioception (copycat): training and inference alike (model.batching)
     ntp_weight: float = 1.0
     flow_weight: float = 1.0
     vision: dict[str, Any] = field(default_factory=lambda: {
@@ -56,6 +58,7 @@ class PoseVLAConfig:
             "fusion": self.fusion in FUSION_POINTS,
             "p_drop_ray": 0 <= self.p_drop_ray <= 1,
             "p_drop_depth": 0 <= self.p_drop_depth <= 1,
+            "state_input": isinstance(self.state_input, bool),
         }
         for name, ok in checks.items():
             if not ok:
