@@ -294,3 +294,21 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = run_cli("pretrain", "--help")
     assert r.returncode == 0 and "torchrun" in r.stdout and "--stage" in r.stdout
+
+
+def test_image_blind_baseline_answers_the_medoid_box() -> None:
+    """The constant-answer baseline: the training box overlapping most others, scored like a model's answers."""
+    from posevla.pretrain.evaluation import best_constant_answer, constant_answer_ap
+    from posevla.pretrain.targets import PretrainSample
+
+    train = [box([0, 0, 1], [0.1, 0.1, 0.1]), box([0.05, 0, 1], [0.1, 0.1, 0.1]), box([0.1, 0, 1], [0.1, 0.1, 0.1]),
+             box([0.5, 0, 1], [0.1, 0.1, 0.1])]
+    const = best_constant_answer({"cup": train})
+    np.testing.assert_allclose(const["cup"].centre, [0.05, 0, 1])  # overlaps 3 of 4 at IoU >= 0.15 (1/3), the others 2 or 1
+    held_out = [PretrainSample(None, "s", "cup", [box([0.06, 0, 1], [0.1, 0.1, 0.1])], "a"),  # IoU 0.82: hit
+                PretrainSample(None, "s", "cup", [box([0.5, 0, 1], [0.1, 0.1, 0.1])], "b"),   # miss
+                PretrainSample(None, "s", "mug", [box([0, 0, 1], [0.1, 0.1, 0.1])], "c")]     # no answer for mug
+    res = constant_answer_ap(const, held_out)
+    # cup: TP then FP, recall 0.5 at precision 1 -> 51 of 101 recall points; mug: no prediction -> 0
+    assert res["per_category"]["cup"]["ap"] == pytest.approx(100 * 51 / 101)
+    assert res["per_category"]["mug"]["ap"] == 0.0 and res["ap"] == pytest.approx(100 * 51 / 101 / 2)

@@ -124,11 +124,9 @@ AP15_STATED = 50.0
 
 
 def grounding_setup(root: Path, steps: int, train_images: int = TRAIN_IMAGES, test_images: int = TEST_IMAGES,
-                    grid: int = GRID, models: tuple[synthetic.BoxModel, ...] = synthetic.MODELS,
-                    token_init: str = "random") -> argparse.Namespace:
+                    grid: int = GRID) -> argparse.Namespace:
     for split, n, seed in (("train", train_images, 1), ("test", test_images, 2)):
-        synthetic.write_dataset(root / split, n, split, seed=seed, max_objects=1, fixed_camera=True, grid=grid,
-                                max_yaw_deg=0.0, models=models)
+        synthetic.write_dataset(root / split, n, split, seed=seed, max_objects=1, fixed_camera=True, grid=grid)
         (root / f"{split}.yaml").write_text(yaml.safe_dump({"sources": [{
             "name": f"synthetic_{split}", "format": "omni3d", "negatives": 0,
             "json": f"{split}/omni3d/Omni3D_synthetic_{split}.json", "image_root": f"{split}/omni3d",
@@ -142,8 +140,7 @@ def grounding_setup(root: Path, steps: int, train_images: int = TRAIN_IMAGES, te
     PoseTokenizer(32).fit(t, s).save(root / "bins.json")
     return _args(stage="grounding", data=root / "train.yaml", config=root / "cfg.yaml", bins=root / "bins.json",
                  out=root / "run", steps=steps, batch_size=8, lr=1e-3, min_lr=5e-5, warmup=30, weight_decay=0.0,
-                 modality_dropout=0.0, eval_data=root / "test.yaml", eval_questions=test_images, device="cpu",
-                 token_init=token_init)
+                 modality_dropout=0.0, eval_data=root / "test.yaml", eval_questions=test_images, device="cpu")
 
 
 @pytest.mark.slow

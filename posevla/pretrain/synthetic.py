@@ -179,10 +179,11 @@ def _projected_box(box: Box3D, intr: CameraIntrinsics) -> list[float]:
 
 def write_dataset(out: str | Path, num_images: int, split: str = "train", seed: int = 0,
                   intr: CameraIntrinsics | None = None, max_objects: int = 3, fixed_camera: bool = False,
-                  grid: int = 0, max_yaw_deg: float = 45.0, categories: int = len(MODELS),
+                  grid: int = 0, max_yaw_deg: float = 45.0, categories: int | None = None,
                   models: tuple[BoxModel, ...] = MODELS) -> dict:
     """Generate `num_images` scenes and write them in both layouts, with boxes of the first `categories` of
     `models`. Returns paths and the ground truth."""
+    categories = len(models) if categories is None else categories
     if not 1 <= categories <= len(models):
         raise ValueError(f"categories={categories} must be 1..{len(models)}")
     models = models[:categories]
