@@ -197,3 +197,11 @@ def test_memory_plan_at_full_size(capsys) -> None:
     gib = {mode: float(rows[mode][-2]) for mode in ("all", "no-vision", "lora", "expert")}
     assert gib["all"] > 40 and gib["lora"] < 16 and gib["expert"] < 16  # what a 24 GB card can hold
     assert 3000 < float(rows["all"][2]) < 3500  # M parameters with the real 257k vocabulary
+
+
+def test_auto_trains_a_random_model_whole_and_adapts_a_pretrained_one() -> None:
+    from posevla.training.options import peft_available, resolve_train_mode
+
+    assert resolve_train_mode("auto", pretrained=False) == "all"  # lora would leave the random vision tower random
+    assert resolve_train_mode("auto", pretrained=True) == ("lora" if peft_available() else "expert")
+    assert resolve_train_mode("expert", pretrained=False) == "expert"  # an explicit choice is kept

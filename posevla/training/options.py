@@ -46,9 +46,14 @@ def peft_available() -> bool:
     return True
 
 
-def resolve_train_mode(mode: str) -> str:
-    """'auto' -> 'lora' when peft is installed, else 'expert' (both fit a 24 GB card at full size)."""
+def resolve_train_mode(mode: str, pretrained: bool = True) -> str:
+    """'auto' -> 'lora' when peft is installed, else 'expert' (both fit a 24 GB card at full size), when starting
+    from pretrained weights; 'all' when starting from a randomly initialised model (a model config alone): LoRA or
+    the expert alone would leave the vision tower and the language model random (the closed-loop benchmark's tiny
+    model: loss 0.79 after 3000 LoRA steps vs 0.39 after 500 steps of 'all')."""
     if mode == "auto":
+        if not pretrained:
+            return "all"
         return "lora" if peft_available() else "expert"
     if mode not in TRAIN_MODES:
         raise ValueError(f"--train {mode!r} must be one of {('auto', *TRAIN_MODES)}")

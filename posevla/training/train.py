@@ -13,8 +13,8 @@ Precision: parameters are kept in fp32 (the optimizer's master weights) and the 
 bf16 autocast on CUDA (--precision). Frozen weights are stored in bf16 there. The checkpoint is served in bf16 by
 the policy with RoPE and flow-time frequencies kept in fp32.
 
-Memory (one GPU): --train chooses what is trained (all | no-vision | lora | expert; auto = lora when peft is
-installed, else expert; with gradient checkpointing, on by default on CUDA, both fit 24 GB at full size: measured
+Memory (one GPU): --train chooses what is trained (all | no-vision | lora | expert; auto = all for a random model,
+else lora when peft is installed, else expert; with gradient checkpointing, on by default on CUDA, both fit 24 GB at full size: measured
 peaks 20.4 / 18.3 GiB at batch 8 on an H200), --[no-]grad-checkpointing, --optimizer (adamw | adamw-fused |
 adamw-8bit). The run prints the memory plan of every mode; --plan prints it and exits.
 
@@ -83,7 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="autocast dtype over fp32 master weights (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--train", default="auto", choices=("auto", "all", "no-vision", "lora", "expert"),
-                   help="what is trained (auto: lora when peft is installed, else expert; see the memory plan)")
+                   help="what is trained (auto: all for a random model from --config; from pretrained weights lora "
+                        "when peft is installed, else expert; see the memory plan)")
     p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank for --train lora")
     p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute layer activations in backward (default: on for CUDA; with the default lora mode the "
@@ -250,7 +251,7 @@ def train(args: argparse.Namespace) -> dict:
     for name in ("steps", "batch_size", "lora_rank", "eval_samples"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    mode = opts.resolve_train_mode(args.train)
+    mode = opts.resolve_train_mode(args.train, pretrained=bool(args.init or args.init_pi0 or args.paligemma))
     out = Path(args.out)
     config_now = run_config(args)
     state_path = None
