@@ -30,18 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from posevla.tools.trial import wilson_interval  # one Wilson interval for trials and the benchmark
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a success rate (n = 0: (0, 1))."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def perturbed_calibration(src: Path, dst: Path, shift_m: float = 0.02, rot_deg: float = 2.0) -> Path:
