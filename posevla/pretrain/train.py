@@ -327,9 +327,10 @@ def pretrain(args: argparse.Namespace) -> dict:
         print(f"[pretrain] saved {out / 'checkpoint'}; next-token loss {np.mean(ntp[:10]):.4f} "
               f"(first 10 steps) -> {np.mean(ntp[-10:]):.4f} (last 10); "
               f"{log[-1]['time_s']:.1f} s; samples per source {dict(data.drawn)}", flush=True)
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    if world > 1:  # every rank has saved and printed what it must (see posevla.training.dist_exit)
+        from posevla.training.dist_exit import leave_after_barrier
+
+        leave_after_barrier()
     return {"log": log, "eval": evals, "policy": policy}
 
 

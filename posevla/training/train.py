@@ -422,9 +422,10 @@ def train(args: argparse.Namespace) -> dict:
     data.close()
     if val_data is not None:
         val_data.close()
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    if world > 1:  # every rank has saved and printed what it must (see posevla.training.dist_exit)
+        from posevla.training.dist_exit import leave_after_barrier
+
+        leave_after_barrier()
     return {"log": log, "rank": rank, "world": world, "evals": evals, "rates": meter.rates()}
 
 
