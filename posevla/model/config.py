@@ -36,6 +36,8 @@ class PoseVLAConfig:
     p_drop_depth: float = 0.3
     state_input: bool = True  # False: the robot state is not shown to the model (a constant, the data mean), so
     # actions cannot be copied from proprioception (copycat): training and inference alike (model.batching)
+    p_drop_state: float = 0.0  # training only: a sample's state is hidden (the data mean) with this probability, so
+    # the actions must also be read from the images; the state is always shown at inference
     ntp_weight: float = 1.0
     flow_weight: float = 1.0
     vision: dict[str, Any] = field(default_factory=lambda: {
@@ -59,6 +61,7 @@ class PoseVLAConfig:
             "p_drop_ray": 0 <= self.p_drop_ray <= 1,
             "p_drop_depth": 0 <= self.p_drop_depth <= 1,
             "state_input": isinstance(self.state_input, bool),
+            "p_drop_state": 0 <= self.p_drop_state <= 1,
         }
         for name, ok in checks.items():
             if not ok:

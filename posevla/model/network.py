@@ -299,7 +299,11 @@ class PoseVLAModel(nn.Module):
         noise = self._pad(noise.float())
         t = timestep[:, None, None]
         x_t = t * noise + (1 - t) * self._pad(actions)
-        out = self.pi0(state=self._pad(batch["state"].float()).to(embeds.dtype), noise=x_t.to(embeds.dtype),
+        state = batch["state"].float()
+        if self.training and self.cfg.p_drop_state > 0:  # state dropout: hidden rows read the data mean (0)
+            keep = (torch.rand(b, device=state.device) >= self.cfg.p_drop_state).float()[:, None]
+            state = state * keep
+        out = self.pi0(state=self._pad(state).to(embeds.dtype), noise=x_t.to(embeds.dtype),
                        timestep=timestep, attention_mask=mask, **_cache_kw(self.pi0, cache))
         target = (noise - self._pad(actions))[..., :a]
         return F.mse_loss(out.logits[..., :a].float(), target)
