@@ -15,7 +15,7 @@ from ros_helpers import REPO, sim_robot_yaml  # noqa: E402
 from posevla.geometry import se3  # noqa: E402
 from posevla.robot import protocol as P  # noqa: E402
 from posevla.robot.kinematics import ArmKinematics  # noqa: E402
-from posevla.sim.task import HELDOUT_SEED_BASE, PickLiftTask, heldout_seeds, scripted_pick, train_seeds  # noqa: E402
+from posevla.sim.task import HELDOUT_SEED_BASE, ApproachOffset, PickLiftTask, heldout_seeds, scripted_pick, train_seeds  # noqa: E402
 from posevla.sim.twin import TwinSpec, arm_screws, build_mjcf  # noqa: E402
 from posevla.sim.world import TwinControllers, TwinGrippers, TwinWorld  # noqa: E402
 
@@ -86,6 +86,28 @@ def test_scripted_pick_lifts_the_cube_and_fails_without_closing(spec):
     _run_path(world, scripted_pick(state, spec.T_base_armbase["left"], spec.kins["left"]), close_gripper=False)
     assert not world.success()
     assert world.cube_pose()[2, 3] < 0.05
+
+
+def test_perturbed_demonstrations_miss_then_correct_and_lift(spec):
+    offsets = [ApproachOffset.for_seed(s, 0.06) for s in train_seeds(200)]
+    assert offsets == [ApproachOffset.for_seed(s, 0.06) for s in train_seeds(200)]  # reproducible per seed
+    moved = [o for o in offsets if not o.is_zero]
+    assert 0.65 < len(moved) / len(offsets) < 0.85
+    dist = np.array([np.hypot(o.dx, o.dy) for o in moved])
+    assert dist.min() >= 0.2 * 0.06 - 1e-12 and dist.max() <= 0.06 + 1e-12 and dist.mean() > 0.03
+    assert max(abs(o.dyaw) for o in moved) <= np.radians(15) + 1e-12
+    assert all(ApproachOffset.for_seed(s, 0.0).is_zero for s in range(20))
+    world = TwinWorld(spec)
+    seed = next(s for s, o in zip(train_seeds(200), offsets) if np.hypot(o.dx, o.dy) > 0.04)
+    state = world.reset(seed)
+    path = scripted_pick(state, spec.T_base_armbase["left"], spec.kins["left"], offset=offsets[seed])
+    straight = scripted_pick(state, spec.T_base_armbase["left"], spec.kins["left"])
+    assert path.duration_s == pytest.approx(straight.duration_s + 1.0)  # the correction phase
+    T_ab, kin = spec.T_base_armbase["left"], spec.kins["left"]
+    above_miss = (T_ab @ kin.fk(path.at(2.4)[0]))[:3, 3]  # end of the approach: off the cube by the offset
+    assert np.hypot(*(above_miss[:2] - state.cube_xy)) == pytest.approx(np.hypot(offsets[seed].dx, offsets[seed].dy), abs=2e-3)
+    _run_path(world, path)
+    assert world.success() and world.cube_pose()[2, 3] > 0.15
 
 
 def test_reset_drives_home_and_places_the_cube(spec):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posevla.sim.rollout_cli import add_rollout_parser
 from posevla.tools.trial import wilson_interval  # one Wilson interval for trials and the benchmark
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,8 +92,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     p = sub.add_parser("closed-loop", help="demos -> training -> closed-loop trials on the MuJoCo twin",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_rollout_parser(sub)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "closed_loop", help="run folder")
     p.add_argument("--demos", type=int, default=100, help="scripted demonstrations (train seeds 0..n-1)")
+    p.add_argument("--demo-offset-m", type=float, default=0.0,
+                   help="perturbed demonstrations: 3 in 4 approaches first miss the point above the cube by up to "
+                        "this distance (m) and 15 deg, then correct (recovery data; 0: every demo straight)")
     p.add_argument("--steps", type=int, default=3000, help="training steps")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--config", type=Path, default=REPO / "models" / "closed_loop.yaml", help="model config")
@@ -144,6 +149,8 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--warmup and --workers must be >= 0 (got {args.warmup}, {args.workers})"
     if args.ros_domain_id is not None and not (0 <= args.ros_domain_id <= 101):
         return f"--ros-domain-id must lie in [0, 101] (got {args.ros_domain_id})"
+    if not 0 <= args.demo_offset_m <= 0.1:
+        return f"--demo-offset-m must lie in [0, 0.1] m (got {args.demo_offset_m})"
     if args.trial_s <= 0:
         return f"--trial-s must be > 0 (got {args.trial_s})"
     for name in ("robot_config", "config"):
@@ -194,6 +201,10 @@ def _rollout_strip(trials: dict[str, list], path: Path, rows: int = 4) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.benchmark == "rollout":
+        from posevla.sim.rollout_cli import run_rollout
+
+        return run_rollout(args)
     why = _check(args)
     if why:
         print(f"posevla benchmark closed-loop: {why}", file=sys.stderr)
@@ -234,7 +245,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.skip_collect:
             prog = _Progress("collect", args.demos)
             demos = collect_demos(data, "pick_cube", task.instruction, train_seeds(args.demos), opts,
-                                  lambda r: prog.item(r.success, f"seed {r.seed} ({r.seconds:.0f} s, {r.takes} take(s))"))
+                                  lambda r: prog.item(r.success, f"seed {r.seed} ({r.seconds:.0f} s, {r.takes} take(s))"),
+                                  demo_offset_m=args.demo_offset_m)
+            results["demo_offset_m"] = args.demo_offset_m
             results["demo_success"] = sum(d.success for d in demos)
             results["demo_takes"] = sum(d.takes for d in demos)
             results["collect_s"] = time.monotonic() - t_start

@@ -96,6 +96,7 @@ class ScriptTiming:
     close: float = 0.7
     lift: float = 1.8
     hold: float = 0.8
+    correct: float = 1.0  # perturbed demonstrations only: from the offset point above the cube to the true one
     above_m: float = 0.10  # approach height above the grasp height
     grasp_tcp_z_m: float = 0.058  # TCP height at the grasp (fingers reach 5.5 cm below the TCP)
     lift_tcp_z_m: float = 0.22
@@ -111,9 +112,39 @@ def grasp_yaw(cube_yaw: float, tcp_yaw_home: float) -> float:
     return float(cube_yaw + k * np.pi / 2)
 
 
+@dataclass(frozen=True)
+class ApproachOffset:
+    """A deliberate approach error of a perturbed demonstration (DART-style recovery data): the arm first goes to
+    the point above the cube moved by (dx, dy) metres in base_link and turned by dyaw radians, then corrects to
+    the true point above the cube (`ScriptTiming.correct` seconds) and picks as usual. The recorded frames then
+    show the cube off-centre in the wrist view together with the motion that fixes it."""
+
+    dx: float = 0.0
+    dy: float = 0.0
+    dyaw: float = 0.0
+
+    @classmethod
+    def for_seed(cls, seed: int, max_offset_m: float, probability: float = 0.75,
+                 max_yaw_rad: float = np.radians(15.0)) -> ApproachOffset:
+        """The offset of a train seed's demonstration (drawn from the seed, independent of its placement): with
+        `probability`, a distance uniform in [0.2, 1] x max_offset_m in a uniform direction and a yaw error
+        uniform in +-max_yaw_rad; else none."""
+        rng = np.random.default_rng([int(seed), 34])
+        if max_offset_m <= 0 or rng.uniform() >= probability:
+            return cls()
+        r, phi = rng.uniform(0.2, 1.0) * max_offset_m, rng.uniform(-np.pi, np.pi)
+        return cls(float(r * np.cos(phi)), float(r * np.sin(phi)), float(rng.uniform(-max_yaw_rad, max_yaw_rad)))
+
+    @property
+    def is_zero(self) -> bool:
+        return self.dx == 0.0 and self.dy == 0.0 and self.dyaw == 0.0
+
+
 def scripted_pick(state: TaskState, T_base_armbase: np.ndarray, kin: ArmKinematics,
-                  timing: ScriptTiming = ScriptTiming(), dt: float = 0.05) -> JointPath:
-    """The left arm's joint path from home to a lifted cube (raises PathUnreachable if IK fails)."""
+                  timing: ScriptTiming = ScriptTiming(), dt: float = 0.05,
+                  offset: ApproachOffset = ApproachOffset()) -> JointPath:
+    """The left arm's joint path from home to a lifted cube (raises PathUnreachable if IK fails); with an
+    `offset`, the approach first misses the point above the cube and then corrects (see ApproachOffset)."""
     q_home = kin.home()
     T_home = T_base_armbase @ kin.fk(q_home)
     yaw_home = float(np.arctan2(T_home[1, 0], T_home[0, 0]))
@@ -124,7 +155,13 @@ def scripted_pick(state: TaskState, T_base_armbase: np.ndarray, kin: ArmKinemati
     grasp = se3.make_T(R_grasp, [x, y, timing.grasp_tcp_z_m])
     lifted = se3.make_T(R_grasp, [x, y, timing.lift_tcp_z_m])
     # (duration, from pose, to pose, gripper from, gripper to)
-    phases = [(timing.approach, T_home, above, 1.0, 1.0), (timing.descend, above, grasp, 1.0, 1.0),
+    if offset.is_zero:
+        first = [(timing.approach, T_home, above, 1.0, 1.0)]
+    else:
+        R_off = Rotation.from_euler("z", offset.dyaw).as_matrix() @ R_grasp
+        above_off = se3.make_T(R_off, [x + offset.dx, y + offset.dy, timing.grasp_tcp_z_m + timing.above_m])
+        first = [(timing.approach, T_home, above_off, 1.0, 1.0), (timing.correct, above_off, above, 1.0, 1.0)]
+    phases = first + [(timing.descend, above, grasp, 1.0, 1.0),
               (timing.close, grasp, grasp, 1.0, 0.0), (timing.lift, grasp, lifted, 0.0, 0.0),
               (timing.hold, lifted, lifted, 0.0, 0.0)]
     T_armbase_base = se3.invert_T(T_base_armbase)

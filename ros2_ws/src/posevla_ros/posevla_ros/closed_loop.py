@@ -30,7 +30,7 @@ from std_msgs.msg import Bool, Int64, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import MultiDOFJointTrajectory
 
-from posevla.sim.task import JointPath, TaskState, scripted_pick, scripted_return
+from posevla.sim.task import ApproachOffset, JointPath, TaskState, scripted_pick, scripted_return
 from posevla.sim.twin import TwinSpec
 from posevla_ros.graph import graph
 from posevla_ros.msg_conv import msg_to_image, ns_to_time
@@ -218,12 +218,14 @@ def _start(specs, opts: GraphOptions) -> GraphRunner:
 
 def collect_demos(root: Path, task: str, instruction: str, seeds: list[int], opts: GraphOptions,
                   on_progress: Callable[[DemoResult], None] = lambda r: None, max_attempts: int = 6,
-                  max_lift_attempts: int = 3) -> list[DemoResult]:
+                  max_lift_attempts: int = 3, demo_offset_m: float = 0.0) -> list[DemoResult]:
     """Record one scripted demonstration per seed into `root/task/` through the collect_mujoco graph. A take whose
     robot state or action has a NaN is recorded again (/recorder/rerecord_last moves it aside), up to
     `max_attempts` takes; so is a take that did not lift the cube (on a loaded machine the driver's guard may hold
     the arm mid-path; the scripted pick itself lifts every placement in physics), up to `max_lift_attempts` takes.
-    The last take is kept either way (a failed lift marked failed)."""
+    The last take is kept either way (a failed lift marked failed). demo_offset_m > 0: perturbed demonstrations
+    (most approaches first miss the point above the cube by up to this distance, then correct:
+    `ApproachOffset.for_seed`), so the data shows how to recover from an approach error."""
     spec = TwinSpec.from_files(opts.robot_config, opts.calibration_dir)
     q_home = {arm: k.home() for arm, k in spec.kins.items()}
     specs = graph("collect_mujoco", instruction=instruction, task=task, overrides={
@@ -241,7 +243,8 @@ def collect_demos(root: Path, task: str, instruction: str, seeds: list[int], opt
             saved_bad = False  # the previous take of this seed was saved with gaps: move it aside before recording
             for takes in range(1, max_attempts + 1):  # noqa: B007 - the count is reported below
                 state = probe.reset(seed)
-                path = scripted_pick(state, spec.T_base_armbase["left"], spec.kins["left"])
+                path = scripted_pick(state, spec.T_base_armbase["left"], spec.kins["left"],
+                                     offset=ApproachOffset.for_seed(seed, demo_offset_m))
                 start = "/recorder/rerecord_last" if saved_bad else "/recorder/start"
                 deadline = time.monotonic() + 60
                 while not (r := probe.trigger(start)).success:  # until every stream is alive
