@@ -15,7 +15,14 @@ from ros_helpers import REPO, sim_robot_yaml  # noqa: E402
 from posevla.geometry import se3  # noqa: E402
 from posevla.robot import protocol as P  # noqa: E402
 from posevla.robot.kinematics import ArmKinematics  # noqa: E402
-from posevla.sim.task import HELDOUT_SEED_BASE, ApproachOffset, PickLiftTask, heldout_seeds, scripted_pick, train_seeds  # noqa: E402
+from posevla.sim.task import (  # noqa: E402
+    HELDOUT_SEED_BASE,
+    ApproachOffset,
+    PickLiftTask,
+    heldout_seeds,
+    scripted_pick,
+    train_seeds,
+)
 from posevla.sim.twin import TwinSpec, arm_screws, build_mjcf  # noqa: E402
 from posevla.sim.world import TwinControllers, TwinGrippers, TwinWorld  # noqa: E402
 
