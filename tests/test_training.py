@@ -55,6 +55,23 @@ def test_samples_are_built_with_the_episode_calibration(episode: Path) -> None:
     data.close()
 
 
+def test_gripper_targets_are_the_recorded_commands(episode: Path) -> None:
+    """The chunk's gripper is what the follower was told (action), not where its fingers stopped (qpos): closing
+    on a cube the fingers stop at its width while the command says closed."""
+    data = EpisodeChunkDataset([episode], CFG)
+    with EpisodeReader(episode) as ep:
+        cmd, measured = ep.array("action")[:, 6], ep.array("observations/qpos")[:, 6]
+    differs = [t for t in range(len(data)) if abs(cmd[t] - measured[t]) > 0.05]
+    assert differs, "the synthetic episode should close its gripper during the take"
+    left_gripper = CFG.arms.index("left") * 10 + 9
+    for t in differs[:3]:
+        s = data[t]  # the target is sampled at the head camera's stamp, the arrays at the robot's: a few ms apart
+        assert s.actions[0, left_gripper] == pytest.approx(cmd[t], abs=0.01)
+        assert abs(s.actions[0, left_gripper] - measured[t]) > 0.04
+        assert s.observation.state.arms["left"].gripper == pytest.approx(measured[t], abs=1e-6)  # the state: measured
+    data.close()
+
+
 def test_learning_rate_schedule() -> None:
     assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
     assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)

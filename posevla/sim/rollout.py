@@ -52,6 +52,8 @@ class TrialResult:
     chunks: int
     min_grasp_dist_m: float  # closest TCP (x, y) came to the cube's while the gripper was closing (< 0.5)
     frames: list[np.ndarray] = field(default_factory=list)  # head RGB at the start, middle, end
+    trace: np.ndarray | None = None  # (n, 6) every executor tick: t (s), task arm TCP x y z (base_link, m),
+    # gripper set-point, measured gripper opening
 
 
 class DirectRollout:
@@ -108,7 +110,7 @@ class DirectRollout:
         q_seed = {a: world.arms[a].q.copy() for a in world.arms}
         T_armbase_base = {a: se3.invert_T(T) for a, T in self.spec.T_base_armbase.items()}
         cube0 = world.cube_pose()[:3, 3].copy()
-        travel, last_p, chunks, frames = 0.0, None, 0, []
+        travel, last_p, chunks, frames, trace = 0.0, None, 0, [], []
         min_grasp = float("inf")
         end_ns = now_ns() + int(cfg.trial_s * 1e9)
         while now_ns() < end_ns:
@@ -142,12 +144,15 @@ class DirectRollout:
             if last_p is not None:
                 travel += float(np.linalg.norm(p - last_p))
             last_p = p
-            if world.arms[self.robot_task_arm].gripper_target < 0.5:
+            task_arm = world.arms[self.robot_task_arm]
+            trace.append((world.sim_time_s - t0, *p, task_arm.gripper_target, task_arm.gripper))
+            if task_arm.gripper_target < 0.5:
                 min_grasp = min(min_grasp, float(np.linalg.norm(p[:2] - cube0[:2])))
         if keep_frames:
             frames.append(self.renderer.render(self.policy.config.reference_view)[0])
         cube = world.cube_pose()
-        return TrialResult(seed, bool(world.success()), float(cube[2, 3]), travel, chunks, min_grasp, frames)
+        return TrialResult(seed, bool(world.success()), float(cube[2, 3]), travel, chunks, min_grasp, frames,
+                           np.asarray(trace))
 
     @property
     def robot_task_arm(self) -> str:

@@ -72,12 +72,25 @@ def split_episodes(episodes: list[Path], val_episodes: int) -> tuple[list[Path],
     return [e for i, e in enumerate(episodes) if i not in held], [e for i, e in enumerate(episodes) if i in held]
 
 
+def _gripper_goals(stamps: np.ndarray, measured: np.ndarray, commanded: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The gripper target of the chunks: the recorded command (`action`, the opening the follower was told to
+    reach), not the measured opening. Closing on an object the fingers stop at its width (0.42 on the twin's
+    4 cm cube) while the command says 0; a policy trained on the measured opening commands 0.42 and barely
+    squeezes. Frames without a finite command use the measured opening."""
+    if commanded is None:
+        return stamps.astype(np.int64), measured
+    goal = np.where(np.isfinite(commanded), commanded, measured)
+    return stamps.astype(np.int64), goal
+
+
 @dataclass
 class _Episode:
     path: Path
     num_frames: int
     histories: dict[str, PoseHistory]
-    grippers: dict[str, tuple[np.ndarray, np.ndarray]]  # arm -> (stamps, opening)
+    grippers: dict[str, tuple[np.ndarray, np.ndarray]]  # arm -> (stamps, measured opening): the state
+    gripper_goals: dict[str, tuple[np.ndarray, np.ndarray]]  # arm -> (stamps, commanded opening): the target
     builder: ObservationBuilder
     instruction: str
     ref_stamps: np.ndarray  # reference camera capture stamps per frame (ns)
@@ -102,8 +115,9 @@ class EpisodeChunkDataset:
                 if cfg.reference_view in missing:
                     raise ValueError(f"episode {path}: no {cfg.reference_view!r} camera (the model's reference view)")
                 robot_stamps = ep.array("stamps/robot")
-                histories, grippers, tcp_T = {}, {}, {}
+                histories, grippers, goals, tcp_T = {}, {}, {}, {}
                 qpos = ep.array("observations/qpos")
+                action = ep.array("action")  # the reader requires it
                 for k, arm in enumerate(("left", "right")):
                     if arm not in cfg.arms:
                         continue
@@ -116,11 +130,13 @@ class EpisodeChunkDataset:
                         h.add(int(s), T)
                     histories[arm] = h
                     grippers[arm] = (robot_stamps.astype(np.int64), qpos[:, k * 7 + 6])
+                    goals[arm] = _gripper_goals(robot_stamps, qpos[:, k * 7 + 6],
+                                                action[:, k * 7 + 6])
                 builder = ObservationBuilder(BuilderConfig(image_size=cfg.image_size, max_age_s=1e9, slop_s=1e9,
                                                            reference_view=cfg.reference_view),
                                              CameraToBase(episode_calibrations(ep), histories))
                 e = len(self._episodes)
-                self._episodes.append(_Episode(path, ep.num_frames, histories, grippers, builder,
+                self._episodes.append(_Episode(path, ep.num_frames, histories, grippers, goals, builder,
                                                str(ep.meta.get("instruction", "")),
                                                ep.camera_stamps(cfg.reference_view), robot_stamps.astype(np.int64),
                                                tcp_T))
@@ -145,7 +161,7 @@ class EpisodeChunkDataset:
         poses, grip = {}, {}
         for arm in self.cfg.arms:
             poses[arm] = T_ref_base @ self._tcp_at(e, arm, times)
-            stamps, g = ep.grippers[arm]
+            stamps, g = ep.gripper_goals[arm]
             grip[arm] = np.interp(times, stamps, g)
         return self.outputs.target_vector(poses, grip)
 
