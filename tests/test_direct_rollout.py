@@ -58,3 +58,16 @@ def test_holding_policy_leaves_the_cube(rollout) -> None:
     assert not res.success
     assert abs(res.cube_z_m - 0.02) < 0.002
     assert res.tcp_travel_m < 0.01
+
+
+def test_rollout_cli_refuses_bad_input_with_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    for extra, expected in ((["--trials", "3"], "--checkpoint is required"),
+                            (["--checkpoint", str(tmp_path)], f"--checkpoint {tmp_path}: no config.yaml"),
+                            (["--policy", "scripted", "--replan-s", "0"], "--replan-s must be > 0")):
+        proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "rollout", *extra],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,6 +1,6 @@
 """`posevla benchmark closed-loop`: proof in the loop on the MuJoCo twin.
 
-  posevla benchmark closed-loop                              # 100 demos, tiny model, 30 held-out trials x 3
+  posevla benchmark closed-loop                              # 100 perturbed demos, tiny model, 30 held-out trials x 3
   posevla benchmark closed-loop --demos 3 --steps 5 --trials 2 --no-ablations --out runs/cl_smoke   # plumbing
 
 Stages, each through the project's own tools and the unchanged ROS graphs:
@@ -13,9 +13,9 @@ Stages, each through the project's own tools and the unchanged ROS graphs:
   4. ablations the same trials with the policy on RGB only (depth and raymaps masked: policy modalities=rgb) and
                with the executor's head calibration perturbed by 2 cm / 2 deg while the twin renders the true pose
 Prints success rates with 95 % Wilson intervals and writes <out>/results.json and <out>/rollouts.png (head camera
-at the start, middle and end of the first trials). Expected on a quiet 2-core machine with the defaults (~75 min):
-collect ~25-30 min (100 x ~15 s), train ~25 min (3000 steps at ~20 samples/s), evaluate ~3 x 30 x 14 s; see
-docs/closed_loop.md.
+at the start, middle and end of the first trials). Expected on a quiet 2-core machine with the defaults (~70 min):
+collect ~21 min (100 perturbed demos x ~13 s), train ~20 min (6000 steps at ~42 samples/s, 168 px), evaluate
+~3 x 30 x 17 s; see docs/closed_loop.md.
 """
 from __future__ import annotations
 
@@ -95,17 +95,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_rollout_parser(sub)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "closed_loop", help="run folder")
     p.add_argument("--demos", type=int, default=100, help="scripted demonstrations (train seeds 0..n-1)")
-    p.add_argument("--demo-offset-m", type=float, default=0.0,
+    p.add_argument("--demo-offset-m", type=float, default=0.06,
                    help="perturbed demonstrations: 3 in 4 approaches first miss the point above the cube by up to "
                         "this distance (m) and 15 deg, then correct (recovery data; 0: every demo straight)")
-    p.add_argument("--steps", type=int, default=3000, help="training steps")
+    p.add_argument("--steps", type=int, default=6000, help="training steps")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--config", type=Path, default=REPO / "models" / "closed_loop.yaml", help="model config")
     p.add_argument("--trials", type=int, default=30, help="closed-loop trials per condition (held-out seeds)")
     p.add_argument("--ablation-trials", type=int, default=None,
                    help="trials per ablation (RGB only, mis-calibrated; default: --trials)")
     p.add_argument("--skip-full", action="store_true", help="only the ablations (the full model's trials done before)")
-    p.add_argument("--trial-s", type=float, default=12.0, help="seconds per trial")
+    p.add_argument("--trial-s", type=float, default=15.0, help="seconds per trial")
     p.add_argument("--no-ablations", action="store_true", help="only the full model (no RGB-only / mis-calibrated)")
     p.add_argument("--width", type=int, default=160, help="camera image width (pixels)")
     p.add_argument("--height", type=int, default=120, help="camera image height (pixels)")
