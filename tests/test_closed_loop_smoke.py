@@ -90,6 +90,7 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     res = json.loads((out / "results.json").read_text())
     # a randomly initialised model is trained whole (lora / expert would leave its vision tower random)
     assert res["train_mode"] == "all" and res["config"].endswith("closed_loop.yaml")
+    assert res["demo_offset_m"] == 0.06  # perturbed demonstrations by default (recovery data)
     assert "(--train all)" in (out / "train.log").read_text()
     full = res["conditions"]["full"]
     assert full["trials"] == 2 and full["seeds"] == [HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 1]
