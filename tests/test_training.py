@@ -111,6 +111,30 @@ def test_bad_training_input_is_named(tmp_path: Path, episode: Path, capsys) -> N
         find_episodes([tmp_path])
 
 
+def test_episodes_marked_failed_are_left_out_of_folders(tmp_path: Path, episode: Path, caplog) -> None:
+    import json
+    import shutil
+
+    import h5py
+
+    task = tmp_path / "pick"
+    task.mkdir()
+    good, failed = task / "episode_000000.h5", task / "episode_000001.h5"
+    shutil.copy(episode, good)
+    shutil.copy(episode, failed)
+    with h5py.File(failed, "r+") as h:  # what /recorder/mark_failure writes
+        meta = json.loads(h.attrs["meta"])
+        meta["success"] = False
+        h.attrs["meta"] = json.dumps(meta)
+    assert find_episodes([task]) == [good]
+    assert "left out 1 episode(s) marked failed" in caplog.text
+    assert find_episodes([task], include_failed=True) == [good, failed]
+    assert find_episodes([failed]) == [failed]  # named as a file: used
+    good.unlink()
+    with pytest.raises(ValueError, match=r"no episodes under .* \(1 marked failed\)"):
+        find_episodes([task])
+
+
 @pytest.mark.slow
 def test_torchrun_ddp_two_processes(episode: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -9,6 +9,8 @@ gripper opening; past the end of the episode the last pose is held (the arm is a
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,8 @@ from posevla.model.io_transforms import XTrainerInputs, XTrainerOutputs
 from posevla.perception.observation_builder import BuilderConfig, ObservationBuilder
 from posevla.types import ArmState, RobotState, optical_frame
 
+log = logging.getLogger(__name__)
+
 
 def episode_calibrations(ep: EpisodeReader) -> dict[str, HandEyeCalibration]:
     """The calibration in force when the episode was recorded (copied into its metadata), keyed by frame."""
@@ -42,19 +46,42 @@ def episode_calibrations(ep: EpisodeReader) -> dict[str, HandEyeCalibration]:
     return out
 
 
-def find_episodes(paths: list[str | Path]) -> list[Path]:
-    """Episode files from files and task folders (complete episodes only)."""
+def marked_failed(path: Path) -> bool:
+    """True when the recorder's metadata marks the episode failed (`/recorder/mark_failure`, the leader's
+    failure button, a trial's outcome, a closed-loop demonstration that did not lift); an unreadable file is
+    not "marked" (the reader reports it where it is opened)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h:
+            return json.loads(h.attrs["meta"]).get("success") is False
+    except Exception:  # noqa: BLE001 - truncated or foreign files are reported by the reader, not here
+        return False
+
+
+def find_episodes(paths: list[str | Path], include_failed: bool = False) -> list[Path]:
+    """Episode files from files and task folders (complete episodes only). Episodes found in a folder that
+    are marked failed are left out unless `include_failed` (an operator who pressed "failure" does not want
+    that take learned); a file named explicitly is always used."""
     out: list[Path] = []
+    skipped: list[Path] = []
     for p in map(Path, paths):
         if p.is_file():
             out.append(p)
         elif p.is_dir():
             found = F.list_episodes(p) or [e for d in sorted(p.iterdir()) if d.is_dir() for e in F.list_episodes(d)]
+            if not include_failed:
+                skipped += [e for e in found if marked_failed(e)]
+                found = [e for e in found if e not in skipped]
             out += found
         else:
             raise ValueError(f"{p}: no such episode or folder")
+    if skipped:
+        log.warning("left out %d episode(s) marked failed (e.g. %s); name them as files to train on them",
+                 len(skipped), skipped[0])
     if not out:
-        raise ValueError(f"no episodes under {[str(p) for p in paths]}")
+        raise ValueError(f"no episodes under {[str(p) for p in paths]}"
+                         + (f" ({len(skipped)} marked failed)" if skipped else ""))
     return out
 
 

@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = __doc__
     p.add_argument("--data", nargs="+", help="episode files or task folders (required unless --plan)")
+    p.add_argument("--include-failed", action="store_true",
+                   help="also train on episodes marked failed found in --data folders (default: left out)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--config", type=Path, default=default_path("models", "tiny.yaml"),
                      help="model config (random init; default: %(default)s)")
@@ -276,7 +278,7 @@ def train(args: argparse.Namespace) -> dict:
     amp = amp_dtype(args.precision, device)
     optimizer_name = args.optimizer if args.optimizer != "auto" else ("adamw-fused" if device.type == "cuda" else "adamw")
 
-    episodes = find_episodes(args.data)
+    episodes = find_episodes(args.data, include_failed=args.include_failed)
     n_val = args.val_episodes if args.val_episodes >= 0 else (max(1, len(episodes) // 10) if len(episodes) >= 2 else 0)
     train_eps, val_eps = split_episodes(episodes, n_val)
     data = EpisodeChunkDataset(train_eps, cfg, stride=args.stride)
