@@ -4,7 +4,10 @@ AP15 on held-out generated scenes before and after pre-training; on CUDA also th
     posevla bench pretrain                      # CPU: tiny model, POSEVLA_BENCH_PRETRAIN_STEPS steps (default 3000)
     OUT=/tmp/out python benchmarks/bench_pretrain.py    # also writes $OUT/bench_pretrain.json
 
-Environment: POSEVLA_BENCH_PRETRAIN_STEPS (training steps of the tiny run), POSEVLA_BENCH_QUICK=1 (a
+Environment: POSEVLA_BENCH_PRETRAIN_PLACEMENT (lattice: boxes on a 3 x 3 lattice, the default; free: the red box
+anywhere, zoomed head camera, 4000 training scenes, 12000 steps by default -- held-out boxes stand where no training
+box did, and the image-blind constant answer is printed beside the model), POSEVLA_BENCH_PRETRAIN_STEPS (training
+steps of the tiny run), POSEVLA_BENCH_QUICK=1 (a
 seconds-long smoke run, used by the tests), POSEVLA_BENCH_FULL_CONFIG (model config of the CUDA step timing,
 default models/posevla_3b.yaml). The data path needs OpenCV and h5py; where they are missing (a bare GPU box)
 those parts are reported as skipped and the CUDA timing uses in-memory samples.
@@ -65,27 +68,56 @@ def bench_data(root: Path, n: int) -> dict:
     return out
 
 
-def write_grounding(root: Path, train_images: int, test_images: int, fixed_camera: bool, grid: int) -> None:
+def write_grounding(root: Path, train_images: int, test_images: int, fixed_camera: bool, grid: int,
+                    free: bool = False) -> None:
+    """One box per scene: on a grid x grid lattice (yaw 0), or with `free` the red box anywhere in the +-0.16 m
+    area (yaw 0) seen by the head-like camera zoomed onto that area (focal 1.5 image widths)."""
     from posevla.pretrain import synthetic
 
     for split, n, seed in (("train", train_images, 1), ("test", test_images, 2)):
-        synthetic.write_dataset(root / split, n, split, seed=seed, max_objects=1, fixed_camera=fixed_camera,
-                                grid=grid)
+        if free:
+            synthetic.write_dataset(root / split, n, split, seed=seed, max_objects=1, fixed_camera=True,
+                                    intr=synthetic.default_intrinsics(focal_scale=1.5), max_yaw_deg=0.0,
+                                    categories=1)
+        else:
+            synthetic.write_dataset(root / split, n, split, seed=seed, max_objects=1, fixed_camera=fixed_camera,
+                                    grid=grid)
         (root / f"{split}.yaml").write_text(yaml.safe_dump({"sources": [{
             "name": f"synthetic_{split}", "format": "omni3d", "negatives": 0,
             "json": f"{split}/omni3d/Omni3D_synthetic_{split}.json", "image_root": f"{split}/omni3d",
             "depth_root": f"{split}/omni3d/depth"}]}))
 
 
-def bench_grounding(root: Path, steps: int, quick: bool, device: str) -> dict:
-    """Tiny model: AP15 on held-out generated scenes without pre-training and after `steps` steps."""
+def image_blind_ap(root: Path, max_train_boxes: int = 400) -> float:
+    """AP15 on the held-out scenes of the best constant answer (the training box that overlaps most others, from
+    up to `max_train_boxes` training boxes): what a model that ignores the image can reach."""
+    from posevla.pretrain.evaluation import best_constant_answer, constant_answer_ap
+    from posevla.pretrain.omni3d import Omni3DReader
+    from posevla.pretrain.targets import PretrainSample
+
+    def images(split: str) -> list:
+        d = root / split / "omni3d"
+        return list(Omni3DReader(d / f"Omni3D_synthetic_{split}.json", d, d / "depth"))
+
+    boxes: dict = {}
+    for img in images("train")[:max_train_boxes]:
+        for o in img.objects:
+            boxes.setdefault(o.category, []).append(o.box)
+    samples = [PretrainSample(None, "synthetic_test", o.category, [x.box for x in img.objects if x.category == o.category],
+                              img.image_id) for img in images("test") for o in img.objects[:1]]
+    return float(constant_answer_ap(best_constant_answer(boxes), samples)["ap"])
+
+
+def bench_grounding(root: Path, steps: int, quick: bool, device: str, free: bool = False) -> dict:
+    """Tiny model: AP15 on held-out generated scenes without pre-training and after `steps` steps; `free`: boxes
+    placed anywhere (held-out boxes stand where no training box did), else on a 3 x 3 lattice."""
     from posevla.model.pose_tokens import PoseTokenizer
     from posevla.pretrain import train as pretrain_cli
     from posevla.pretrain.mixture import fit_values, read_mixture
     from posevla.pretrain.tokenizer_cli import quantisation_report
 
-    train_images, test_images = (16, 4) if quick else (1000, 60)
-    write_grounding(root, train_images, test_images, fixed_camera=True, grid=3)
+    train_images, test_images = (16, 4) if quick else ((4000 if free else 1000), 60)
+    write_grounding(root, train_images, test_images, fixed_camera=True, grid=3, free=free)
     cfg = yaml.safe_load((REPO / "models" / "tiny.yaml").read_text())
     cfg.update(views=["head"], image_size=56, num_pose_bins=32)
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
@@ -102,11 +134,12 @@ def bench_grounding(root: Path, steps: int, quick: bool, device: str) -> dict:
     t0 = time.perf_counter()
     after = pretrain_cli.pretrain(p.parse_args([
         *common, "--data", str(root / "train.yaml"), "--out", str(root / "run"), "--steps", str(steps),
-        "--batch-size", "8", "--lr", "1e-3", "--min-lr", "5e-5", "--warmup", str(min(30, steps)),
+        "--batch-size", "8", "--lr", "1e-3", "--min-lr", "5e-5", "--warmup", str(min(100 if free else 30, steps)),
         "--weight-decay", "0", "--modality-dropout", "0"]))
     train_s = time.perf_counter() - t0
     res = after["eval"][-1]
-    return {"grounding_steps": steps, "grounding_train_s": train_s, "grounding_step_ms": train_s / steps * 1e3,
+    return {"grounding_placement": "free" if free else "lattice 3x3", "ap15_image_blind": image_blind_ap(root),
+            "grounding_steps": steps, "grounding_train_s": train_s, "grounding_step_ms": train_s / steps * 1e3,
             "ap15_untrained": before["ap"], "ap15_pretrained": res["ap"], "ap15_questions": res["questions"],
             "decode_after": res["decode"], "loss_first10": float(np.mean([r["loss"] for r in after["log"][:10]])),
             "loss_last10": float(np.mean([r["loss"] for r in after["log"][-10:]])),
@@ -168,7 +201,10 @@ def bench_cuda_step(config: Path, batch: int = 8, steps: int = 5) -> dict:
 
 def main() -> dict:
     quick = os.environ.get("POSEVLA_BENCH_QUICK") == "1"
-    steps = 5 if quick else int(os.environ.get("POSEVLA_BENCH_PRETRAIN_STEPS", "3000"))
+    free = os.environ.get("POSEVLA_BENCH_PRETRAIN_PLACEMENT", "lattice") == "free"
+    if os.environ.get("POSEVLA_BENCH_PRETRAIN_PLACEMENT", "lattice") not in ("lattice", "free"):
+        raise SystemExit("POSEVLA_BENCH_PRETRAIN_PLACEMENT must be lattice or free")
+    steps = 5 if quick else int(os.environ.get("POSEVLA_BENCH_PRETRAIN_STEPS", "12000" if free else "3000"))
     if not torch.cuda.is_available():
         torch.set_num_threads(1 if quick else min(2, os.cpu_count() or 1))
     out: dict = {}
@@ -184,7 +220,7 @@ def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if have_data_path:
             out.update(bench_data(Path(tmp) / "readers", 4 if quick else 100))
-            out.update(bench_grounding(Path(tmp) / "grounding", steps, quick, "cuda" if cuda else "cpu"))
+            out.update(bench_grounding(Path(tmp) / "grounding", steps, quick, "cuda" if cuda else "cpu", free))
     if cuda:
         config = Path(os.environ.get("POSEVLA_BENCH_FULL_CONFIG", REPO / "models" / "posevla_3b.yaml"))
         out.update(bench_cuda_step(config))

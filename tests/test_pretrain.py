@@ -296,6 +296,20 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
     assert r.returncode == 0 and "torchrun" in r.stdout and "--stage" in r.stdout
 
 
+def test_synthetic_focal_scale_zooms_and_bad_values_exit_2(tmp_path: Path) -> None:
+    """--focal-scale sets fx = fy = scale x width: the same scene seen 1.5/0.95 times larger (box 2D size)."""
+    wide, zoom = synthetic.default_intrinsics(160, 120), synthetic.default_intrinsics(160, 120, focal_scale=1.5)
+    assert wide.fx == pytest.approx(152.0) and zoom.fx == zoom.fy == pytest.approx(240.0)
+    a = synthetic.make_scene(np.random.default_rng(4), wide, max_objects=1, fixed_camera=True, max_yaw_deg=0.0)
+    b = synthetic.make_scene(np.random.default_rng(4), zoom, max_objects=1, fixed_camera=True, max_yaw_deg=0.0)
+    np.testing.assert_allclose(a.objects[0].box.centre, b.objects[0].box.centre)  # same scene
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.objects[0].box2d, b.objects[0].box2d
+    assert (bx1 - bx0) / (ax1 - ax0) == pytest.approx(1.5 / 0.95, rel=0.1)
+    r = subprocess.run([sys.executable, "-m", "posevla.pretrain.synthetic", "--out", str(tmp_path / "s"),
+                        "--focal-scale", "0"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == "posevla synthetic: --focal-scale 0.0 must be in [0.2, 5]", r.stderr
+
+
 def test_image_blind_baseline_answers_the_medoid_box() -> None:
     """The constant-answer baseline: the training box overlapping most others, scored like a model's answers."""
     from posevla.pretrain.evaluation import best_constant_answer, constant_answer_ap

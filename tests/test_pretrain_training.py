@@ -159,18 +159,22 @@ def test_tiny_model_learns_3d_grounding_on_generated_scenes(tmp_path: Path, one_
     assert after["ap"] >= AP15_STATED
 
 
-def test_benchmark_runs_end_to_end_on_cpu(monkeypatch, tmp_path: Path, one_thread) -> None:
+@pytest.mark.parametrize("placement", ["lattice", "free"])
+def test_benchmark_runs_end_to_end_on_cpu(monkeypatch, tmp_path: Path, one_thread, placement: str) -> None:
     import importlib.util
 
     monkeypatch.setenv("POSEVLA_BENCH_QUICK", "1")
+    monkeypatch.setenv("POSEVLA_BENCH_PRETRAIN_PLACEMENT", placement)
     monkeypatch.setenv("OUT", str(tmp_path))
     spec = importlib.util.spec_from_file_location("bench_pretrain", REPO / "benchmarks" / "bench_pretrain.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = bench.main()
     for key in ("iou_us_per_pair", "omni3d_view_ms_per_image", "bop_view_ms_per_image", "ap15_untrained",
-                "ap15_pretrained", "bins32_worst_case_mm"):
+                "ap15_pretrained", "bins32_worst_case_mm", "ap15_image_blind"):
         assert key in out
+    assert out["grounding_placement"] == ("free" if placement == "free" else "lattice 3x3")
+    assert 0.0 <= out["ap15_image_blind"] <= 100.0
     assert (tmp_path / "bench_pretrain.json").is_file()
 
 

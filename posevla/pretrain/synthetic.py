@@ -77,8 +77,10 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0,
     return se3.make_T(np.stack([x, y, z], axis=1), eye)
 
 
-def default_intrinsics(width: int = 160, height: int = 120) -> CameraIntrinsics:
-    f = 0.95 * width
+def default_intrinsics(width: int = 160, height: int = 120, focal_scale: float = 0.95) -> CameraIntrinsics:
+    """Pinhole intrinsics with fx = fy = focal_scale x width (0.95: a ~55 deg wide view, the head camera's
+    field at 0.6 m covers the table; 1.5: zoomed onto the +-0.16 m placement area)."""
+    f = focal_scale * width
     return CameraIntrinsics(f, f, (width - 1) / 2 + 1.5, (height - 1) / 2 - 1.0, width, height)
 
 
@@ -263,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=160, help="image width in pixels")
     p.add_argument("--height", type=int, default=120, help="image height in pixels")
+    p.add_argument("--focal-scale", type=float, default=0.95,
+                   help="focal length in image widths (fx = fy); 1.5 zooms onto the placement area")
     p.add_argument("--max-objects", type=int, default=3, help="boxes per image: 1..max")
     p.add_argument("--fixed-camera", action="store_true", help="one camera pose for every image (else random)")
     p.add_argument("--grid", type=int, default=0, help="n > 0: boxes on an n x n lattice, yaw 0 (else anywhere)")
@@ -272,10 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.images < 1 or args.width < 16 or args.height < 16 or args.max_objects < 1 or args.grid < 0:
         print("posevla synthetic: --images and --max-objects must be >= 1, --grid >= 0, --width/--height >= 16", file=sys.stderr)
         return 2
+    if not 0.2 <= args.focal_scale <= 5.0:
+        print(f"posevla synthetic: --focal-scale {args.focal_scale} must be in [0.2, 5]", file=sys.stderr)
+        return 2
     if not (0 <= args.max_yaw_deg <= 180 and 1 <= args.categories <= len(MODELS)):
         print(f"posevla synthetic: --max-yaw-deg must be in [0, 180] and --categories in 1..{len(MODELS)}", file=sys.stderr)
         return 2
-    info = write_dataset(args.out, args.images, args.split, args.seed, default_intrinsics(args.width, args.height),
+    info = write_dataset(args.out, args.images, args.split, args.seed, default_intrinsics(args.width, args.height, args.focal_scale),
                          args.max_objects, args.fixed_camera, args.grid, args.max_yaw_deg, args.categories)
     print(f"wrote {args.images} images: {info['omni3d_json']} and {info['bop_root']}/{args.split}")
     return 0
