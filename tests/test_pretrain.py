@@ -305,6 +305,7 @@ def test_synthetic_focal_scale_zooms_and_bad_values_exit_2(tmp_path: Path) -> No
     np.testing.assert_allclose(a.objects[0].box.centre, b.objects[0].box.centre)  # same scene
     (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.objects[0].box2d, b.objects[0].box2d
     assert (bx1 - bx0) / (ax1 - ax0) == pytest.approx(1.5 / 0.95, rel=0.1)
+    assert (by1 - by0) / (ay1 - ay0) == pytest.approx(1.5 / 0.95, rel=0.1)
     r = subprocess.run([sys.executable, "-m", "posevla.pretrain.synthetic", "--out", str(tmp_path / "s"),
                         "--focal-scale", "0"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == "posevla synthetic: --focal-scale 0.0 must be in [0.2, 5]", r.stderr
