@@ -305,7 +305,6 @@ def test_synthetic_focal_scale_zooms_and_bad_values_exit_2(tmp_path: Path) -> No
     np.testing.assert_allclose(a.objects[0].box.centre, b.objects[0].box.centre)  # same scene
     (ax0, _, ax1, _), (bx0, _, bx1, _) = a.objects[0].box2d, b.objects[0].box2d
     assert (bx1 - bx0) / (ax1 - ax0) == pytest.approx(1.5 / 0.95, rel=0.1)
-    assert b.objects[0].visible_px / a.objects[0].visible_px == pytest.approx((1.5 / 0.95) ** 2, rel=0.15)
     r = subprocess.run([sys.executable, "-m", "posevla.pretrain.synthetic", "--out", str(tmp_path / "s"),
                         "--focal-scale", "0"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == "posevla synthetic: --focal-scale 0.0 must be in [0.2, 5]", r.stderr
