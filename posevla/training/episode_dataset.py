@@ -85,6 +85,33 @@ def find_episodes(paths: list[str | Path], include_failed: bool = False) -> list
     return out
 
 
+def read_exclude_segments(path: str | Path, episodes: list[Path]) -> dict[Path, list[tuple[float, float]]]:
+    """A YAML/JSON mapping `episode file -> [[t0_s, t1_s], ...]` (seconds from the episode's first robot stamp;
+    relative paths are relative to the file) of intervals where no training sample starts. Every named episode
+    must be one of `episodes` and every interval must have 0 <= t0 < t1."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"--exclude-segments {path}: cannot be read: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"--exclude-segments {path}: expected a mapping of episode file -> [[t0_s, t1_s], ...]")
+    known = {p.resolve() for p in episodes}
+    out: dict[Path, list[tuple[float, float]]] = {}
+    for name, segs in raw.items():
+        ep = Path(name) if Path(name).is_absolute() else path.parent / name
+        if ep.resolve() not in known:
+            raise ValueError(f"--exclude-segments {path}: {name} is not one of the training episodes")
+        try:
+            pairs = [(float(a), float(b)) for a, b in segs]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"--exclude-segments {path}: {name}: expected [[t0_s, t1_s], ...]") from exc
+        if not all(0 <= a < b for a, b in pairs):
+            raise ValueError(f"--exclude-segments {path}: {name}: every interval needs 0 <= t0 < t1")
+        out[ep.resolve()] = pairs
+    return out
+
+
 def split_episodes(episodes: list[Path], val_episodes: int) -> tuple[list[Path], list[Path]]:
     """(training, held-out) episodes: the held-out ones are every k-th episode (k = n // val_episodes), so they
     spread over the recording sessions; never a frame-level split (neighbouring frames are near-duplicates)."""
@@ -128,8 +155,14 @@ class _Episode:
 class EpisodeChunkDataset:
     """Indexable training samples over several episodes (one per frame, every `stride` frames)."""
 
-    def __init__(self, episodes: list[str | Path], cfg: PoseVLAConfig, stride: int = 1) -> None:
+    def __init__(self, episodes: list[str | Path], cfg: PoseVLAConfig, stride: int = 1,
+                 exclude_s: dict[Path, list[tuple[float, float]]] | None = None) -> None:
+        """exclude_s: per episode file (resolved path), [t0, t1) intervals in seconds from its first robot stamp
+        where no sample starts (see `read_exclude_segments`): e.g. a deliberately wrong approach whose chunks would
+        teach the error, while the frames after it still teach the correction."""
         self.cfg, self.stride = cfg, stride
+        self.excluded_samples = 0
+        exclude_s = {Path(k).resolve(): v for k, v in (exclude_s or {}).items()}
         self.inputs, self.outputs = XTrainerInputs(cfg), XTrainerOutputs(cfg)
         self._episodes: list[_Episode] = []
         self.index: list[tuple[int, int]] = []
@@ -167,7 +200,14 @@ class EpisodeChunkDataset:
                                                str(ep.meta.get("instruction", "")),
                                                ep.camera_stamps(cfg.reference_view), robot_stamps.astype(np.int64),
                                                tcp_T))
-                self.index += [(e, t) for t in range(0, ep.num_frames, stride)]
+                starts = list(range(0, ep.num_frames, stride))
+                segments = exclude_s.get(path.resolve(), [])
+                if segments:
+                    t_s = np.maximum((ep.camera_stamps(cfg.reference_view) - int(robot_stamps[0])) * 1e-9, 0.0)
+                    keep = [t for t in starts if not any(a <= t_s[t] < b for a, b in segments)]
+                    self.excluded_samples += len(starts) - len(keep)
+                    starts = keep
+                self.index += [(e, t) for t in starts]
 
     def __len__(self) -> int:
         return len(self.index)

@@ -59,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", help="episode files or task folders (required unless --plan)")
     p.add_argument("--include-failed", action="store_true",
                    help="also train on episodes marked failed found in --data folders (default: left out)")
+    p.add_argument("--exclude-segments", type=Path,
+                   help="YAML: episode file -> [[t0_s, t1_s], ...] where no sample starts (e.g. a deliberate error "
+                        "in a recovery demonstration; the correction after it is still learned)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--config", type=Path, default=default_path("models", "tiny.yaml"),
                      help="model config (random init; default: %(default)s)")
@@ -241,7 +244,12 @@ def train(args: argparse.Namespace) -> dict:
     from posevla.model.normalization import NormStats
     from posevla.training import options as opts
     from posevla.training import resume as rs
-    from posevla.training.episode_dataset import EpisodeChunkDataset, find_episodes, split_episodes
+    from posevla.training.episode_dataset import (
+        EpisodeChunkDataset,
+        find_episodes,
+        read_exclude_segments,
+        split_episodes,
+    )
     from posevla.training.evaluate import evaluate, save_evaluation, summary_line
     from posevla.training.loader import BatchBuilder, EpochBatchOrder, ThroughputMeter, make_loader
 
@@ -281,7 +289,11 @@ def train(args: argparse.Namespace) -> dict:
     episodes = find_episodes(args.data, include_failed=args.include_failed)
     n_val = args.val_episodes if args.val_episodes >= 0 else (max(1, len(episodes) // 10) if len(episodes) >= 2 else 0)
     train_eps, val_eps = split_episodes(episodes, n_val)
-    data = EpisodeChunkDataset(train_eps, cfg, stride=args.stride)
+    exclude = read_exclude_segments(args.exclude_segments, episodes) if args.exclude_segments else None
+    data = EpisodeChunkDataset(train_eps, cfg, stride=args.stride, exclude_s=exclude)
+    if exclude:
+        print(f"[train] --exclude-segments: {data.excluded_samples} sample start(s) left out in {len(exclude)} "
+              f"episode(s)", flush=True)
     val_data = EpisodeChunkDataset(val_eps, cfg, stride=args.stride) if val_eps else None
     if len(data) < args.batch_size:
         raise ValueError(f"{len(data)} samples in {len(train_eps)} episode(s), fewer than --batch-size {args.batch_size}")
