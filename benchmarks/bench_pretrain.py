@@ -5,9 +5,10 @@ AP15 on held-out generated scenes before and after pre-training; on CUDA also th
     OUT=/tmp/out python benchmarks/bench_pretrain.py    # also writes $OUT/bench_pretrain.json
 
 Environment: POSEVLA_BENCH_PRETRAIN_PLACEMENT (lattice: boxes on a 3 x 3 lattice, the default; free: the red box
-anywhere, zoomed head camera, 4000 training scenes, 12000 steps by default -- held-out boxes stand where no training
-box did, and the image-blind constant answer is printed beside the model), POSEVLA_BENCH_PRETRAIN_STEPS (training
-steps of the tiny run), POSEVLA_BENCH_QUICK=1 (a
+anywhere, zoomed head camera, 4000 training scenes, 6000 steps then 3000 more from that checkpoint -- held-out
+boxes stand where no training box did, and the image-blind constant answer is printed beside the model),
+POSEVLA_BENCH_PRETRAIN_STEPS (steps of the tiny run's first schedule), POSEVLA_BENCH_PRETRAIN_STEPS2 (steps of a
+second schedule from its checkpoint at lr 5e-4; default 3000 with free placement, else 0), POSEVLA_BENCH_QUICK=1 (a
 seconds-long smoke run, used by the tests), POSEVLA_BENCH_FULL_CONFIG (model config of the CUDA step timing,
 default models/posevla_3b.yaml). The data path needs OpenCV and h5py; where they are missing (a bare GPU box)
 those parts are reported as skipped and the CUDA timing uses in-memory samples.
@@ -108,9 +109,10 @@ def image_blind_ap(root: Path, max_train_boxes: int = 400) -> float:
     return float(constant_answer_ap(best_constant_answer(boxes), samples)["ap"])
 
 
-def bench_grounding(root: Path, steps: int, quick: bool, device: str, free: bool = False) -> dict:
+def bench_grounding(root: Path, steps: int, quick: bool, device: str, free: bool = False, steps2: int = 0) -> dict:
     """Tiny model: AP15 on held-out generated scenes without pre-training and after `steps` steps; `free`: boxes
-    placed anywhere (held-out boxes stand where no training box did), else on a 3 x 3 lattice."""
+    placed anywhere (held-out boxes stand where no training box did), else on a 3 x 3 lattice; `steps2` > 0: a
+    second cosine schedule of that many steps from the first one's checkpoint (lr 5e-4)."""
     from posevla.model.pose_tokens import PoseTokenizer
     from posevla.pretrain import train as pretrain_cli
     from posevla.pretrain.mixture import fit_values, read_mixture
@@ -138,7 +140,19 @@ def bench_grounding(root: Path, steps: int, quick: bool, device: str, free: bool
         "--weight-decay", "0", "--modality-dropout", "0"]))
     train_s = time.perf_counter() - t0
     res = after["eval"][-1]
-    return {"grounding_placement": "free" if free else "lattice 3x3", "ap15_image_blind": image_blind_ap(root),
+    out = {}
+    if steps2 > 0:  # a second schedule from the first one's checkpoint (warm restart at half the peak lr)
+        first = res
+        t1 = time.perf_counter()
+        after = pretrain_cli.pretrain(p.parse_args([
+            "--stage", "grounding", "--init", str(root / "run" / "checkpoint"), *common[6:],
+            "--data", str(root / "train.yaml"), "--out", str(root / "run2"), "--steps", str(steps2),
+            "--batch-size", "8", "--lr", "5e-4", "--min-lr", "2.5e-5", "--warmup", str(min(100, steps2)),
+            "--weight-decay", "0", "--modality-dropout", "0"]))
+        res = after["eval"][-1]
+        out = {"ap15_after_first_schedule": first["ap"], "grounding_steps_second_schedule": steps2,
+               "grounding_second_schedule_s": time.perf_counter() - t1}
+    return {**out, "grounding_placement": "free" if free else "lattice 3x3", "ap15_image_blind": image_blind_ap(root),
             "grounding_steps": steps, "grounding_train_s": train_s, "grounding_step_ms": train_s / steps * 1e3,
             "ap15_untrained": before["ap"], "ap15_pretrained": res["ap"], "ap15_questions": res["questions"],
             "decode_after": res["decode"], "loss_first10": float(np.mean([r["loss"] for r in after["log"][:10]])),
@@ -204,7 +218,8 @@ def main() -> dict:
     free = os.environ.get("POSEVLA_BENCH_PRETRAIN_PLACEMENT", "lattice") == "free"
     if os.environ.get("POSEVLA_BENCH_PRETRAIN_PLACEMENT", "lattice") not in ("lattice", "free"):
         raise SystemExit("POSEVLA_BENCH_PRETRAIN_PLACEMENT must be lattice or free")
-    steps = 5 if quick else int(os.environ.get("POSEVLA_BENCH_PRETRAIN_STEPS", "12000" if free else "3000"))
+    steps = 5 if quick else int(os.environ.get("POSEVLA_BENCH_PRETRAIN_STEPS", "6000" if free else "3000"))
+    steps2 = (3 if free else 0) if quick else int(os.environ.get("POSEVLA_BENCH_PRETRAIN_STEPS2", "3000" if free else "0"))
     if not torch.cuda.is_available():
         torch.set_num_threads(1 if quick else min(2, os.cpu_count() or 1))
     out: dict = {}
@@ -220,7 +235,7 @@ def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if have_data_path:
             out.update(bench_data(Path(tmp) / "readers", 4 if quick else 100))
-            out.update(bench_grounding(Path(tmp) / "grounding", steps, quick, "cuda" if cuda else "cpu", free))
+            out.update(bench_grounding(Path(tmp) / "grounding", steps, quick, "cuda" if cuda else "cpu", free, steps2))
     if cuda:
         config = Path(os.environ.get("POSEVLA_BENCH_FULL_CONFIG", REPO / "models" / "posevla_3b.yaml"))
         out.update(bench_cuda_step(config))
