@@ -5,10 +5,10 @@ AP15 on held-out generated scenes before and after pre-training; on CUDA also th
     OUT=/tmp/out python benchmarks/bench_pretrain.py    # also writes $OUT/bench_pretrain.json
 
 Environment: POSEVLA_BENCH_PRETRAIN_PLACEMENT (lattice: boxes on a 3 x 3 lattice, the default; free: the red box
-anywhere, zoomed head camera, 4000 training scenes, 6000 steps then 3000 more from that checkpoint -- held-out
+anywhere, zoomed head camera, 4000 training scenes, 12000 steps then 6000 more from that checkpoint -- held-out
 boxes stand where no training box did, and the image-blind constant answer is printed beside the model),
 POSEVLA_BENCH_PRETRAIN_STEPS (steps of the tiny run's first schedule), POSEVLA_BENCH_PRETRAIN_STEPS2 (steps of a
-second schedule from its checkpoint at lr 5e-4; default 3000 with free placement, else 0), POSEVLA_BENCH_QUICK=1 (a
+second schedule from its checkpoint at lr 5e-4; default 6000 with free placement, else 0), POSEVLA_BENCH_QUICK=1 (a
 seconds-long smoke run, used by the tests), POSEVLA_BENCH_FULL_CONFIG (model config of the CUDA step timing,
 default models/posevla_3b.yaml). The data path needs OpenCV and h5py; where they are missing (a bare GPU box)
 those parts are reported as skipped and the CUDA timing uses in-memory samples.
@@ -218,8 +218,8 @@ def main() -> dict:
     free = os.environ.get("POSEVLA_BENCH_PRETRAIN_PLACEMENT", "lattice") == "free"
     if os.environ.get("POSEVLA_BENCH_PRETRAIN_PLACEMENT", "lattice") not in ("lattice", "free"):
         raise SystemExit("POSEVLA_BENCH_PRETRAIN_PLACEMENT must be lattice or free")
-    steps = 5 if quick else int(os.environ.get("POSEVLA_BENCH_PRETRAIN_STEPS", "6000" if free else "3000"))
-    steps2 = (3 if free else 0) if quick else int(os.environ.get("POSEVLA_BENCH_PRETRAIN_STEPS2", "3000" if free else "0"))
+    steps = 5 if quick else int(os.environ.get("POSEVLA_BENCH_PRETRAIN_STEPS", "12000" if free else "3000"))
+    steps2 = (3 if free else 0) if quick else int(os.environ.get("POSEVLA_BENCH_PRETRAIN_STEPS2", "6000" if free else "0"))
     if not torch.cuda.is_available():
         torch.set_num_threads(1 if quick else min(2, os.cpu_count() or 1))
     out: dict = {}
