@@ -99,3 +99,41 @@ def test_builder_refuses_stale_spread_inconsistent_and_future_frames() -> None:
     with pytest.raises(StaleObservation, match="left_wrist camera pose"):
         b.build({"left_wrist": _frame("left_wrist", 1_000 * MS, intr)}, None, "x", now_ns=1_010 * MS)
     assert sum(b.refusals.values()) == 5
+
+
+def test_view_crop_keeps_geometry_exact_and_only_crops_its_view() -> None:
+    """A region of interest (model config view_crops) enlarges that region in the model image; a marked pixel
+    lands where the model intrinsics project its 3D point, the raymap there is its ray, other views stay whole."""
+    from posevla.model.config import PoseVLAConfig
+
+    intr = CameraIntrinsics(139.0, 139.0, 79.5, 59.5, 160, 120)
+    region = [0.0875, 0.0833, 0.4125, 0.5167]  # 52 x 52 px of 160 x 120, as models/closed_loop_roi.yaml
+    calibs = load_calibrations(REPO / "calibration")
+    hist = PoseHistory()
+    hist.add(900 * MS, se3.T_from_xyz_rpy([0.4, 0.3, 0.3], [np.pi, 0, 0]))
+    hist.add(1_100 * MS, se3.T_from_xyz_rpy([0.4, 0.3, 0.3], [np.pi, 0, 0]))
+    b = ObservationBuilder(BuilderConfig(image_size=168, max_age_s=0.3, slop_s=0.02, crops={"head": region}),
+                           CameraToBase(calibs, {"left": hist, "right": PoseHistory()}))
+    p = np.array([-0.22, -0.10, 1.0])  # a point inside the region (optical frame, m)
+    u, v = project(p, intr)
+    head, wrist = _frame("head", 1_000 * MS, intr), _frame("left_wrist", 1_000 * MS, intr)
+    head.rgb[int(round(v)), int(round(u))] = (255, 0, 0)
+    head.depth[int(round(v)), int(round(u))] = 0.5
+    obs = b.build({"head": head, "left_wrist": wrist}, None, "pick", now_ns=1_010 * MS)
+    vh, vw = obs.views["head"], obs.views["left_wrist"]
+    assert vh.intrinsics.fx == pytest.approx(139.0 * 168 / 52) and vh.intrinsics.width == 168
+    assert vw.intrinsics.fx == pytest.approx(139.0 * 168 / 160)  # not cropped: resize with pad
+    um, vm = project(p, vh.intrinsics)
+    A = vh.intrinsics.K @ intr.K_inv  # source pixel -> model pixel (crop and resize are affine)
+    mark = A @ [round(u), round(v), 1.0]  # the marked source pixel's centre
+    red = np.argwhere(vh.rgb[..., 0] > 40)
+    assert red.size and np.abs(red.mean(0) - mark[1::-1]).max() < 0.6  # the mark, ~3.2 model px wide, centred there
+    assert np.abs(mark[:2] - [um, vm]).max() < 0.5 * 168 / 52 + 1e-9  # within half a source pixel of the point
+    ray = vh.raymap[int(round(vm)), int(round(um))]
+    assert np.allclose(ray[:2], p[:2] / p[2], atol=1.0 / vh.intrinsics.fx)
+    near = np.argwhere(vh.depth_prior[..., 0] > 0)  # nearest-neighbour depth: the 0.5 m pixel is there too
+    assert near.size
+    with pytest.raises(ValueError, match="view_crops"):
+        PoseVLAConfig(views=("head",), view_crops={"left_wrist": region})
+    with pytest.raises(ValueError, match="view_crops"):
+        PoseVLAConfig(views=("head",), view_crops={"head": [0.5, 0.0, 0.4, 1.0]})

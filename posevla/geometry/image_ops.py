@@ -103,6 +103,21 @@ def plan_resize_with_pad(src_w: int, src_h: int, out_w: int, out_h: int) -> View
     return ViewTransform(src_w, src_h, (0, 0, src_w, src_h), rw, rh, (pw // 2, ph // 2, pw - pw // 2, ph - ph // 2))
 
 
+def plan_region_resize_with_pad(src_w: int, src_h: int, region: tuple[float, float, float, float], out_w: int,
+                                out_h: int) -> ViewTransform:
+    """Crop the region [x0, y0, x1, y1] (fractions of the image width and height, rounded to whole pixels), scale
+    it to fit out_w x out_h with its aspect ratio kept, pad (centred) the rest."""
+    x0, y0, x1, y1 = region
+    if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+        raise ValueError(f"crop region {list(region)} must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+    px0, py0 = int(round(x0 * src_w)), int(round(y0 * src_h))
+    cw, ch = max(1, int(round(x1 * src_w)) - px0), max(1, int(round(y1 * src_h)) - py0)
+    scale = min(out_w / cw, out_h / ch)
+    rw, rh = max(1, min(out_w, round(cw * scale))), max(1, min(out_h, round(ch * scale)))
+    pw, ph = out_w - rw, out_h - rh
+    return ViewTransform(src_w, src_h, (px0, py0, cw, ch), rw, rh, (pw // 2, ph // 2, pw - pw // 2, ph - ph // 2))
+
+
 def plan_center_crop_resize(src_w: int, src_h: int, out_w: int, out_h: int) -> ViewTransform:
     """Crop the largest centred region with the output's aspect ratio, then resize it to out_w x out_h."""
     scale = min(src_w / out_w, src_h / out_h)

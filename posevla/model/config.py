@@ -14,6 +14,15 @@ FUSION_POINTS = ("siglip_output",)
 MODALITIES = ("rgb", "rgb+ray", "rgb+depth", "full")
 
 
+def _valid_crop(c: Any) -> bool:
+    """[x0, y0, x1, y1] fractions with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in c)
+    except (TypeError, ValueError):
+        return False
+    return 0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0
+
+
 @dataclass
 class PoseVLAConfig:
     """Sizes of the SigLIP vision tower, the Gemma language model and the action expert, plus I/O layout.
@@ -40,6 +49,11 @@ class PoseVLAConfig:
     # the actions must also be read from the images; the state is always shown at inference
     ntp_weight: float = 1.0
     flow_weight: float = 1.0
+    # region of interest per view: [x0, y0, x1, y1] as fractions of the camera image's width and height; that
+    # region (not the whole image) is resized with padding to image_size, intrinsics updated exactly (so raymaps,
+    # depth and the camera frame of the actions stay exact). Empty: every view whole. Same in training and on the
+    # robot (the observation builder reads it from here).
+    view_crops: dict[str, list[float]] = field(default_factory=dict)
     vision: dict[str, Any] = field(default_factory=lambda: {
         "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16})
     text: dict[str, Any] = field(default_factory=lambda: {
@@ -62,6 +76,8 @@ class PoseVLAConfig:
             "p_drop_depth": 0 <= self.p_drop_depth <= 1,
             "state_input": isinstance(self.state_input, bool),
             "p_drop_state": 0 <= self.p_drop_state <= 1,
+            "view_crops": isinstance(self.view_crops, dict) and all(
+                v in self.views and _valid_crop(c) for v, c in self.view_crops.items()),
         }
         for name, ok in checks.items():
             if not ok:

@@ -9,13 +9,13 @@ observation older than `max_age_s`, or whose views are further apart than `slop_
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from posevla.calibration.transforms import CameraToBase
 from posevla.geometry.depth import depth_prior
-from posevla.geometry.image_ops import ViewTransform, plan
+from posevla.geometry.image_ops import ViewTransform, plan, plan_region_resize_with_pad
 from posevla.geometry.raymap import raymap
 from posevla.types import CameraFrame, ModelView, Observation, RobotState
 
@@ -33,21 +33,26 @@ class BuilderConfig:
     max_age_s: float = 0.5
     slop_s: float = 0.05
     reference_view: str = "head"
+    crops: dict[str, list[float]] = field(default_factory=dict)  # view -> [x0, y0, x1, y1] fractions (model config)
 
 
 class ObservationBuilder:
     def __init__(self, cfg: BuilderConfig, camera_to_base: CameraToBase | None = None) -> None:
         self.cfg = cfg
         self.camera_to_base = camera_to_base
-        self._plans: dict[tuple[int, int], ViewTransform] = {}
+        self._plans: dict[tuple[str, int, int], ViewTransform] = {}
         self.refusals: Counter[str] = Counter()
         self.built = 0
         self.invalid_depth_pixels: Counter[str] = Counter()
 
-    def _plan(self, w: int, h: int) -> ViewTransform:
-        vt = self._plans.get((w, h))
+    def _plan(self, name: str, w: int, h: int) -> ViewTransform:
+        vt = self._plans.get((name, w, h))
         if vt is None:
-            vt = self._plans[(w, h)] = plan(self.cfg.resize_mode, w, h, self.cfg.image_size, self.cfg.image_size)
+            size = self.cfg.image_size
+            region = self.cfg.crops.get(name)
+            vt = (plan_region_resize_with_pad(w, h, tuple(region), size, size) if region is not None
+                  else plan(self.cfg.resize_mode, w, h, size, size))
+            self._plans[(name, w, h)] = vt
         return vt
 
     def view(self, frame: CameraFrame) -> ModelView:
@@ -61,7 +66,7 @@ class ObservationBuilder:
                 intr.check_image(frame.depth.shape, f"{frame.name} depth image")
         except ValueError as exc:
             raise StaleObservation(str(exc)) from exc
-        vt = self._plan(intr.width, intr.height)
+        vt = self._plan(frame.name, intr.width, intr.height)
         model_intr = vt.apply_intrinsics(intr)
         prior = None
         if frame.depth is not None:

@@ -97,7 +97,8 @@ class DirectRollout:
         world.step(int(round(cfg.settle_s / world.model.opt.timestep)))
         histories = {a: PoseHistory(max_len=4000, tolerance_ns=10**9) for a in world.arms}
         builder = ObservationBuilder(BuilderConfig(image_size=self.policy.config.image_size, max_age_s=1e9, slop_s=1e9,
-                                                   reference_view=self.policy.config.reference_view),
+                                                   reference_view=self.policy.config.reference_view,
+                                                   crops=dict(self.policy.config.view_crops)),
                                      CameraToBase(self.calibs, histories))
         to_base = CameraToBase(self.exec_calibs, histories)
         executor = ChunkExecutor(self.executor_cfg, self.limits)

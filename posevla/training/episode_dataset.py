@@ -193,7 +193,8 @@ class EpisodeChunkDataset:
                     goals[arm] = _gripper_goals(robot_stamps, qpos[:, k * 7 + 6],
                                                 action[:, k * 7 + 6])
                 builder = ObservationBuilder(BuilderConfig(image_size=cfg.image_size, max_age_s=1e9, slop_s=1e9,
-                                                           reference_view=cfg.reference_view),
+                                                           reference_view=cfg.reference_view,
+                                                           crops=dict(cfg.view_crops)),
                                              CameraToBase(episode_calibrations(ep), histories))
                 e = len(self._episodes)
                 self._episodes.append(_Episode(path, ep.num_frames, histories, grippers, goals, builder,

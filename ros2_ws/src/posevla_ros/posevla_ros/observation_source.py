@@ -31,7 +31,8 @@ from posevla_ros.params import declare_checked
 
 class ObservationSource:
     def __init__(self, node: Node, views: list[str], image_size: int,
-                 callback: Callable[[Observation], None], need_state: bool = True) -> None:
+                 callback: Callable[[Observation], None], need_state: bool = True,
+                 crops: dict[str, list[float]] | None = None) -> None:
         p = declare_checked(node, {
             "cameras": ([""], "cameras to use (default: all the model's views); e.g. [head, left_wrist]", None),
             "slop_s": (0.03, "max stamp difference between the views of one observation (s)", (0.001, 1.0)),
@@ -52,7 +53,8 @@ class ObservationSource:
         self.histories = {arm: PoseHistory(tolerance_ns=100_000_000) for arm in ARM_NAMES}
         self.builder = ObservationBuilder(
             BuilderConfig(image_size=image_size, resize_mode=p["resize_mode"], min_depth_m=p["min_depth_m"],
-                          max_depth_m=p["max_depth_m"], max_age_s=p["max_age_s"], slop_s=p["slop_s"]),
+                          max_depth_m=p["max_depth_m"], max_age_s=p["max_age_s"], slop_s=p["slop_s"],
+                          crops=dict(crops or {})),
             CameraToBase(load_calibrations(calib_dir), self.histories) if need_state else None)
         self.sync = make_synchronizer([(c, k) for c in cams for k in ("color", "depth")], p["slop_s"],
                                       p["queue_size"], self._on_set)

@@ -101,7 +101,8 @@ class PolicyNode(Node):
 
         self.source = ObservationSource(self, views=list(self.policy.config.views),
                                         image_size=self.policy.config.image_size,
-                                        callback=self._on_observation)
+                                        callback=self._on_observation,
+                                        crops=dict(self.policy.config.view_crops))
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
 
     # ------------------------------------------------------------------ callbacks
