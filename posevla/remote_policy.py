@@ -257,10 +257,12 @@ class ServerInfo:
     device: str
     checkpoint: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    view_crops: dict[str, list[float]] = field(default_factory=dict)  # the model config's regions of interest
 
     def to_header(self) -> dict[str, Any]:
         return {"type": "info", "version": VERSION, "views": self.views, "image_size": self.image_size,
-                "engine": self.engine, "device": self.device, "checkpoint": self.checkpoint}
+                "engine": self.engine, "device": self.device, "checkpoint": self.checkpoint,
+                "view_crops": self.view_crops}
 
 
 class PolicyServer:
@@ -458,15 +460,22 @@ class PolicyClient:
 
 # ------------------------------------------------------------------------------------------- engine adapter
 class _RemoteConfig:
-    def __init__(self, views: list[str], image_size: int) -> None:
+    def __init__(self, views: list[str], image_size: int, view_crops: dict[str, list[float]] | None = None) -> None:
         self.views, self.image_size = views, image_size
+        self.view_crops = dict(view_crops or {})
+        from posevla.model.config import _valid_crop
+
+        if not all(v in views and _valid_crop(c) for v, c in self.view_crops.items()):
+            raise ConnectionError(f"policy server info: view_crops {self.view_crops} must map the served views "
+                                  f"{views} to [x0, y0, x1, y1] fractions")
 
 
 class _RemotePolicy:
-    """What the policy node reads from `policy`: config.views, config.image_size, device."""
+    """What the policy node reads from `policy`: config.views, config.image_size, config.view_crops, device."""
 
     def __init__(self, client: PolicyClient) -> None:
-        self.config = _RemoteConfig(list(client.info["views"]), int(client.info["image_size"]))
+        self.config = _RemoteConfig(list(client.info["views"]), int(client.info["image_size"]),
+                                    client.info.get("view_crops") or {})
         self.device = f"remote {client.host}:{client.port} ({client.info.get('engine')} on {client.info.get('device')})"
 
 
@@ -550,7 +559,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_warmup:
         print(f"[serve-policy] warm-up {engine.warmup():.2f} s", flush=True)
     info = ServerInfo(list(policy.config.views), int(policy.config.image_size), args.engine, str(policy.device),
-                      str(args.checkpoint))
+                      str(args.checkpoint), view_crops=dict(policy.config.view_crops))
     try:
         server = PolicyServer(lambda obs, m, s: engine.predict(obs, modalities=m, noise_seed=s), info, args.host,
                               args.port)

@@ -249,7 +249,7 @@ def test_policy_node_publishes_the_servers_chunk(fake_server, rclpy_context) -> 
     from posevla.geometry.intrinsics import CameraIntrinsics
 
     server, calls = fake_server
-    server.info = ServerInfo(["head"], 32, "fake", "cpu")
+    server.info = ServerInfo(["head"], 32, "fake", "cpu", view_crops={"head": [0.0, 0.0, 0.5, 0.75]})
     proc = _policy_node("-p", f"remote:=127.0.0.1:{server.port}", "-p", "instruction:=stack the cups",
                         "-p", "remote_timeout_s:=20.0", "-p", "max_age_s:=5.0")
     node = rclpy.create_node("remote_policy_probe", context=rclpy_context)
@@ -290,7 +290,8 @@ def test_policy_node_publishes_the_servers_chunk(fake_server, rclpy_context) -> 
     assert c.frame_id == "head_camera_color_optical_frame" and c.stamp_ns in sent
     assert calls and set(calls) == {"stack the cups"}
     np.testing.assert_allclose(c.arms["left"].T[:, 1, 3], len("stack the cups"))  # the fake server's mark
-    # mean of the model view the server received: 64x48 of grey 90 resized with padding to 32x32 -> 24 image rows
-    # of 32 (the rest black padding): 90 * 24 / 32
-    np.testing.assert_allclose(c.arms["left"].T[0, 0, 3], 90.0 * 24 / 32)
+    # mean of the model view the server received: the served model's region of interest (view_crops, sent in the
+    # server info), 32x36 px of the 64x48 grey-90 image, resized with padding to 32x32 -> 28 image columns of 32
+    # (the rest black padding): 90 * 28 / 32 (the whole image would give 90 * 24 / 32)
+    np.testing.assert_allclose(c.arms["left"].T[0, 0, 3], 90.0 * 28 / 32)
     assert hardware[0] == f"remote 127.0.0.1:{server.port} (fake on cpu)"

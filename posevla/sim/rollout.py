@@ -14,6 +14,7 @@ Units: metres, radians, seconds (stamps in integer ns of simulated time).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,18 +82,24 @@ class DirectRollout:
                 for a, arm in self.world.arms.items()}
         return RobotState(arms, stamp_ns)
 
-    def _frames(self, stamp_ns: int) -> dict[str, CameraFrame]:
+    def _frames(self, stamp_ns: int, views=None) -> dict[str, CameraFrame]:
         out = {}
-        for v in self.views:
+        for v in (self.views if views is None else views):
             rgb, depth = self.renderer.render(v)
             depth = np.round(depth * 1000.0).clip(0, 65535).astype(np.uint16).astype(np.float32) / 1000.0
             out[v] = CameraFrame(v, rgb, depth, self.renderer.intrinsics(v), stamp_ns, optical_frame(v))
         return out
 
-    def trial(self, seed: int, keep_frames: bool = False) -> TrialResult:
+    def trial(self, seed: int, keep_frames: bool = False, takeover_s: float | None = None,
+              record: Callable[[int, dict[str, CameraFrame], RobotState, np.ndarray], None] | None = None,
+              record_period_s: float = 0.1) -> TrialResult:
+        """One trial. takeover_s: from this trial time on, the scripted expert (`ScriptedPolicy(from_current=True)`)
+        drives instead of the policy, with a fresh executor (DAgger-style corrections from the states the policy
+        reached). record(stamp_ns, frames of every twin camera, robot state, command (14,)) every record_period_s."""
         cfg, world = self.cfg, self.world
-        if hasattr(self.policy, "reset"):
-            self.policy.reset()
+        policy = self.policy
+        if hasattr(policy, "reset"):
+            policy.reset()
         world.reset(seed)
         world.step(int(round(cfg.settle_s / world.model.opt.timestep)))
         histories = {a: PoseHistory(max_len=4000, tolerance_ns=10**9) for a in world.arms}
@@ -113,15 +120,29 @@ class DirectRollout:
         cube0 = world.cube_pose()[:3, 3].copy()
         travel, last_p, chunks, frames, trace = 0.0, None, 0, [], []
         min_grasp = float("inf")
-        end_ns = now_ns() + int(cfg.trial_s * 1e9)
+        start_ns = now_ns()
+        end_ns = start_ns + int(cfg.trial_s * 1e9)
+        takeover_ns = None if takeover_s is None else start_ns + int(takeover_s * 1e9)
+        next_record_ns = start_ns
         while now_ns() < end_ns:
             t = now_ns()
             for a in world.arms:
                 histories[a].add(t, world.T_base_tcp(a))
+            if takeover_ns is not None and t >= takeover_ns:
+                takeover_ns = None
+                policy = ScriptedPolicy(self.policy.config, self, from_current=True)
+                executor = ChunkExecutor(self.executor_cfg, self.limits)
+                pending.clear()
+                next_obs_ns = t
+            if record is not None and t >= next_record_ns:
+                q_cmd = np.concatenate([np.r_[world.arms[a].q_target, world.arms[a].gripper_target]
+                                        for a in ("left", "right")])
+                record(t, self._frames(t, self.renderer.camera_ids), self._state(t), q_cmd)
+                next_record_ns += int(record_period_s * 1e9)
             if t >= next_obs_ns:
                 cams = self._frames(t)
                 obs = builder.build(cams, self._state(t), world.task.instruction, t)
-                chunk = self.policy.predict(obs, modalities=cfg.modalities)
+                chunk = policy.predict(obs, modalities=cfg.modalities)
                 pending.append((t + int(cfg.latency_s * 1e9), to_base.chunk_to_base(chunk)))
                 chunks += 1
                 next_obs_ns = t + int(cfg.replan_s * 1e9)
@@ -169,11 +190,12 @@ class ScriptedPolicy:
     points `control_dt` apart, in the reference view's frame; the right arm holds its measured pose. A direct
     rollout of it must lift the cube: if not, the rollout (transform, executor, IK, physics) is broken."""
 
-    def __init__(self, config, rollout: DirectRollout) -> None:
+    def __init__(self, config, rollout: DirectRollout, from_current: bool = False) -> None:
         from posevla.sim.task import scripted_pick
 
         self.config, self.rollout = config, rollout
         self._scripted_pick = scripted_pick
+        self.from_current = from_current  # plan from the arm's current joints and the cube's current pose
         self._t0: int | None = None
         self._path = None
 
@@ -183,8 +205,20 @@ class ScriptedPolicy:
         world, arm = self.rollout.world, self.rollout.robot_task_arm
         if self._t0 is None or self._path is None or obs.stamp_ns < self._t0:
             self._t0 = obs.stamp_ns
-            self._path = self._scripted_pick(world.state, self.rollout.spec.T_base_armbase[arm],
-                                             self.rollout.kins[arm])
+            if self.from_current:
+                from scipy.spatial.transform import Rotation
+
+                from posevla.sim.task import TaskState, scripted_pick_from
+
+                T_cube = world.cube_pose()
+                yaw = float(Rotation.from_matrix(T_cube[:3, :3]).as_euler("zyx")[0])
+                here = TaskState(world.state.seed, (float(T_cube[0, 3]), float(T_cube[1, 3])), yaw)
+                a = world.arms[arm]
+                self._path = scripted_pick_from(here, a.q.copy(), float(a.gripper),
+                                                self.rollout.spec.T_base_armbase[arm], self.rollout.kins[arm])
+            else:
+                self._path = self._scripted_pick(world.state, self.rollout.spec.T_base_armbase[arm],
+                                                 self.rollout.kins[arm])
         n, dt = self.config.chunk_length, self.config.control_dt
         times = (obs.stamp_ns - self._t0) * 1e-9 + np.arange(n) * dt
         T_ref_base = se3.invert_T(obs.views[self.config.reference_view].T_base_cam)

@@ -164,9 +164,15 @@ def scripted_pick(state: TaskState, T_base_armbase: np.ndarray, kin: ArmKinemati
     phases = first + [(timing.descend, above, grasp, 1.0, 1.0),
               (timing.close, grasp, grasp, 1.0, 0.0), (timing.lift, grasp, lifted, 0.0, 0.0),
               (timing.hold, lifted, lifted, 0.0, 0.0)]
+    return _phases_to_path(phases, q_home, 1.0, T_base_armbase, kin, dt, f"seed {state.seed}")
+
+
+def _phases_to_path(phases: list, q_start: np.ndarray, g_start: float, T_base_armbase: np.ndarray,
+                    kin: ArmKinematics, dt: float, what: str) -> JointPath:
+    """(duration s, T_base_tcp from, to, gripper from, to) phases -> minimum-jerk joint path by seeded IK."""
     T_armbase_base = se3.invert_T(T_base_armbase)
-    qs, gs = [q_home], [1.0]
-    q = q_home
+    q = np.asarray(q_start, float)
+    qs, gs = [q], [float(g_start)]
     for duration, T0, T1, g0, g1 in phases:
         n = max(1, int(round(duration / dt)))
         for k in range(1, n + 1):
@@ -174,11 +180,40 @@ def scripted_pick(state: TaskState, T_base_armbase: np.ndarray, kin: ArmKinemati
             T = se3.slerp_T(T0, T1, s)
             q_new = kin.ik(T_armbase_base @ T, q)
             if q_new is None:
-                raise PathUnreachable(f"seed {state.seed}: no IK solution at TCP {np.round(T[:3, 3], 3).tolist()}")
+                raise PathUnreachable(f"{what}: no IK solution at TCP {np.round(T[:3, 3], 3).tolist()}")
             q = q_new
             qs.append(q)
             gs.append(g0 + (g1 - g0) * s)
     return JointPath(dt, np.array(qs), np.array(gs))
+
+
+def scripted_pick_from(state: TaskState, q_start: np.ndarray, gripper_start: float, T_base_armbase: np.ndarray,
+                       kin: ArmKinematics, timing: ScriptTiming = ScriptTiming(), dt: float = 0.05,
+                       max_speed: float = 0.15) -> JointPath:
+    """The expert's pick from wherever the arm is (a takeover, DAgger-style): open (rising 3 cm) if the gripper
+    is closed, a straight minimum-jerk move to the point above the cube (peak speed `max_speed` m/s), then the
+    scripted descent, close, lift and hold. `state` gives the cube's current (x, y) and yaw."""
+    T_now = T_base_armbase @ kin.fk(np.asarray(q_start, float))
+    T_home = T_base_armbase @ kin.fk(kin.home())
+    yaw_home = float(np.arctan2(T_home[1, 0], T_home[0, 0]))
+    R_grasp = Rotation.from_euler("z", grasp_yaw(state.cube_yaw, yaw_home) - yaw_home).as_matrix() @ T_home[:3, :3]
+    x, y = state.cube_xy
+    above = se3.make_T(R_grasp, [x, y, timing.grasp_tcp_z_m + timing.above_m])
+    grasp = se3.make_T(R_grasp, [x, y, timing.grasp_tcp_z_m])
+    lifted = se3.make_T(R_grasp, [x, y, timing.lift_tcp_z_m])
+    phases: list = []
+    T0 = T_now
+    if gripper_start < 0.9:
+        T_up = T_now.copy()
+        T_up[2, 3] += 0.03
+        phases.append((0.6, T_now, T_up, float(gripper_start), 1.0))
+        T0 = T_up
+    dist = float(np.linalg.norm(above[:3, 3] - T0[:3, 3]))
+    angle = float(se3.rotation_angle(T0[:3, :3].T @ above[:3, :3]))
+    phases += [(max(0.8, 1.875 * dist / max_speed, 1.875 * angle / 0.5), T0, above, 1.0, 1.0),
+               (timing.descend, above, grasp, 1.0, 1.0), (timing.close, grasp, grasp, 1.0, 0.0),
+               (timing.lift, grasp, lifted, 0.0, 0.0), (timing.hold, lifted, lifted, 0.0, 0.0)]
+    return _phases_to_path(phases, q_start, gripper_start, T_base_armbase, kin, dt, f"takeover seed {state.seed}")
 
 
 def scripted_return(q_from: np.ndarray, T_base_armbase: np.ndarray, kin: ArmKinematics, open_s: float = 0.6,
