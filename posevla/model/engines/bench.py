@@ -337,6 +337,8 @@ def pipeline_rows(policy, engine_name: str = "torch_graphs", views: int = 3, chu
             if runner.failed:
                 raise RuntimeError(f"{name}: {runner.failed} failed calls: {runner.last_error}")
             st = runner.stats()
+            # a chunk in flight when `done` was set may still arrive before close(): count exactly `chunks`
+            latency_ms, out_ns = latency_ms[:chunks + 3], out_ns[:chunks + 3]
             row = _fill(Row(name, views), first, latency_ms[3:])
             if pipelined:
                 row.first_s = None  # the warm-up is counted once, on the sequential row
