@@ -72,6 +72,20 @@ def test_gripper_targets_are_the_recorded_commands(episode: Path) -> None:
     data.close()
 
 
+def test_samples_decode_only_the_views_the_model_reads(episode: Path, monkeypatch) -> None:
+    """A model without the right wrist view never decodes that camera (a third of the decoding per sample)."""
+    cfg = PoseVLAConfig.from_dict({**yaml.safe_load((REPO / "models" / "tiny.yaml").read_text()),
+                                   "views": ["head", "left_wrist"]})
+    decoded: list[str] = []
+    real_rgb = EpisodeReader.rgb
+    monkeypatch.setattr(EpisodeReader, "rgb", lambda self, cam, i: decoded.append(cam) or real_rgb(self, cam, i))
+    data = EpisodeChunkDataset([episode], cfg)
+    s = data[5]
+    assert sorted(s.observation.views) == ["head", "left_wrist"]
+    assert sorted(decoded) == ["head", "left_wrist"]
+    data.close()
+
+
 def test_learning_rate_schedule() -> None:
     assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
     assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)

@@ -255,8 +255,8 @@ class EpisodeChunkDataset:
     def __getitem__(self, i: int) -> TrainingSample:
         e, t = self.index[i]
         ep = self._episodes[e]
-        frame = self._reader(e).frame(t)
-        cams = {n: c for n, c in frame.cameras.items() if n in self.cfg.views}
+        frame = self._reader(e).frame(t, cameras=self.cfg.views)  # the views the model does not read stay undecoded
+        cams = dict(frame.cameras)
         obs = ep.builder.build(cams, frame.state, ep.instruction, frame.stamp_ns)
         T_base_ref = self.inputs.reference_pose(obs)
         return TrainingSample(obs, actions=self.target(e, obs.stamp_ns, T_base_ref))
