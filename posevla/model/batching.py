@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from posevla.model.config import PoseVLAConfig
-from posevla.model.io_transforms import XTrainerInputs
+from posevla.model.io_transforms import XTrainerInputs, to_model_actions
 from posevla.model.normalization import NormStats
 from posevla.types import Observation
 
@@ -53,22 +53,28 @@ class Batcher:
         return ids
 
     def observation_arrays(self, observations: list[Observation]) -> dict[str, np.ndarray]:
+        return self._observation_arrays(observations)[0]
+
+    def _observation_arrays(self, observations: list[Observation]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Model arrays and the unnormalised states (batch, state_dim)."""
         per = [self.inputs(o) for o in observations]
         out = {k: np.stack([p[k] for p in per]) for k in per[0]}
+        raw_state = out["state"].astype(np.float64)
         out["state"] = self.norm.normalize_state(out["state"]).astype(np.float32)
         if not self.cfg.state_input:  # the normalised state's mean: the model cannot read the robot's pose
             out["state"][:] = 0.0
         prompts = [self.prompt_ids(o.instruction) for o in observations]
         out["prompt_ids"], out["prompt_mask"] = _pad(prompts, self.tokenizer.pad_token_id)
-        return out
+        return out, raw_state
 
     def collate(self, samples: list[TrainingSample]) -> dict[str, np.ndarray]:
-        out = self.observation_arrays([s.observation for s in samples])
+        out, raw_state = self._observation_arrays([s.observation for s in samples])
         if all(s.actions is not None for s in samples):
             acts = np.stack([np.asarray(s.actions, dtype=np.float64) for s in samples])
             if acts.shape[1:] != (self.cfg.chunk_length, self.cfg.action_dim):
                 raise ValueError(f"actions have shape {acts.shape[1:]}, expected "
                                  f"({self.cfg.chunk_length}, {self.cfg.action_dim})")
+            acts = to_model_actions(acts, raw_state, self.cfg)
             out["actions"] = self.norm.normalize_action(acts).astype(np.float32)
         if all(s.pose_text is not None for s in samples):
             rows, types, loss = [], [], []

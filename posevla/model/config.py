@@ -47,6 +47,10 @@ class PoseVLAConfig:
     # actions cannot be copied from proprioception (copycat): training and inference alike (model.batching)
     p_drop_state: float = 0.0  # training only: a sample's state is hidden (the data mean) with this probability, so
     # the actions must also be read from the images; the state is always shown at inference
+    relative_positions: bool = False  # True: each chunk point's position is predicted relative to the arm's
+    # current TCP position (the state, both in the reference frame): the model outputs the offset it must travel
+    # (what a wrist view shows), not where that is in the head camera; rotations and grippers stay absolute.
+    # Training targets, normalisation statistics and decoding alike (io_transforms.to/from_model_actions)
     ntp_weight: float = 1.0
     flow_weight: float = 1.0
     # region of interest per view: [x0, y0, x1, y1] as fractions of the camera image's width and height; that
@@ -76,6 +80,7 @@ class PoseVLAConfig:
             "p_drop_depth": 0 <= self.p_drop_depth <= 1,
             "state_input": isinstance(self.state_input, bool),
             "p_drop_state": 0 <= self.p_drop_state <= 1,
+            "relative_positions": isinstance(self.relative_positions, bool),
             "view_crops": isinstance(self.view_crops, dict) and all(
                 v in self.views and _valid_crop(c) for v, c in self.view_crops.items()),
         }

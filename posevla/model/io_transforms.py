@@ -23,6 +23,34 @@ def pose_to_vector(T: np.ndarray, gripper: float | np.ndarray) -> np.ndarray:
     return np.concatenate([T[..., :3, 3], se3.rot6d_from_matrix(T[..., :3, :3]), g], axis=-1)
 
 
+def _position_columns(cfg: PoseVLAConfig) -> np.ndarray:
+    return np.array([i * ARM_ACTION_DIM + k for i in range(len(cfg.arms)) for k in range(3)])
+
+
+def to_model_actions(actions: np.ndarray, state: np.ndarray, cfg: PoseVLAConfig) -> np.ndarray:
+    """Absolute chunks (..., chunk, action_dim) -> what the model predicts (unnormalised): unchanged, or with
+    `cfg.relative_positions` each point's position minus the arm's state position (..., state_dim), metres in
+    the reference frame."""
+    actions = np.asarray(actions, dtype=np.float64)
+    if not cfg.relative_positions:
+        return actions
+    cols = _position_columns(cfg)
+    out = actions.copy()
+    out[..., cols] -= np.asarray(state, dtype=np.float64)[..., None, cols]
+    return out
+
+
+def from_model_actions(actions: np.ndarray, state: np.ndarray, cfg: PoseVLAConfig) -> np.ndarray:
+    """Inverse of `to_model_actions`: the model's unnormalised chunk and the state it saw -> absolute chunk."""
+    actions = np.asarray(actions, dtype=np.float64)
+    if not cfg.relative_positions:
+        return actions
+    cols = _position_columns(cfg)
+    out = actions.copy()
+    out[..., cols] += np.asarray(state, dtype=np.float64)[..., None, cols]
+    return out
+
+
 def vector_to_pose(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(..., 10) -> pose (..., 4, 4) (rotation by Gram-Schmidt) and gripper (...)."""
     v = np.asarray(v, dtype=np.float64)
@@ -94,10 +122,15 @@ class XTrainerOutputs:
     cfg: PoseVLAConfig
 
     def __call__(self, actions: np.ndarray, obs: Observation) -> ActionChunk:
-        """actions (chunk, action_dim) unnormalised -> ActionChunk of T_ref_tcp in the reference view's frame."""
+        """actions (chunk, action_dim) as the model predicts them, unnormalised (relative positions are added to
+        the observation's state, see `from_model_actions`) -> ActionChunk of T_ref_tcp in the reference frame."""
         if actions.shape != (self.cfg.chunk_length, self.cfg.action_dim):
             raise ValueError(f"actions have shape {actions.shape}, expected "
                              f"({self.cfg.chunk_length}, {self.cfg.action_dim})")
+        if self.cfg.relative_positions:
+            inputs = XTrainerInputs(self.cfg)
+            actions = from_model_actions(actions, inputs.state_vector(obs.state, inputs.reference_pose(obs)),
+                                         self.cfg)
         arms = {}
         for i, arm in enumerate(self.cfg.arms):
             T, g = vector_to_pose(actions[:, i * ARM_ACTION_DIM:(i + 1) * ARM_ACTION_DIM])

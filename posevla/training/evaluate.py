@@ -21,7 +21,7 @@ import torch
 
 from posevla.geometry import se3
 from posevla.model.config import ARM_ACTION_DIM, PoseVLAConfig
-from posevla.model.io_transforms import XTrainerInputs
+from posevla.model.io_transforms import XTrainerInputs, from_model_actions
 
 
 def chunk_errors(pred: np.ndarray, true: np.ndarray, R_base_ref: np.ndarray, cfg: PoseVLAConfig
@@ -80,7 +80,10 @@ def evaluate(policy, data, max_samples: int = 64, batch_size: int = 8, seed: int
         with ctx:
             losses.append(float(model.flow_loss(batch, noise=noise, timestep=times)) * b)
             actions = model.sample_actions(batch, noise)
-        preds.append(policy.norm.unnormalize_action(actions.float().cpu().numpy().astype(np.float64)))
+        raw_states = np.stack([inputs.state_vector(s.observation.state, inputs.reference_pose(s.observation))
+                               for s in samples])
+        preds.append(from_model_actions(policy.norm.unnormalize_action(actions.float().cpu().numpy().astype(np.float64)),
+                                        raw_states, cfg))
         trues.append(np.stack([s.actions for s in samples]))
         rots.append(np.stack([inputs.reference_pose(s.observation)[:3, :3] for s in samples]))
     torch.set_rng_state(rng_state)
