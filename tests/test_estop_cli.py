@@ -139,6 +139,8 @@ def test_keys_mode_stops_on_space_and_quits_on_q(node_ex) -> None:
     os.close(slave)
     try:
         spin(ex, 60, until=lambda: proc.poll() is not None or _cli_publisher_up(node))
+        prompt = proc.stdout.readline()  # printed once the terminal reads key by key
+        assert "e-stop keys" in prompt, prompt
         os.write(master, b" ")
         spin(ex, 60, until=lambda: bool(got) or proc.poll() is not None)
         assert got and got[0] is True
@@ -149,6 +151,7 @@ def test_keys_mode_stops_on_space_and_quits_on_q(node_ex) -> None:
             proc.kill()
         os.close(master)
     assert rc == 0, out
+    out = prompt + out
     assert "SPACE, ENTER or s stops the robot" in out and "delivered to" in out, out
 
 

@@ -118,11 +118,13 @@ def watch_keys(sender: EstopSender) -> int:
     if not sys.stdin.isatty():
         print("posevla estop --keys: stdin is not a terminal", file=sys.stderr)
         return 2
-    print("e-stop keys: SPACE, ENTER or s stops the robot; q quits (the stop stays latched)", flush=True)
     fd = sys.stdin.fileno()
     old = termios.tcgetattr(fd)
     try:
-        tty.setcbreak(fd)
+        # TCSANOW keeps a key pressed before this point (the default TCSAFLUSH would discard it: a stop lost); the
+        # prompt comes once keys are read one by one
+        tty.setcbreak(fd, termios.TCSANOW)
+        print("e-stop keys: SPACE, ENTER or s stops the robot; q quits (the stop stays latched)", flush=True)
         while True:
             sender._spin(0.05)  # keep the latched publisher alive and answer discovery
             if not select.select([sys.stdin], [], [], 0.05)[0]:
