@@ -205,3 +205,64 @@ def test_auto_trains_a_random_model_whole_and_adapts_a_pretrained_one() -> None:
     assert resolve_train_mode("auto", pretrained=False) == "all"  # lora would leave the random vision tower random
     assert resolve_train_mode("auto", pretrained=True) == ("lora" if peft_available() else "expert")
     assert resolve_train_mode("expert", pretrained=False) == "expert"  # an explicit choice is kept
+
+
+class _Stop(BaseException):
+    """Ends a training run inside the test process after a chosen step (like a kill, without a subprocess)."""
+
+
+def test_ema_weights_are_saved_evaluated_and_resumed(episodes: Path, tiny_yaml: Path, tmp_path: Path,
+                                                     monkeypatch) -> None:
+    import posevla.training.train as train_mod
+
+    ema = ["--ema-decay", "0.8"]
+    assert main(["train", *_train_cmd(episodes, tiny_yaml, tmp_path / "ref", 0, *ema)]) == 0
+    state = torch.load(tmp_path / "ref" / "resume" / "step_00000008.pt", map_location="cpu", weights_only=False)
+    saved = load_file(str(tmp_path / "ref" / "checkpoint_8" / "model.safetensors"))
+    assert state["ema"].keys() == state["model"].keys()
+    # the step-8 checkpoint holds the average, not the raw weights the optimizer keeps stepping
+    assert all(torch.equal(saved[n], state["ema"][n]) for n in state["ema"])
+    differ = [n for n in state["ema"] if not torch.allclose(state["ema"][n], state["model"][n], atol=1e-6)]
+    assert len(differ) > 20
+    # interrupted after step 6 and resumed from the step-4 state: the same average as the uninterrupted run
+    def stop_after_6(step: int) -> None:
+        if step == 6:
+            raise _Stop
+    monkeypatch.setattr(train_mod, "_after_step", stop_after_6)
+    with pytest.raises(_Stop):
+        main(["train", *_train_cmd(episodes, tiny_yaml, tmp_path / "cut", 0, *ema)])
+    monkeypatch.setattr(train_mod, "_after_step", lambda step: None)
+    assert main(["train", *_train_cmd(episodes, tiny_yaml, tmp_path / "cut", 0, *ema, "--resume")]) == 0
+    a = load_file(str(tmp_path / "ref" / "checkpoint" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    # a decay outside (0, 1) is refused by name
+    assert main(["train", *_train_cmd(episodes, tiny_yaml, tmp_path / "bad", 0, "--ema-decay", "1.0")]) == 2
+
+
+def test_ema_follows_the_warmed_up_recurrence() -> None:
+    from posevla.training.ema import ParamEMA, warmed_decay
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    weights = [2.0, 4.0, -1.0, 3.0, 3.0]
+    with torch.no_grad():
+        model.weight.fill_(weights[0])
+    ema = ParamEMA(model, decay=0.5)
+    expected = weights[0]
+    for step, w in enumerate(weights[1:], start=1):
+        with torch.no_grad():
+            model.weight.fill_(w)
+        d = ema.update(step)
+        expected = d * expected + (1 - d) * w
+        assert d == pytest.approx(min(0.5, (1 + step) / (10 + step)))
+    # by hand: d = 2/11, 3/12, 4/13, 5/14 (all below 0.5)
+    hand = 2.0
+    for d, w in zip((2 / 11, 3 / 12, 4 / 13, 5 / 14), weights[1:]):
+        hand = d * hand + (1 - d) * w
+    assert float(ema.shadow["weight"]) == pytest.approx(hand, abs=1e-6) == pytest.approx(expected, abs=1e-6)
+    assert warmed_decay(0.999, 10_000) == 0.999
+    with ema.swapped_in():
+        assert float(model.weight.detach()) == pytest.approx(hand, abs=1e-6)
+    assert float(model.weight.detach()) == 3.0  # the raw weights come back
+    with pytest.raises(ValueError, match="--ema-decay"):
+        ParamEMA(model, 1.0)

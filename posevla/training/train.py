@@ -18,6 +18,9 @@ else lora when peft is installed, else expert; with gradient checkpointing, on b
 peaks 20.4 / 18.3 GiB at batch 8 on an H200), --[no-]grad-checkpointing, --optimizer (adamw | adamw-fused |
 adamw-8bit). The run prints the memory plan of every mode; --plan prints it and exits.
 
+Weight averaging: --ema-decay d keeps an exponential moving average of the trained weights (posevla.training.ema);
+checkpoints and held-out evaluations then use the average, resume states keep both.
+
 Data: episodes are split by episode into training and held-out (--val-episodes); --workers processes decode,
 resize and build raymaps; the run prints data vs model samples/s. Held-out action errors per horizon step and
 arm (mm, deg; camera frame and base_link) are reported every --eval-every steps and at the end.
@@ -80,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps, then cosine decay to 10 %%")
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and save "
+                        "and evaluate it instead of the raw weights (0: off)")
     p.add_argument("--stride", type=int, default=1, help="use every n-th frame as a sample")
     p.add_argument("--save-every", type=int, default=0,
                    help="save checkpoint_<step> and a resume state every n steps (0: only at the end)")
@@ -251,6 +257,7 @@ def train(args: argparse.Namespace) -> dict:
         read_exclude_segments,
         split_episodes,
     )
+    from posevla.training.ema import ParamEMA
     from posevla.training.evaluate import evaluate, save_evaluation, summary_line
     from posevla.training.loader import BatchBuilder, EpochBatchOrder, ThroughputMeter, make_loader
 
@@ -262,6 +269,8 @@ def train(args: argparse.Namespace) -> dict:
     for name in ("steps", "batch_size", "lora_rank", "eval_samples"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not (args.ema_decay == 0.0 or 0.0 < args.ema_decay < 1.0):
+        raise ValueError(f"--ema-decay must be 0 (off) or in (0, 1), got {args.ema_decay}")
     mode = opts.resolve_train_mode(args.train, pretrained=bool(args.init or args.init_pi0 or args.paligemma))
     out = Path(args.out)
     config_now = run_config(args)
@@ -318,12 +327,17 @@ def train(args: argparse.Namespace) -> dict:
         frozen_bytes = 2
     params = [p for p in model.parameters() if p.requires_grad]
     opt = opts.make_optimizer(params, optimizer_name, args.lr, args.weight_decay, device)
+    ema = ParamEMA(model, args.ema_decay) if args.ema_decay > 0 else None
 
     start, log, evals = 0, [], []
     if state_path is not None:
         payload = rs.load_state(state_path, model, opt, rank, world)
         start, log, evals = int(payload["step"]), list(payload["log"]), list(payload.get("evals", []))
         policy.set_norm_stats(NormStats(**{k: np.asarray(v) for k, v in payload["norm"].items()}))
+        if ema is not None:
+            if "ema" not in payload:
+                raise ValueError(f"--resume: {state_path} holds no EMA weights (the run was started without --ema-decay)")
+            ema.load_state_dict(payload["ema"], str(state_path))
     if start >= args.steps:
         raise ValueError(f"--resume: the run in {out} already completed {start} of --steps {args.steps}")
     if world > 1:
@@ -354,7 +368,8 @@ def train(args: argparse.Namespace) -> dict:
     def run_eval(step: int) -> None:
         if rank != 0 or val_data is None or len(val_data) == 0:
             return
-        result = evaluate(policy, val_data, args.eval_samples, args.batch_size, args.seed, amp)
+        with ema.swapped_in() if ema is not None else contextlib.nullcontext():
+            result = evaluate(policy, val_data, args.eval_samples, args.batch_size, args.seed, amp)
         evals.append({"step": step, "val_loss": result["val_loss"]})
         save_evaluation(result, out, step)
         print(f"[train] step {step} {summary_line(result)}", flush=True)
@@ -367,11 +382,15 @@ def train(args: argparse.Namespace) -> dict:
         if rank != 0:
             return
         target = out / ("checkpoint" if final else f"checkpoint_{step}")
-        policy.save_pretrained(target, state_dict=opts.export_state_dict(model))
+        with ema.swapped_in() if ema is not None else contextlib.nullcontext():
+            policy.save_pretrained(target, state_dict=opts.export_state_dict(model))
         (target / "run_config.yaml").write_text(yaml.safe_dump(config_now, sort_keys=False))
         if not final:
             norm = {k: getattr(policy.norm, k).tolist() for k in ("state_mean", "state_std", "action_mean", "action_std")}
-            rs.save_state(out, step, model, opt, {"log": log, "evals": evals, "norm": norm, "args": config_now}, rngs)
+            extra = {"log": log, "evals": evals, "norm": norm, "args": config_now}
+            if ema is not None:
+                extra["ema"] = ema.state_dict()
+            rs.save_state(out, step, model, opt, extra, rngs)
 
     bar = tqdm(range(start, args.steps), desc="train", disable=rank != 0 or not sys.stderr.isatty(),
                initial=start, total=args.steps)
@@ -393,6 +412,8 @@ def train(args: argparse.Namespace) -> dict:
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, args.clip))
         opt.step()
+        if ema is not None:
+            ema.update(step + 1)
         value = float(loss.detach())
         if world > 1:
             t = torch.tensor([value], device=device)
