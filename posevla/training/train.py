@@ -251,13 +251,13 @@ def train(args: argparse.Namespace) -> dict:
     from posevla.model.normalization import NormStats
     from posevla.training import options as opts
     from posevla.training import resume as rs
+    from posevla.training.ema import ParamEMA
     from posevla.training.episode_dataset import (
         EpisodeChunkDataset,
         find_episodes,
         read_exclude_segments,
         split_episodes,
     )
-    from posevla.training.ema import ParamEMA
     from posevla.training.evaluate import evaluate, save_evaluation, summary_line
     from posevla.training.loader import BatchBuilder, EpochBatchOrder, ThroughputMeter, make_loader
 
