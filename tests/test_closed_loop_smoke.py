@@ -19,10 +19,19 @@ pytest.importorskip("rclpy")
 
 from posevla.calibration.files import HandEyeCalibration, load_calibrations  # noqa: E402
 from posevla.geometry import se3  # noqa: E402
-from posevla.sim.benchmark import perturbed_calibration, wilson_interval  # noqa: E402
+from posevla.sim.benchmark import checkpoint_training, perturbed_calibration, wilson_interval  # noqa: E402
 from posevla.sim.task import HELDOUT_SEED_BASE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_checkpoint_trained_elsewhere_reports_its_own_training(tmp_path):
+    # --skip-train into a fresh folder: the table names the checkpoint's steps, not the benchmark's defaults
+    assert checkpoint_training(tmp_path) == {"demos": None, "steps": None}
+    (tmp_path / "run_config.yaml").write_text("steps: 4000\nlr: 0.0003\ninit: runs/a\nconfig: models/tiny.yaml\n"
+                                              "train: all\nema_decay: 0.999\n")
+    assert checkpoint_training(tmp_path) == {"demos": None, "steps": 4000, "lr": 0.0003, "train_mode": "all",
+                                             "config": "runs/a", "ema_decay": 0.999}
 
 
 def test_wilson_interval_matches_reference_values():

@@ -78,6 +78,19 @@ def robot_yaml_on_free_ports(src: Path, folder: Path) -> Path:
     return path
 
 
+def checkpoint_training(ckpt: Path) -> dict:
+    """What `posevla train` saved next to a checkpoint (run_config.yaml): steps, lr, initial weights, train mode;
+    `demos` None (the training data lies outside this run); steps None when the file is missing."""
+    path = Path(ckpt) / "run_config.yaml"
+    if not path.is_file():
+        return {"demos": None, "steps": None}
+    import yaml
+
+    rc = yaml.safe_load(path.read_text()) or {}
+    return {"demos": None, "steps": rc.get("steps"), "lr": rc.get("lr"), "train_mode": rc.get("train"),
+            "config": rc.get("init") or rc.get("config"), "ema_decay": rc.get("ema_decay", 0.0)}
+
+
 def _lifted(episode: Path) -> bool:
     """The recorder's success mark of an episode (the benchmark marks a demonstration that did not lift failed)."""
     import h5py
@@ -239,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
         results.update({k: prev[k] for k in ("demo_success", "demo_takes", "collect_s") if k in prev})
         if args.skip_train and "train_s" in prev:  # that run trained the checkpoint: its training figures
             results.update({k: prev[k] for k in ("train_s", "steps", "config", "lr", "train_mode") if k in prev})
+    if args.skip_train and "train_s" not in results:  # a checkpoint trained elsewhere: its own run configuration
+        results.update(checkpoint_training(out / "train" / "checkpoint"))
     t_start = time.monotonic()
     try:
         data = out / "data"
@@ -316,8 +331,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     results["total_s"] = time.monotonic() - t_start
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"\nclosed loop on the MuJoCo twin: {args.demos} demos, {args.steps} steps, held-out seeds "
-          f"{heldout_seeds(1)[0]}.., {args.trials} trials each")
+    trained = (f"{results['demos']} demos, {results['steps']} steps" if results.get("demos") is not None
+               else f"checkpoint trained elsewhere ({results['steps']} steps)")
+    print(f"\nclosed loop on the MuJoCo twin: {trained}, held-out seeds {heldout_seeds(1)[0]}.., {args.trials} trials each")
     print(f"{'condition':<16}{'success':>10}{'rate':>8}   95% Wilson interval")
     for cond, r in results["conditions"].items():
         print(f"{cond:<16}{r['successes']:>5}/{r['trials']:<4}{r['rate']:>8.2f}   [{r['wilson95'][0]:.2f}, {r['wilson95'][1]:.2f}]")

@@ -209,6 +209,8 @@ def _check_resume_args(saved: dict, now: dict, path: Path) -> None:
     for key in sorted(set(saved) | set(now)):
         if key in RESUME_MAY_CHANGE:
             continue
+        if key not in saved and now.get(key) in (None, False, 0):  # an option newer than the run, left at its default
+            continue
         if saved.get(key) != now.get(key):
             raise ValueError(f"--resume: --{key.replace('_', '-')} is {now.get(key)!r} but the run in {path} used "
                              f"{saved.get(key)!r}")
