@@ -58,6 +58,13 @@ class PoseVLAConfig:
     # depth and the camera frame of the actions stay exact). Empty: every view whole. Same in training and on the
     # robot (the observation builder reads it from here).
     view_crops: dict[str, list[float]] = field(default_factory=dict)
+    # training-only image augmentation (EpisodeChunkDataset.augmented): each view is cropped to a random square-
+    # aspect sub-region whose sides are s in [aug_crop_scale, 1] of its region of interest (or of the image) and
+    # resized as usual, intrinsics updated exactly: raymaps move with the pixels and the camera frame of the actions
+    # is unchanged, so the crop teaches reading the geometry, not pixel positions. 1.0: off.
+    aug_crop_scale: float = 1.0
+    # brightness and contrast each scaled by a factor in [1 - aug_color, 1 + aug_color] per view (0: off)
+    aug_color: float = 0.0
     vision: dict[str, Any] = field(default_factory=lambda: {
         "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16})
     text: dict[str, Any] = field(default_factory=lambda: {
@@ -81,6 +88,8 @@ class PoseVLAConfig:
             "state_input": isinstance(self.state_input, bool),
             "p_drop_state": 0 <= self.p_drop_state <= 1,
             "relative_positions": isinstance(self.relative_positions, bool),
+            "aug_crop_scale": 0 < self.aug_crop_scale <= 1,
+            "aug_color": 0 <= self.aug_color < 1,
             "view_crops": isinstance(self.view_crops, dict) and all(
                 v in self.views and _valid_crop(c) for v, c in self.view_crops.items()),
         }

@@ -45,7 +45,9 @@ class ObservationBuilder:
         self.built = 0
         self.invalid_depth_pixels: Counter[str] = Counter()
 
-    def _plan(self, name: str, w: int, h: int) -> ViewTransform:
+    def _plan(self, name: str, w: int, h: int, region: list[float] | None = None) -> ViewTransform:
+        if region is not None:  # a one-off region (training augmentation): not cached
+            return plan_region_resize_with_pad(w, h, tuple(region), self.cfg.image_size, self.cfg.image_size)
         vt = self._plans.get((name, w, h))
         if vt is None:
             size = self.cfg.image_size
@@ -55,8 +57,9 @@ class ObservationBuilder:
             self._plans[(name, w, h)] = vt
         return vt
 
-    def view(self, frame: CameraFrame) -> ModelView:
-        """One camera frame -> ModelView (T_base_cam filled in by build())."""
+    def view(self, frame: CameraFrame, region: list[float] | None = None) -> ModelView:
+        """One camera frame -> ModelView (T_base_cam filled in by build()). region: [x0, y0, x1, y1] fractions
+        used instead of the configured crop (training augmentation)."""
         intr = frame.intrinsics
         if frame.rgb.ndim != 3 or frame.rgb.shape[2] != 3 or frame.rgb.dtype != np.uint8:
             raise StaleObservation(f"{frame.name}: color image must be HxWx3 uint8, got {frame.rgb.shape} {frame.rgb.dtype}")
@@ -66,7 +69,7 @@ class ObservationBuilder:
                 intr.check_image(frame.depth.shape, f"{frame.name} depth image")
         except ValueError as exc:
             raise StaleObservation(str(exc)) from exc
-        vt = self._plan(frame.name, intr.width, intr.height)
+        vt = self._plan(frame.name, intr.width, intr.height, region)
         model_intr = vt.apply_intrinsics(intr)
         prior = None
         if frame.depth is not None:
@@ -79,15 +82,16 @@ class ObservationBuilder:
                          frame.stamp_ns)
 
     def build(self, frames: dict[str, CameraFrame], state: RobotState | None, instruction: str,
-              now_ns: int) -> Observation:
-        """Raises StaleObservation (and counts the reason) when the frames must not reach the policy."""
+              now_ns: int, regions: dict[str, list[float]] | None = None) -> Observation:
+        """Raises StaleObservation (and counts the reason) when the frames must not reach the policy. regions:
+        per view, a crop used instead of the configured one (training augmentation only)."""
         try:
-            return self._build(frames, state, instruction, now_ns)
+            return self._build(frames, state, instruction, now_ns, regions or {})
         except StaleObservation as exc:
             self.refusals[str(exc).split(":")[0]] += 1
             raise
 
-    def _build(self, frames, state, instruction, now_ns) -> Observation:
+    def _build(self, frames, state, instruction, now_ns, regions) -> Observation:
         if not frames:
             raise StaleObservation("no frames")
         stamps = [f.stamp_ns for f in frames.values()]
@@ -102,7 +106,7 @@ class ObservationBuilder:
         views = {}
         order = sorted(frames, key=lambda n: (n != self.cfg.reference_view, n))
         for name in order:
-            v = self.view(frames[name])
+            v = self.view(frames[name], regions.get(name))
             if self.camera_to_base is not None:
                 try:
                     v.T_base_cam = self.camera_to_base.T_base_cam(v.frame_id, v.stamp_ns)

@@ -161,6 +161,7 @@ class EpisodeChunkDataset:
         where no sample starts (see `read_exclude_segments`): e.g. a deliberately wrong approach whose chunks would
         teach the error, while the frames after it still teach the correction."""
         self.cfg, self.stride = cfg, stride
+        self.aug_seed = 0  # the training run's seed (see augmented)
         self.excluded_samples = 0
         exclude_s = {Path(k).resolve(): v for k, v in (exclude_s or {}).items()}
         self.inputs, self.outputs = XTrainerInputs(cfg), XTrainerOutputs(cfg)
@@ -258,6 +259,33 @@ class EpisodeChunkDataset:
         frame = self._reader(e).frame(t, cameras=self.cfg.views)  # the views the model does not read stay undecoded
         cams = dict(frame.cameras)
         obs = ep.builder.build(cams, frame.state, ep.instruction, frame.stamp_ns)
+        T_base_ref = self.inputs.reference_pose(obs)
+        return TrainingSample(obs, actions=self.target(e, obs.stamp_ns, T_base_ref))
+
+    @property
+    def augments(self) -> bool:
+        """Whether the model config asks for training-time image augmentation (see posevla.training.augment)."""
+        return self.cfg.aug_crop_scale < 1.0 or self.cfg.aug_color > 0.0
+
+    def augmented(self, i: int, key: int) -> TrainingSample:
+        """Sample i with the config's image augmentation, drawn from default_rng([aug_seed, key]) (key: the draw's
+        number in the run, so every epoch crops differently and the draws never depend on the worker count).
+        Targets, state and camera poses are those of sample i: only the intrinsics of each view change."""
+        from posevla.training.augment import jitter_colour, random_region
+
+        if not self.augments:
+            return self[i]
+        rng = np.random.default_rng([self.aug_seed, int(key)])
+        e, t = self.index[i]
+        ep = self._episodes[e]
+        frame = self._reader(e).frame(t, cameras=self.cfg.views)
+        cams = dict(frame.cameras)
+        regions = ({v: random_region(self.cfg.view_crops.get(v), self.cfg.aug_crop_scale, rng) for v in cams}
+                   if self.cfg.aug_crop_scale < 1.0 else None)
+        obs = ep.builder.build(cams, frame.state, ep.instruction, frame.stamp_ns, regions=regions)
+        if self.cfg.aug_color > 0.0:
+            for view in obs.views.values():
+                view.rgb = jitter_colour(view.rgb, self.cfg.aug_color, rng)
         T_base_ref = self.inputs.reference_pose(obs)
         return TrainingSample(obs, actions=self.target(e, obs.stamp_ns, T_base_ref))
 

@@ -61,12 +61,36 @@ class BatchBuilder(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, idx: list[int]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, idx: list[int] | tuple[int, list[int]]) -> dict[str, torch.Tensor]:
+        """idx: the batch's dataset indices, or (batch number, indices) from make_loader: then a dataset that
+        augments (`augments`, `augmented(i, key)`) draws sample k of batch b with key b * len(indices) + k."""
         t0 = time.perf_counter()
-        arrays = self.batcher.collate([self.data[i] for i in idx])
+        if isinstance(idx, tuple):
+            b, idx = idx
+            if getattr(self.data, "augments", False):
+                samples = [self.data.augmented(i, b * len(idx) + k) for k, i in enumerate(idx)]
+            else:
+                samples = [self.data[i] for i in idx]
+        else:
+            samples = [self.data[i] for i in idx]
+        arrays = self.batcher.collate(samples)
         out = Batcher.to_torch(arrays, torch.device("cpu"), torch.float32)
         out["build_s"] = torch.tensor(time.perf_counter() - t0, dtype=torch.float64)
         return out
+
+
+class NumberedBatches(Sampler):
+    """`order`'s batches as (batch number, indices), so the batch builder can key per-draw randomness on them."""
+
+    def __init__(self, order: EpochBatchOrder) -> None:
+        self.order = order
+
+    def __iter__(self) -> Iterator[tuple[int, list[int]]]:
+        for k, batch in enumerate(self.order):
+            yield self.order.start + k, batch
+
+    def __len__(self) -> int:
+        return len(self.order)
 
 
 def _worker_init(_: int) -> None:
@@ -79,7 +103,7 @@ def make_loader(builder: BatchBuilder, order: EpochBatchOrder, workers: int, pin
     the global torch RNG (own generator), so the model's random stream is the same with or without workers."""
     if workers < 0:
         raise ValueError(f"--workers must be >= 0, got {workers}")
-    return DataLoader(builder, sampler=order, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+    return DataLoader(builder, sampler=NumberedBatches(order), batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=workers > 0, prefetch_factor=prefetch if workers > 0 else None,
                       worker_init_fn=_worker_init if workers > 0 else None,
                       generator=torch.Generator().manual_seed(order.seed))

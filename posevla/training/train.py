@@ -303,6 +303,10 @@ def train(args: argparse.Namespace) -> dict:
     train_eps, val_eps = split_episodes(episodes, n_val)
     exclude = read_exclude_segments(args.exclude_segments, episodes) if args.exclude_segments else None
     data = EpisodeChunkDataset(train_eps, cfg, stride=args.stride, exclude_s=exclude)
+    data.aug_seed = args.seed + 1000 * rank
+    if data.augments:
+        print(f"[train] image augmentation: random crops to {cfg.aug_crop_scale:.2f}-1 of each view's region "
+              f"(intrinsics exact), brightness/contrast +-{cfg.aug_color:.2f}", flush=True)
     if exclude:
         print(f"[train] --exclude-segments: {data.excluded_samples} sample start(s) left out in {len(exclude)} "
               f"episode(s)", flush=True)
