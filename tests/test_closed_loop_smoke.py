@@ -62,7 +62,8 @@ def test_benchmark_refuses_bad_input_with_one_line(tmp_path):
     bad.write_text("arms: {left: {host: 127.0.0.1}}\nsafety: {}\n")
     for extra, expected in ((["--robot-config", str(bad)], f"{bad}: field arms.left needs"),
                             (["--demos", "0"], "--demos must be >= 1"),
-                            (["--lr", "0"], "--lr must lie in (0, 1]")):
+                            (["--lr", "0"], "--lr must lie in (0, 1]"),
+                            (["--ema-decay", "1"], "--ema-decay must be 0 (off) or in (0, 1)")):
         proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--out",
                                str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr

@@ -133,6 +133,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="what `posevla train --train` trains (a randomly initialised model needs all: with lora or "
                         "expert its vision tower stays random)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of `posevla train`")
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="`posevla train --ema-decay`: evaluate an exponential moving average of the weights (0: off)")
     p.add_argument("--warmup", type=int, default=200, help="warm-up steps of `posevla train` (then cosine to 10 %%)")
     p.add_argument("--val-episodes", type=int, default=0,
                    help="demonstrations `posevla train` holds out for its open-loop action errors (mm, deg, gripper)")
@@ -156,6 +158,8 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--skip-full with --no-ablations leaves nothing to evaluate"
     if not (0 < args.lr <= 1.0):
         return f"--lr must lie in (0, 1] (got {args.lr})"
+    if not (args.ema_decay == 0.0 or 0.0 < args.ema_decay < 1.0):
+        return f"--ema-decay must be 0 (off) or in (0, 1) (got {args.ema_decay})"
     if args.val_episodes < 0:
         return f"--val-episodes must be >= 0 (got {args.val_episodes})"
     if args.warmup < 0 or args.workers < 0:
@@ -244,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
     opts = GraphOptions(robot, args.calibration_dir.resolve(), args.width, args.height, args.rate,
                         node_log=out / "nodes.log")
     results: dict = {"demos": args.demos, "steps": args.steps, "config": str(args.config), "lr": args.lr,
+                     "ema_decay": args.ema_decay,
                      "train_mode": args.train_mode, "executor_blend": args.executor_blend, "trials": args.trials, "trial_s": args.trial_s,
                      "image": [args.width, args.height], "rate_hz": args.rate, "conditions": {}}
     if args.skip_collect and (out / "results.json").is_file():  # a later stage of an earlier run: keep its figures
@@ -251,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
         results["conditions"] = prev.get("conditions", {})
         results.update({k: prev[k] for k in ("demo_success", "demo_takes", "collect_s") if k in prev})
         if args.skip_train and "train_s" in prev:  # that run trained the checkpoint: its training figures
-            results.update({k: prev[k] for k in ("train_s", "steps", "config", "lr", "train_mode") if k in prev})
+            results.update({k: prev[k] for k in ("train_s", "steps", "config", "lr", "train_mode", "ema_decay")
+                            if k in prev})
     if args.skip_train and "train_s" not in results:  # a checkpoint trained elsewhere: its own run configuration
         results.update(checkpoint_training(out / "train" / "checkpoint"))
     t_start = time.monotonic()
@@ -288,7 +294,8 @@ def run(args: argparse.Namespace) -> int:
             cmd = [sys.executable, "-m", "posevla.cli", "train", "--data", *map(str, clean), "--config",
                    str(args.config), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                    "--out", str(out / "train"), "--val-episodes", str(args.val_episodes), "--train", args.train_mode,
-                   "--lr", str(args.lr), "--warmup", str(min(args.warmup, args.steps)), "--workers", str(args.workers)]
+                   "--lr", str(args.lr), "--warmup", str(min(args.warmup, args.steps)), "--workers", str(args.workers),
+                   "--ema-decay", str(args.ema_decay)]
             with open(out / "train.log", "w") as log:
                 rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
             if rc != 0:
