@@ -16,3 +16,15 @@ def read_yaml(path: str | Path, what: str) -> Any:
         raise ValueError(f"{what} {path} does not exist") from exc
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"{what} {path} cannot be read: {exc}") from exc
+
+
+def write_yaml(path: str | Path, doc: Any) -> Path:
+    """Write `doc` as YAML atomically (temporary file in the same folder, then rename): a reader in another process
+    or thread sees either no file or the whole file, never a half-written one."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    os.replace(tmp, path)
+    return path

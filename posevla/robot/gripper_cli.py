@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from posevla.paths import default_path
 from posevla.robot.feetech import FeetechError, FeetechGripper, GripperConfig, load_grippers
+from posevla.yaml_file import write_yaml
 
 DEFAULT_CONFIG = default_path("config", "grippers_xtrainer.yaml")  # share/posevla/config of an install
 
@@ -140,7 +140,7 @@ def _sim(args: argparse.Namespace) -> int:
         # a simulator is a Python thread, not a servo: allow it 0.2 s to answer on a loaded machine
         doc = {"arms": {arm: {**c.__dict__, "port": str(args.link_dir / arm),
                               "reply_timeout_s": max(c.reply_timeout_s, 0.2)} for arm, c in cfgs.items()}}
-        args.write_config.write_text(yaml.safe_dump(doc, sort_keys=False))
+        write_yaml(args.write_config, doc)
         print(f"wrote {args.write_config}", flush=True)
     t0 = time.monotonic()
     try:
