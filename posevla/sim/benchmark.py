@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from posevla.sim.rollout_cli import add_rollout_parser
+from posevla.sim.summary import add_summary_parser
 from posevla.tools.trial import wilson_interval  # one Wilson interval for trials and the benchmark
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,6 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("closed-loop", help="demos -> training -> closed-loop trials on the MuJoCo twin",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_rollout_parser(sub)
+    add_summary_parser(sub)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "closed_loop", help="run folder")
     p.add_argument("--demos", type=int, default=100, help="scripted demonstrations (train seeds 0..n-1)")
     p.add_argument("--demo-offset-m", type=float, default=0.06,
@@ -225,6 +227,10 @@ def run(args: argparse.Namespace) -> int:
         from posevla.sim.rollout_cli import run_rollout
 
         return run_rollout(args)
+    if args.benchmark == "summary":
+        from posevla.sim.summary import run_summary
+
+        return run_summary(args)
     why = _check(args)
     if why:
         print(f"posevla benchmark closed-loop: {why}", file=sys.stderr)
