@@ -78,10 +78,27 @@ def test_takeover_lifts_and_records_every_camera() -> None:
         r.close()
 
 
+def test_rollout_places_the_cube_from_the_task_it_is_given() -> None:
+    """The collector's --x-range/--y-range: a wider task moves the cube outside the benchmark's ranges."""
+    cfg = PoseVLAConfig.from_yaml(default_path("models", "closed_loop.yaml"))
+    wide = PickLiftTask(x_range=(0.36, 0.37), y_range=(0.44, 0.45))
+    r = DirectRollout(_Wanderer(cfg), ROBOT, calibration_dir(), RolloutConfig(width=32, height=24), task=wide)
+    try:
+        state = r.world.reset(7)
+        cube = r.world.cube_pose()[:3, 3]
+        assert 0.36 <= state.cube_xy[0] <= 0.37 and 0.44 <= state.cube_xy[1] <= 0.45
+        np.testing.assert_allclose(cube[:2], state.cube_xy, atol=1e-3)
+        assert state.cube_xy[0] < PickLiftTask().x_range[0] and state.cube_xy[1] > PickLiftTask().y_range[1]
+    finally:
+        r.close()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--episodes", "0"], "--episodes"),
     (["--first-seed", "1000000"], "training placements"),
     (["--takeover-s", "5", "2"], "--takeover-s"),
+    (["--x-range", "0.5", "0.4"], "--x-range"),
+    (["--y-range", "0.3", "0.3"], "--y-range"),
 ])
 def test_bad_input_exits_2(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
     ck = tmp_path / "ck"

@@ -22,12 +22,14 @@ import numpy as np
 import yaml
 
 from posevla.paths import calibration_dir, default_path
+from posevla.sim.task import PickLiftTask
 
 
 def collect(checkpoint: Path, out: Path, episodes: int, first_seed: int, takeover_s: tuple[float, float],
             trial_s: float, width: int, height: int, robot_yaml: Path, calib_dir: Path, seed: int = 0,
-            log=print) -> dict:
-    """Record `episodes` takeover trials; returns counts and the paths written."""
+            log=print, task: PickLiftTask | None = None) -> dict:
+    """Record `episodes` takeover trials; returns counts and the paths written. task: the placement ranges the
+    seeds draw from (default: the benchmark's)."""
     import torch
 
     from posevla.calibration.files import load_calibrations
@@ -37,7 +39,8 @@ def collect(checkpoint: Path, out: Path, episodes: int, first_seed: int, takeove
 
     torch.set_num_threads(2)
     policy = PoseVLAPolicy.from_pretrained(checkpoint, device="cpu")
-    r = DirectRollout(policy, robot_yaml, calib_dir, RolloutConfig(trial_s=trial_s, width=width, height=height))
+    r = DirectRollout(policy, robot_yaml, calib_dir, RolloutConfig(trial_s=trial_s, width=width, height=height),
+                      task=task)
     calibs = load_calibrations(calib_dir)
     calib_meta = {c.path.name: {"sha256": hashlib.sha256(c.path.read_bytes()).hexdigest(), "yaml": c.path.read_text()}
                   for c in calibs.values()}
@@ -64,7 +67,8 @@ def collect(checkpoint: Path, out: Path, episodes: int, first_seed: int, takeove
             path = writer.finish(success=bool(res.success))
             lifted += res.success
             exclude[str(Path(path).resolve())] = [[0.0, round(t_take, 3)]]
-            log(f"[dagger] {i + 1}/{episodes} seed {s}: takeover at {t_take:.1f} s, "
+            xy = r.world.task.sample(s).cube_xy
+            log(f"[dagger] {i + 1}/{episodes} seed {s} (cube at {xy[0]:.3f}, {xy[1]:.3f}): takeover at {t_take:.1f} s, "
                 f"{'lifted' if res.success else 'not lifted'} | {lifted}/{i + 1}  {time.monotonic() - t_start:.0f} s")
     finally:
         r.close()
@@ -83,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--takeover-s", type=float, nargs=2, default=(1.0, 6.0), metavar=("MIN", "MAX"),
                    help="the expert takes over at a time uniform in [MIN, MAX] s")
     p.add_argument("--trial-s", type=float, default=14.0, help="simulated seconds per episode")
+    nominal = PickLiftTask()
+    p.add_argument("--x-range", type=float, nargs=2, default=nominal.x_range, metavar=("LO", "HI"),
+                   help="cube placements, base_link x (m); wider than the evaluation's %(default)s puts its edges "
+                        "inside the training distribution")
+    p.add_argument("--y-range", type=float, nargs=2, default=nominal.y_range, metavar=("LO", "HI"),
+                   help="cube placements, base_link y (m) (default %(default)s)")
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=120)
     p.add_argument("--robot-config", type=Path, default=default_path("config", "xtrainer_sim_robot.yaml"))
@@ -96,13 +106,16 @@ def main(argv: list[str] | None = None) -> int:
                "--first-seed: training placements only (seeds below 1000000)"),
               (not 0 <= lo <= hi < args.trial_s, f"--takeover-s {lo} {hi}: need 0 <= MIN <= MAX < --trial-s"),
               (not args.robot_config.is_file(), f"--robot-config {args.robot_config} does not exist"),
-              (not args.calibration_dir.is_dir(), f"--calibration-dir {args.calibration_dir} is not a folder")]
+              (not args.calibration_dir.is_dir(), f"--calibration-dir {args.calibration_dir} is not a folder"),
+              (not args.x_range[0] < args.x_range[1], f"--x-range {args.x_range}: need LO < HI"),
+              (not args.y_range[0] < args.y_range[1], f"--y-range {args.y_range}: need LO < HI")]
     for bad, why in checks:
         if bad:
             print(f"{prog}: {why}", file=sys.stderr)
             return 2
     info = collect(args.checkpoint, args.out, args.episodes, args.first_seed, (lo, hi), args.trial_s, args.width,
-                   args.height, args.robot_config, args.calibration_dir)
+                   args.height, args.robot_config, args.calibration_dir,
+                   task=PickLiftTask(x_range=tuple(args.x_range), y_range=tuple(args.y_range)))
     print(f"[dagger] {info['lifted']}/{info['episodes']} lifted; episodes in {info['data']}, exclude segments "
           f"{info['exclude']}")
     return 0

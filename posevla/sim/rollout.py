@@ -27,6 +27,7 @@ from posevla.control.safety import SafetyLimits
 from posevla.geometry import se3
 from posevla.perception.observation_builder import BuilderConfig, ObservationBuilder
 from posevla.sim.render import TwinRenderer
+from posevla.sim.task import PickLiftTask
 from posevla.sim.twin import TwinSpec
 from posevla.sim.world import TwinWorld
 from posevla.types import ArmState, CameraFrame, RobotState, optical_frame
@@ -62,12 +63,13 @@ class DirectRollout:
 
     def __init__(self, policy, robot_yaml: str | Path, calibration_dir: str | Path, cfg: RolloutConfig,
                  executor_cfg: ExecutorConfig | None = None, limits: SafetyLimits | None = None,
-                 executor_calibration_dir: str | Path | None = None) -> None:
+                 executor_calibration_dir: str | Path | None = None, task: PickLiftTask | None = None) -> None:
+        """task: the placements a seed draws (default: PickLiftTask(), the benchmark's ranges)."""
         from posevla.robot.driver import XTrainerConfig
 
         self.policy, self.cfg = policy, cfg
         self.spec = TwinSpec.from_files(robot_yaml, calibration_dir)
-        self.world = TwinWorld(self.spec)
+        self.world = TwinWorld(self.spec, task)
         self.renderer = TwinRenderer(self.world, cfg.width, cfg.height)
         self.views = [v for v in policy.config.views if v in self.renderer.camera_ids]
         self.robot = XTrainerConfig.from_yaml(robot_yaml)
