@@ -108,5 +108,8 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     assert full["wilson95"] == pytest.approx(list(wilson_interval(full["successes"], 2)))
     assert all(c > 0 for c in full["chunks_per_trial"]), full  # the policy answered during every trial
     assert max(full["tcp_travel_m"]) > 0.01, full  # its chunks moved the arm through executor and driver
+    # the policy node's stage timings, read from its /diagnostics: capture -> chunk published covers the model call
+    lat = full["policy_latency_s"][-1]
+    assert 0 < lat["model_p50_s"] < lat["obs_age_p50_s"] < 5.0, lat
     assert "full" in proc.stdout and "95% Wilson interval" in proc.stdout
     assert (out / "rollouts.png").stat().st_size > 1000

@@ -327,7 +327,9 @@ def run(args: argparse.Namespace) -> int:
             t0 = time.monotonic()
 
             def report(r, prog=prog) -> None:
-                prog.item(r.success, f"seed {r.seed}: {r.chunks} chunks, left TCP moved {r.tcp_travel_m:.2f} m")
+                age = r.policy_latency.get("obs_age_p50_s")
+                prog.item(r.success, f"seed {r.seed}: {r.chunks} chunks, left TCP moved {r.tcp_travel_m:.2f} m"
+                          + (f", capture->chunk p50 {age * 1e3:.0f} ms" if age is not None else ""))
 
             trials[cond] = evaluate(ckpt, task.instruction, heldout_seeds(n_trials), opts, args.trial_s,
                                     on_progress=report, executor_blend=args.executor_blend,
@@ -339,6 +341,9 @@ def run(args: argparse.Namespace) -> int:
                                            "success_per_seed": [t.success for t in trials[cond]],
                                            "chunks_per_trial": [t.chunks for t in trials[cond]],
                                            "tcp_travel_m": [round(t.tcp_travel_m, 4) for t in trials[cond]],
+                                           # the policy node's p50 seconds (capture -> chunk published, model call,
+                                           # preprocessing) over its recent chunks, read at each trial's end
+                                           "policy_latency_s": [t.policy_latency for t in trials[cond]],
                                            "seconds": time.monotonic() - t0}
             (out / "results.json").write_text(json.dumps(results, indent=2))  # what is done so far
         _rollout_strip(trials, out / ("rollouts.png" if "full" in trials else "rollouts_ablations.png"))

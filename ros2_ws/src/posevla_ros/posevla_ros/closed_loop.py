@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -65,6 +66,8 @@ class SimProbe:
         self.node.create_subscription(MultiDOFJointTrajectory, "/policy/chunk",
                                       lambda m: setattr(self, "chunks", self.chunks + 1), 10)
         self.node.create_subscription(PoseStamped, "/left_arm/tcp_pose", self._on_tcp, 50)
+        self.policy_diag: dict[str, str] = {}  # the policy node's newest /diagnostics values (stage timings)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self._clients: dict[str, object] = {}
         self.command: dict[str, tuple[np.ndarray, float]] = {}  # arm -> joint targets (rad), gripper (0..1)
         self._path: tuple[str, JointPath, float] | None = None  # (arm, path, monotonic start) being played
@@ -104,6 +107,22 @@ class SimProbe:
         if self._last_tcp is not None:
             self.tcp_travel_m += float(np.linalg.norm(p - self._last_tcp))
         self._last_tcp = p
+
+    def _on_diagnostics(self, m: DiagnosticArray) -> None:
+        for st in m.status:
+            if st.name == "policy_node":
+                self.policy_diag = {kv.key: kv.value for kv in st.values}
+
+    def policy_latency(self) -> dict[str, float]:
+        """The policy node's p50 seconds over its recent chunks: capture -> chunk published (obs_age), model call,
+        preprocessing; empty before its first /diagnostics."""
+        out = {}
+        for key in ("obs_age_p50_s", "model_p50_s", "preprocess_p50_s"):
+            try:
+                out[key] = float(self.policy_diag[key])
+            except (KeyError, ValueError):
+                pass
+        return out
 
     def _on_head(self, m: Image) -> None:
         self.head = np.array(msg_to_image(m, "/head/color/image_raw"))
@@ -313,6 +332,7 @@ class TrialResult:
     frames: list[np.ndarray] = field(default_factory=list)  # head camera at start, middle, end
     chunks: int = 0  # action chunks the policy published during the trial
     tcp_travel_m: float = 0.0  # path length of the left TCP during the trial
+    policy_latency: dict[str, float] = field(default_factory=dict)  # SimProbe.policy_latency() at the trial's end
 
 
 def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOptions, trial_s: float = 10.0,
@@ -364,7 +384,7 @@ def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOp
             ok = probe.fresh_success()
             if runner.dead():
                 raise StageError(f"node(s) exited: {runner.dead()}")
-            results.append(TrialResult(seed, ok, frames, probe.chunks, probe.tcp_travel_m))
+            results.append(TrialResult(seed, ok, frames, probe.chunks, probe.tcp_travel_m, probe.policy_latency()))
             on_progress(results[-1])
     finally:
         runner.stop()
