@@ -71,3 +71,31 @@ def test_rollout_cli_refuses_bad_input_with_one_line(tmp_path) -> None:
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_miscalibrated_stack_holds_still_like_one_with_a_single_wrong_file(tmp_path) -> None:
+    """--perturb-calibration: the stack reads one perturbed head calibration for both the TCP state it shows the
+    policy and the chunks it executes, as a robot with one wrong file would. A policy holding the arm where it
+    sees it then keeps it still. (Reading the perturbed file in the executor only, stop 25's ablation, made every
+    chunk move the arm by the calibration error, and the arm drifted chunk after chunk.)"""
+    from posevla.sim.benchmark import perturbed_calibration
+
+    seen: list[np.ndarray] = []
+
+    class _Recorder(_Holder):
+        def predict(self, obs, modalities: str = "full", noise_seed=None) -> ActionChunk:
+            seen.append(obs.views[self.config.reference_view].T_base_cam.copy())
+            return super().predict(obs, modalities, noise_seed)
+
+    bad = perturbed_calibration(CALIB, tmp_path / "perturbed")
+    r = DirectRollout(_Recorder(_config()), ROBOT, CALIB, RolloutConfig(trial_s=4.0, replan_s=0.3, latency_s=0.1,
+                                                                        width=64, height=48),
+                      stack_calibration_dir=bad)
+    try:
+        res = r.trial(5)
+        T_true = r.calibs["head_camera_color_optical_frame"].T_parent_child
+    finally:
+        r.close()
+    assert res.tcp_travel_m < 0.01, res
+    # the policy saw the perturbed head pose (2 cm off the one the twin renders)
+    assert np.linalg.norm(seen[0][:3, 3] - T_true[:3, 3]) == pytest.approx(0.02, abs=1e-6)

@@ -318,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
         conditions: dict[str, dict] = {} if args.skip_full else {"full": {}}
         if not args.no_ablations:
             conditions["rgb_only"] = {"modalities": "rgb"}
-            conditions["miscalibrated"] = {"executor_calibration_dir": perturbed_calibration(
+            conditions["miscalibrated"] = {"stack_calibration_dir": perturbed_calibration(
                 args.calibration_dir, out / "calibration_perturbed")}
         trials: dict[str, list] = {}
         for cond, kw in conditions.items():

@@ -63,8 +63,11 @@ class DirectRollout:
 
     def __init__(self, policy, robot_yaml: str | Path, calibration_dir: str | Path, cfg: RolloutConfig,
                  executor_cfg: ExecutorConfig | None = None, limits: SafetyLimits | None = None,
-                 executor_calibration_dir: str | Path | None = None, task: PickLiftTask | None = None) -> None:
-        """task: the placements a seed draws (default: PickLiftTask(), the benchmark's ranges)."""
+                 stack_calibration_dir: str | Path | None = None, task: PickLiftTask | None = None) -> None:
+        """calibration_dir: the camera poses the twin renders. stack_calibration_dir: the calibration the stack
+        reads, as one set of files on a robot: the observation builder (TCP state into the camera frame) and the
+        executor (chunk to base_link); default: the rendered one. task: the placements a seed draws (default:
+        PickLiftTask(), the benchmark's ranges)."""
         from posevla.robot.driver import XTrainerConfig
 
         self.policy, self.cfg = policy, cfg
@@ -76,8 +79,9 @@ class DirectRollout:
         self.limits = limits or self.robot.safety
         self.executor_cfg = executor_cfg or ExecutorConfig(blend=cfg.blend)
         self.kins = {a: self.robot.arm_kinematics(a) for a in self.spec.T_base_armbase}
-        self.calibs = load_calibrations(calibration_dir)  # what the twin renders (and the observation node uses)
-        self.exec_calibs = load_calibrations(executor_calibration_dir) if executor_calibration_dir else self.calibs
+        # what the twin renders; what the stack reads (both the observation builder and the executor)
+        self.calibs = load_calibrations(calibration_dir)
+        self.stack_calibs = load_calibrations(stack_calibration_dir) if stack_calibration_dir else self.calibs
 
     def _state(self, stamp_ns: int) -> RobotState:
         arms = {a: ArmState(self.world.T_base_tcp(a), arm.q.copy(), float(arm.gripper), stamp_ns)
@@ -108,8 +112,8 @@ class DirectRollout:
         builder = ObservationBuilder(BuilderConfig(image_size=self.policy.config.image_size, max_age_s=1e9, slop_s=1e9,
                                                    reference_view=self.policy.config.reference_view,
                                                    crops=dict(self.policy.config.view_crops)),
-                                     CameraToBase(self.calibs, histories))
-        to_base = CameraToBase(self.exec_calibs, histories)
+                                     CameraToBase(self.stack_calibs, histories))
+        to_base = CameraToBase(self.stack_calibs, histories)
         executor = ChunkExecutor(self.executor_cfg, self.limits)
         pending: deque = deque()  # (due ns, chunk in base_link)
         tick_s = 1.0 / self.executor_cfg.rate_hz

@@ -3,7 +3,7 @@
   posevla benchmark rollout --checkpoint runs/closed_loop/train/checkpoint              # 20 held-out seeds
   posevla benchmark rollout --checkpoint CKPT --seeds train --trials 8                  # training placements
   posevla benchmark rollout --checkpoint CKPT --modalities rgb                          # RGB-only ablation
-  posevla benchmark rollout --checkpoint CKPT --perturb-calibration                     # executor 2 cm / 2 deg off
+  posevla benchmark rollout --checkpoint CKPT --perturb-calibration                     # head calib 2 cm / 2 deg off
   posevla benchmark rollout --policy scripted --trials 3                                # pipeline check
 
 The same observation builder, hand-eye transform, ChunkExecutor and IK as the ROS graph (posevla.sim.rollout),
@@ -43,7 +43,8 @@ def add_rollout_parser(sub) -> None:
     p.add_argument("--modalities", choices=MODALITIES, default="full", help="geometry the policy reads")
     p.add_argument("--blend", choices=BLEND_MODES, default="ensemble", help="executor chunk blending")
     p.add_argument("--perturb-calibration", action="store_true",
-                   help="the executor reads a head calibration moved by 2 cm / 2 deg (the twin renders the true one)")
+                   help="the stack (observation builder and executor) reads a head calibration moved by 2 cm / 2 deg; "
+                        "the twin renders the true one")
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=120)
     p.add_argument("--robot-config", type=Path, default=default_path("config", "xtrainer_sim_robot.yaml"))
@@ -99,7 +100,7 @@ def run_rollout(args: argparse.Namespace) -> int:
             return 2
         config = policy.config
     tmp = tempfile.TemporaryDirectory()
-    exec_calib = perturbed_calibration(args.calibration_dir, Path(tmp.name)) if args.perturb_calibration else None
+    stack_calib = perturbed_calibration(args.calibration_dir, Path(tmp.name)) if args.perturb_calibration else None
     cfg = RolloutConfig(trial_s=args.trial_s, replan_s=args.replan_s, latency_s=args.latency_s, width=args.width,
                         height=args.height, modalities=args.modalities, blend=args.blend)
 
@@ -109,7 +110,7 @@ def run_rollout(args: argparse.Namespace) -> int:
     holder = policy if policy is not None else _Cfg()
     holder.config = config
     try:
-        r = DirectRollout(holder, args.robot_config, args.calibration_dir, cfg, executor_calibration_dir=exec_calib)
+        r = DirectRollout(holder, args.robot_config, args.calibration_dir, cfg, stack_calibration_dir=stack_calib)
     except ValueError as exc:
         print(f"posevla benchmark rollout: {exc}", file=sys.stderr)
         return 2

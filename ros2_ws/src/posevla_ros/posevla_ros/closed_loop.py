@@ -336,7 +336,7 @@ class TrialResult:
 
 
 def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOptions, trial_s: float = 10.0,
-             modalities: str = "full", executor_calibration_dir: Path | None = None,
+             modalities: str = "full", stack_calibration_dir: Path | None = None,
              on_progress: Callable[[TrialResult], None] = lambda r: None, settle_s: float = 1.5,
              executor_blend: str | None = None, policy_engine: str | None = None) -> list[TrialResult]:
     """Closed-loop trials through policy node, executor, driver and twin; one per held-out seed. After each reset
@@ -346,9 +346,10 @@ def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOp
     specs = graph("sim_mujoco", checkpoint=str(checkpoint), instruction=instruction, overrides={
         "mujoco_sim": opts.twin_overrides(), "xtrainer_driver": {"robot_config": str(opts.robot_config)},
         "executor": {"robot_config": str(opts.robot_config),
-                     "calibration_dir": str(executor_calibration_dir or opts.calibration_dir),
+                     "calibration_dir": str(stack_calibration_dir or opts.calibration_dir),
                      **({"blend": executor_blend} if executor_blend else {})},
         "policy": {"modalities": modalities, "device": "cpu", "warmup": True,
+                   "calibration_dir": str(stack_calibration_dir or opts.calibration_dir),
                    **({"engine": policy_engine} if policy_engine else {})}})
     probe = SimProbe("closed_loop_eval")
     runner = _start(specs, opts)
