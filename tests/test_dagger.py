@@ -14,7 +14,7 @@ from posevla.model.config import PoseVLAConfig  # noqa: E402
 from posevla.paths import calibration_dir, default_path  # noqa: E402
 from posevla.robot.kinematics import ArmKinematics  # noqa: E402
 from posevla.sim.dagger import main  # noqa: E402
-from posevla.sim.rollout import DirectRollout, RolloutConfig  # noqa: E402
+from posevla.sim.rollout import DirectRollout, MissRule, RolloutConfig, ScriptedPolicy  # noqa: E402
 from posevla.sim.task import PickLiftTask, ScriptTiming, scripted_pick_from  # noqa: E402
 from posevla.types import ActionChunk, ArmChunk  # noqa: E402
 
@@ -78,6 +78,37 @@ def test_takeover_lifts_and_records_every_camera() -> None:
         r.close()
 
 
+def test_miss_rule() -> None:
+    rule = MissRule(closed_s=1.5, lifted_z_m=0.035, latest_s=9.0)
+    assert not rule.missed(2.0, None, 0.02)  # open, early
+    assert not rule.missed(2.0, 1.4, 0.02)  # closing, not yet a miss
+    assert rule.missed(2.0, 1.5, 0.02)  # closed 1.5 s, cube on the table
+    assert not rule.missed(2.0, 3.0, 0.05)  # closed and the cube rises: a grasp
+    assert rule.missed(9.0, None, 0.02) and not rule.missed(9.0, None, 0.2)  # late without a lift
+
+
+def test_takeover_on_a_miss_records_the_recovery() -> None:
+    """The wanderer closes its gripper 12 cm beside the cube: the expert takes over closed_s after the close, opens
+    and lifts the cube; a policy that lifts the cube itself ends the trial early without any takeover."""
+    cfg = PoseVLAConfig.from_yaml(default_path("models", "closed_loop.yaml"))
+    r = DirectRollout(_Wanderer(cfg), ROBOT, calibration_dir(), RolloutConfig(trial_s=12.0, replan_s=0.3, width=64,
+                                                                               height=48))
+    try:
+        res = r.trial(1_000_005, miss=MissRule(closed_s=1.0, latest_s=8.0), stop_on_success=True)
+        closed = res.trace[res.trace[:, 4] < 0.5, 0]
+        t_close = closed[0] - res.trace[0, 0]  # the wanderer's first close (trial time, s)
+        assert res.takeover_at_s is not None and 0.95 <= res.takeover_at_s - t_close <= 1.1
+        assert res.success and not res.stopped_early and res.cube_z_m > 0.15
+        res_late = r.trial(1_000_005, miss=MissRule(closed_s=20.0, latest_s=3.0))
+        assert res_late.takeover_at_s == pytest.approx(3.0, abs=0.02) and res_late.success
+        r.policy = ScriptedPolicy(cfg, r)  # lifts the cube itself: no miss, the trial stops at the lift
+        res_own = r.trial(1_000_005, miss=MissRule(closed_s=1.0, latest_s=11.0), stop_on_success=True)
+        assert res_own.takeover_at_s is None and res_own.stopped_early and res_own.success
+        assert res_own.trace[-1, 0] - res_own.trace[0, 0] < 11.0
+    finally:
+        r.close()
+
+
 def test_rollout_places_the_cube_from_the_task_it_is_given() -> None:
     """The collector's --x-range/--y-range: a wider task moves the cube outside the benchmark's ranges."""
     cfg = PoseVLAConfig.from_yaml(default_path("models", "closed_loop.yaml"))
@@ -99,6 +130,7 @@ def test_rollout_places_the_cube_from_the_task_it_is_given() -> None:
     (["--takeover-s", "5", "2"], "--takeover-s"),
     (["--x-range", "0.5", "0.4"], "--x-range"),
     (["--y-range", "0.3", "0.3"], "--y-range"),
+    (["--takeover-on-miss", "--miss-latest-s", "20"], "--miss-latest-s"),
 ])
 def test_bad_input_exits_2(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
     ck = tmp_path / "ck"

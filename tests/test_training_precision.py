@@ -152,3 +152,15 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_resolve_device_gives_cuda_an_index() -> None:
+    """`posevla train --device cuda` failed on an H200 ("Expected a torch.device with a specified index"):
+    torch.cuda.set_device needs an index, so a bare `cuda` becomes this process's GPU."""
+    from posevla.training.train import resolve_device
+
+    assert str(resolve_device("cuda", 0, True)) == "cuda:0"
+    assert str(resolve_device("cuda", 3, True)) == "cuda:3"  # torchrun's LOCAL_RANK
+    assert str(resolve_device("cuda:1", 3, True)) == "cuda:1"  # an explicit index is kept
+    assert str(resolve_device(None, 2, True)) == "cuda:2" and str(resolve_device(None, 2, False)) == "cpu"
+    assert str(resolve_device("cpu", 0, True)) == "cpu"

@@ -22,14 +22,17 @@ import numpy as np
 import yaml
 
 from posevla.paths import calibration_dir, default_path
+from posevla.sim.rollout import MissRule
 from posevla.sim.task import PickLiftTask
 
 
 def collect(checkpoint: Path, out: Path, episodes: int, first_seed: int, takeover_s: tuple[float, float],
             trial_s: float, width: int, height: int, robot_yaml: Path, calib_dir: Path, seed: int = 0,
-            log=print, task: PickLiftTask | None = None) -> dict:
+            log=print, task: PickLiftTask | None = None, miss: MissRule | None = None, threads: int = 2) -> dict:
     """Record `episodes` takeover trials; returns counts and the paths written. task: the placement ranges the
-    seeds draw from (default: the benchmark's)."""
+    seeds draw from (default: the benchmark's). miss: take over when the policy misses its grasp (`MissRule`)
+    instead of at a random time; a trial in which the policy lifts the cube itself ends there and is not kept
+    (it holds no correction)."""
     import torch
 
     from posevla.calibration.files import load_calibrations
@@ -37,7 +40,7 @@ def collect(checkpoint: Path, out: Path, episodes: int, first_seed: int, takeove
     from posevla.model.policy import PoseVLAPolicy
     from posevla.sim.rollout import DirectRollout, RolloutConfig
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     policy = PoseVLAPolicy.from_pretrained(checkpoint, device="cpu")
     r = DirectRollout(policy, robot_yaml, calib_dir, RolloutConfig(trial_s=trial_s, width=width, height=height),
                       task=task)
@@ -48,11 +51,12 @@ def collect(checkpoint: Path, out: Path, episodes: int, first_seed: int, takeove
     rng = np.random.default_rng([seed, first_seed])
     root = out / "data"
     exclude: dict[str, list[list[float]]] = {}
-    lifted, t_start = 0, time.monotonic()
+    lifted, kept, own_lifts, t_start = 0, 0, 0, time.monotonic()
     try:
         for i, s in enumerate(range(first_seed, first_seed + episodes)):
             t_take = float(rng.uniform(*takeover_s))
-            meta = {"instruction": r.world.task.instruction, "operator": f"dagger takeover {t_take:.2f} s",
+            operator = "dagger takeover on a miss" if miss is not None else f"dagger takeover {t_take:.2f} s"
+            meta = {"instruction": r.world.task.instruction, "operator": operator,
                     "fps": 10.0, "cameras": {c: f"TWIN-{c.upper()}" for c in intr},
                     "software_version": "posevla 0.1.0", "start_time_ns": time.time_ns(), "calibration": calib_meta}
             writer = EpisodeWriter(root, "pick_cube", meta, intr, min_free_bytes=64 * 1024 * 1024)
@@ -63,18 +67,31 @@ def collect(checkpoint: Path, out: Path, episodes: int, first_seed: int, takeove
                 while not writer.add_frame(rec):
                     time.sleep(0.005)
 
-            res = r.trial(s, takeover_s=t_take, record=record)
+            xy = r.world.task.sample(s).cube_xy
+            if miss is None:
+                res = r.trial(s, takeover_s=t_take, record=record)
+            else:
+                res = r.trial(s, record=record, miss=miss, stop_on_success=True)
+                if res.takeover_at_s is None:
+                    writer.discard()
+                    own_lifts += res.success
+                    log(f"[dagger] {i + 1}/{episodes} seed {s} (cube at {xy[0]:.3f}, {xy[1]:.3f}): no miss "
+                        f"({'the policy lifted it' if res.success else 'no takeover'}), not kept | {kept} kept  "
+                        f"{time.monotonic() - t_start:.0f} s")
+                    continue
+                t_take = res.takeover_at_s
             path = writer.finish(success=bool(res.success))
             lifted += res.success
+            kept += 1
             exclude[str(Path(path).resolve())] = [[0.0, round(t_take, 3)]]
-            xy = r.world.task.sample(s).cube_xy
             log(f"[dagger] {i + 1}/{episodes} seed {s} (cube at {xy[0]:.3f}, {xy[1]:.3f}): takeover at {t_take:.1f} s, "
-                f"{'lifted' if res.success else 'not lifted'} | {lifted}/{i + 1}  {time.monotonic() - t_start:.0f} s")
+                f"{'lifted' if res.success else 'not lifted'} | {lifted}/{kept}  {time.monotonic() - t_start:.0f} s")
     finally:
         r.close()
     out.mkdir(parents=True, exist_ok=True)
     (out / "exclude.yaml").write_text(yaml.safe_dump(exclude, sort_keys=True))
-    return {"episodes": episodes, "lifted": lifted, "data": root / "pick_cube", "exclude": out / "exclude.yaml"}
+    return {"episodes": episodes, "kept": kept, "lifted": lifted, "own_lifts": own_lifts, "data": root / "pick_cube",
+            "exclude": out / "exclude.yaml"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-seed", type=int, default=0, help="training placement seeds first.. (< 1000000)")
     p.add_argument("--takeover-s", type=float, nargs=2, default=(1.0, 6.0), metavar=("MIN", "MAX"),
                    help="the expert takes over at a time uniform in [MIN, MAX] s")
+    p.add_argument("--takeover-on-miss", action="store_true",
+                   help="take over when the policy misses its grasp (closed for --miss-closed-s with the cube down) or "
+                        "at --miss-latest-s without a lift, instead of at --takeover-s; trials the policy lifts itself "
+                        "are not kept: the episodes show recoveries from the policy's own misses")
+    p.add_argument("--miss-closed-s", type=float, default=MissRule.closed_s, help="(default %(default)s)")
+    p.add_argument("--miss-latest-s", type=float, default=MissRule.latest_s, help="(default %(default)s)")
     p.add_argument("--trial-s", type=float, default=14.0, help="simulated seconds per episode")
     nominal = PickLiftTask()
     p.add_argument("--x-range", type=float, nargs=2, default=nominal.x_range, metavar=("LO", "HI"),
@@ -93,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                         "inside the training distribution")
     p.add_argument("--y-range", type=float, nargs=2, default=nominal.y_range, metavar=("LO", "HI"),
                    help="cube placements, base_link y (m) (default %(default)s)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads (default %(default)s; 1 when running two collectors on two cores)")
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=120)
     p.add_argument("--robot-config", type=Path, default=default_path("config", "xtrainer_sim_robot.yaml"))
@@ -102,9 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     lo, hi = args.takeover_s
     checks = [(not (args.checkpoint / "config.yaml").is_file(), f"--checkpoint {args.checkpoint}: no config.yaml"),
               (args.episodes < 1, "--episodes must be >= 1"),
+              (args.threads < 1, "--threads must be >= 1"),
               (not 0 <= args.first_seed < 1_000_000 - args.episodes,
                "--first-seed: training placements only (seeds below 1000000)"),
               (not 0 <= lo <= hi < args.trial_s, f"--takeover-s {lo} {hi}: need 0 <= MIN <= MAX < --trial-s"),
+              (args.takeover_on_miss and not 0 < args.miss_closed_s < args.miss_latest_s < args.trial_s,
+               "--miss-closed-s / --miss-latest-s: need 0 < CLOSED < LATEST < --trial-s"),
               (not args.robot_config.is_file(), f"--robot-config {args.robot_config} does not exist"),
               (not args.calibration_dir.is_dir(), f"--calibration-dir {args.calibration_dir} is not a folder"),
               (not args.x_range[0] < args.x_range[1], f"--x-range {args.x_range}: need LO < HI"),
@@ -115,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     info = collect(args.checkpoint, args.out, args.episodes, args.first_seed, (lo, hi), args.trial_s, args.width,
                    args.height, args.robot_config, args.calibration_dir,
-                   task=PickLiftTask(x_range=tuple(args.x_range), y_range=tuple(args.y_range)))
-    print(f"[dagger] {info['lifted']}/{info['episodes']} lifted; episodes in {info['data']}, exclude segments "
-          f"{info['exclude']}")
+                   task=PickLiftTask(x_range=tuple(args.x_range), y_range=tuple(args.y_range)),
+                   miss=MissRule(closed_s=args.miss_closed_s, latest_s=args.miss_latest_s)
+                   if args.takeover_on_miss else None, threads=args.threads)
+    print(f"[dagger] {info['kept']} of {info['episodes']} trials kept, {info['lifted']} lifted"
+          + (f" ({info['own_lifts']} lifted by the policy itself, not kept)" if args.takeover_on_miss else "")
+          + f"; episodes in {info['data']}, exclude segments {info['exclude']}")
     return 0
 
 

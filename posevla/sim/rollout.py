@@ -45,6 +45,23 @@ class RolloutConfig:
     settle_s: float = 0.5  # after the reset, before the first observation
 
 
+@dataclass(frozen=True)
+class MissRule:
+    """When the policy has missed its grasp, for takeover recordings of the recovery. A miss: the task arm's gripper
+    set-point has been closed for `closed_s` seconds while the cube centre is still below `lifted_z_m` (base_link z;
+    the cube rests at 0.02 m, and a held cube rises with the lift that follows the close), or `latest_s` seconds of
+    the trial have passed without a lift (the policy hesitates or wanders)."""
+
+    closed_s: float = 1.5
+    lifted_z_m: float = 0.035
+    latest_s: float = 9.0
+
+    def missed(self, t_s: float, closed_for_s: float | None, cube_z_m: float) -> bool:
+        if cube_z_m >= self.lifted_z_m:
+            return False
+        return t_s >= self.latest_s or (closed_for_s is not None and closed_for_s >= self.closed_s)
+
+
 @dataclass
 class TrialResult:
     seed: int
@@ -56,6 +73,8 @@ class TrialResult:
     frames: list[np.ndarray] = field(default_factory=list)  # head RGB at the start, middle, end
     trace: np.ndarray | None = None  # (n, 6) every executor tick: t (s), task arm TCP x y z (base_link, m),
     # gripper set-point, measured gripper opening
+    takeover_at_s: float | None = None  # trial time (s) at which the scripted expert took over; None: it never did
+    stopped_early: bool = False  # stop_on_success ended the trial when the cube was lifted
 
 
 class DirectRollout:
@@ -98,10 +117,14 @@ class DirectRollout:
 
     def trial(self, seed: int, keep_frames: bool = False, takeover_s: float | None = None,
               record: Callable[[int, dict[str, CameraFrame], RobotState, np.ndarray], None] | None = None,
-              record_period_s: float = 0.1) -> TrialResult:
+              record_period_s: float = 0.1, miss: MissRule | None = None,
+              stop_on_success: bool = False) -> TrialResult:
         """One trial. takeover_s: from this trial time on, the scripted expert (`ScriptedPolicy(from_current=True)`)
         drives instead of the policy, with a fresh executor (DAgger-style corrections from the states the policy
-        reached). record(stamp_ns, frames of every twin camera, robot state, command (14,)) every record_period_s."""
+        reached). miss: the expert also takes over as soon as the policy has missed its grasp (see `MissRule`), so
+        the recording shows the recovery -- open, re-approach, grasp -- from the policy's own failed grasp.
+        stop_on_success: end the trial as soon as the cube is lifted (before any takeover). record(stamp_ns,
+        frames of every twin camera, robot state, command (14,)) every record_period_s."""
         cfg, world = self.cfg, self.world
         policy = self.policy
         if hasattr(policy, "reset"):
@@ -129,13 +152,28 @@ class DirectRollout:
         start_ns = now_ns()
         end_ns = start_ns + int(cfg.trial_s * 1e9)
         takeover_ns = None if takeover_s is None else start_ns + int(takeover_s * 1e9)
+        takeover_at_s: float | None = None
+        closed_since_ns: int | None = None  # the task arm's gripper set-point has been closed since (policy only)
+        stopped_early = False
         next_record_ns = start_ns
         while now_ns() < end_ns:
             t = now_ns()
             for a in world.arms:
                 histories[a].add(t, world.T_base_tcp(a))
+            if takeover_at_s is None and miss is not None:
+                if world.arms[self.robot_task_arm].gripper_target < 0.5:
+                    closed_since_ns = t if closed_since_ns is None else closed_since_ns
+                else:
+                    closed_since_ns = None
+                if miss.missed((t - start_ns) * 1e-9, None if closed_since_ns is None else (t - closed_since_ns) * 1e-9,
+                               float(world.cube_pose()[2, 3])):
+                    takeover_ns = t
+            if takeover_at_s is None and stop_on_success and world.success():
+                stopped_early = True
+                break
             if takeover_ns is not None and t >= takeover_ns:
                 takeover_ns = None
+                takeover_at_s = (t - start_ns) * 1e-9
                 policy = ScriptedPolicy(self.policy.config, self, from_current=True)
                 executor = ChunkExecutor(self.executor_cfg, self.limits)
                 pending.clear()
@@ -180,7 +218,7 @@ class DirectRollout:
             frames.append(self.renderer.render(self.policy.config.reference_view)[0])
         cube = world.cube_pose()
         return TrialResult(seed, bool(world.success()), float(cube[2, 3]), travel, chunks, min_grasp, frames,
-                           np.asarray(trace))
+                           np.asarray(trace), takeover_at_s, stopped_early)
 
     @property
     def robot_task_arm(self) -> str:

@@ -285,11 +285,8 @@ def train(args: argparse.Namespace) -> dict:
         _check_resume_args(saved, config_now, out)
 
     rank, world, local_rank = _dist()
-    if args.device:
-        device_name = args.device
-    else:
-        device_name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
+    device = resolve_device(args.device, local_rank, torch.cuda.is_available())
+    device_name = str(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(args.seed + rank)
@@ -478,6 +475,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"posevla train: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def resolve_device(name: str | None, local_rank: int, cuda_available: bool) -> torch.device:
+    """The training device: `--device` as given, with an index (`cuda` -> this process's GPU `cuda:<local_rank>`:
+    torch.cuda.set_device refuses a CUDA device without one); default CUDA when present, else the CPU."""
+    if not name:
+        return torch.device(f"cuda:{local_rank}" if cuda_available else "cpu")
+    device = torch.device(name)
+    return torch.device("cuda", local_rank) if device.type == "cuda" and device.index is None else device
 
 
 def main(argv: list[str] | None = None) -> int:
