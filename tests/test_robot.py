@@ -1,6 +1,7 @@
 """X-Trainer driver against the protocol-level simulator over real loopback sockets."""
 from __future__ import annotations
 
+import dataclasses
 import struct
 import time
 
@@ -168,22 +169,65 @@ def test_unsafe_and_stale_commands_are_refused_and_never_reach_the_socket(rig) -
     assert len(sim.arms["left"].received) == n0
 
 
-def test_unreachable_pose_puts_controller_in_error_and_arm_holds(rig) -> None:
-    sim, driver = rig
+def _wide_guard(driver: XTrainerDriver, **guard) -> None:
+    """Speed, workspace and lead limits out of the way, so only the reachability check can refuse."""
     wide = SafetyLimits.from_dict({"workspace": {"left": {"lo": [-5, -5, -5], "hi": [5, 5, 5]},
                                                  "right": {"lo": [-5, -5, -5], "hi": [5, 5, 5]}},
                                    "max_linear_speed": 1000.0, "max_angular_speed": 100.0, "max_linear_accel": 1e6})
-    g = GuardConfig(max_request_m=10.0, max_lead_m=10.0)
+    g = GuardConfig(max_request_m=10.0, max_lead_m=10.0, max_request_rad=3.0, max_lead_rad=3.0, **guard)
     driver.guards["left"] = SetpointGuard("left", wide, g)
-    q_before = driver.feedback("left").q
+    driver.cfg = dataclasses.replace(driver.cfg, guard=g)
+
+
+def test_unreachable_pose_is_never_sent(rig) -> None:
+    """A ServoP set-point without an IK solution near the measured joints is refused by the driver: the controller
+    receives nothing and stays enabled (sent, it would raise an IK alarm and stop)."""
+    sim, driver = rig
+    _wide_guard(driver)
+    n0 = len(sim.arms["left"].received)
     T = driver.arm_state("left").T_base_tcp.copy()
     T[:3, 3] = [2.5, 0.3, 0.3]  # beyond the arm's reach
-    assert driver.servo_pose("left", T) is None  # sent: the controller decides reachability
+    reason = driver.servo_pose("left", T)
+    assert reason is not None and "inverse-kinematics" in reason and "unreachable" in reason, reason
+    time.sleep(0.1)
+    assert len(sim.arms["left"].received) == n0 and not sim.arms["left"].errors
+    assert driver.feedback("left").mode != P.MODE_ERROR
+    assert driver.servo_pose("left", driver.arm_state("left").T_base_tcp) is None  # a reachable one still goes
+
+
+def test_setpoint_needing_a_large_joint_turn_is_refused(rig) -> None:
+    """The TCP limits do not bound joint speeds near a singularity: a set-point whose IK solution turns a joint
+    further than max_ik_joint_step_rad from the measured joints is not sent; a smaller turn is."""
+    sim, driver = rig
+    _wide_guard(driver, max_ik_joint_step_rad=0.2)
+    q0 = driver.feedback("left").q
+    T0 = driver.arm_state("left").T_base_tcp
+    n0 = len(sim.arms["left"].received)
+    turn = lambda a: T0 @ se3.T_from_xyz_rpy([0.0, 0.0, 0.0], [0.0, 0.0, a])  # noqa: E731 - about the tool z
+    reason = driver.servo_pose("left", turn(0.4))
+    assert reason is not None and "joint 6 to turn 0.40 rad" in reason and "0.2" in reason, reason
+    assert len(sim.arms["left"].received) == n0
+    assert driver.servo_pose("left", turn(0.1)) is None
+    deadline = time.monotonic() + 5.0
+    while len(sim.arms["left"].received) < n0 + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(sim.arms["left"].received) == n0 + 1
+    sent = units.pose_from_controller(np.array(P.parse_command(sim.arms["left"].received[-1][1])[1]))
+    np.testing.assert_allclose(sent, driver.T_armbase_base["left"] @ turn(0.1), atol=1e-4)
+    np.testing.assert_allclose(driver.feedback("left").q[:5], q0[:5], atol=1e-3)
+
+
+def test_controller_alarm_holds_the_arm_until_cleared(rig) -> None:
+    sim, driver = rig
+    q_before = driver.feedback("left").q
+    with sim.arms["left"].lock:
+        sim.arms["left"]._alarm(22)  # an alarm raised by the controller itself (IK, collision detection, ...)
     time.sleep(0.1)
     assert driver.feedback("left").mode == P.MODE_ERROR
-    assert sim.arms["left"].errors
+    n0 = len(sim.arms["left"].received)
     reason = driver.servo_pose("left", driver.arm_state("left").T_base_tcp)
     assert "error state" in reason or "rejected" in reason, reason
+    assert len(sim.arms["left"].received) == n0
     np.testing.assert_allclose(driver.feedback("left").q, q_before, atol=1e-4)
     driver.clear_error("left")
     time.sleep(0.05)

@@ -156,6 +156,7 @@ class XTrainerDriver:
                                             on_motion_error=functools.partial(self._on_motion_error, arm))
                         for arm, ep in cfg.arms.items()}
         self.T_armbase_base = {arm: se3.invert_T(ep.T_base_armbase) for arm, ep in cfg.arms.items()}
+        self._ik_last: dict[str, np.ndarray] = {}  # joints (rad) of the last ServoP set-point judged reachable
         self._estop = False
         self._fault: dict[str, tuple[str, float]] = {}  # arm -> (why, monotonic time the hold ends)
         self.refusals: dict[str, str] = {}
@@ -384,6 +385,30 @@ class XTrainerDriver:
         self.sent[arm] += 1
         return None
 
+    def _ik_check(self, arm: str, T_base_tcp: np.ndarray, q_meas_rad: np.ndarray) -> str:
+        """Why the controller could not follow a ServoP set-point, judged against the measured joints ('' if it
+        can): no inverse-kinematics solution within the joint limits (the controller would raise an IK alarm and
+        stop), or the solution nearest the measured joints turns a joint further than max_ik_joint_step_rad (a
+        singularity or a branch flip: joint speeds the TCP limits do not bound). Seeded with the previous set-point's
+        solution (one or two iterations at the set-point rate)."""
+        q_meas = np.asarray(q_meas_rad, float)
+        seed = self._ik_last.get(arm)
+        limit = self.cfg.guard.max_ik_joint_step_rad
+        if seed is None or float(np.max(np.abs(seed - q_meas))) > limit:
+            seed = q_meas
+        q = self.kins[arm].ik(self.T_armbase_base[arm] @ T_base_tcp, seed)
+        if q is None:
+            self._ik_last.pop(arm, None)
+            return (f"{arm} arm set-point {np.round(T_base_tcp[:3, 3], 3).tolist()} m has no inverse-kinematics "
+                    "solution within the joint limits (unreachable): not sent")
+        step = np.abs(q - q_meas)
+        j = int(np.argmax(step))
+        if step[j] > limit:
+            return (f"{arm} arm set-point needs joint {j + 1} to turn {step[j]:.2f} rad from the measured joints "
+                    f"(limit max_ik_joint_step_rad {limit}): near a singularity, not sent")
+        self._ik_last[arm] = q
+        return ""
+
     def servo_pose(self, arm: str, T_base_tcp: np.ndarray, gripper: float | None = None,
                    stamp_ns: int | None = None) -> str | None:
         """Send one ServoP set-point toward T_base_tcp (shaped to the limits); None when sent, else why not."""
@@ -397,6 +422,9 @@ class XTrainerDriver:
                 return self._refuse(arm, sp)
             if not np.allclose(sp.T_base_tcp, T_base_tcp, atol=1e-9):
                 self.shaped[arm] += 1
+            why = self._ik_check(arm, sp.T_base_tcp, meas.q)
+            if why:
+                return self._refuse(arm, why)
             why = self._send(arm, "ServoP", sp, now)
             if why:
                 return self._refuse(arm, why)

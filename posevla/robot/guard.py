@@ -50,6 +50,8 @@ class GuardConfig:
     max_request_m: float = 0.05  # a request this far from the reference is a fault upstream: refused (m)
     max_request_rad: float = 0.5  # (rad)
     max_joint_speed: float = 1.5  # ServoJ: no joint faster than this (rad/s)
+    max_ik_joint_step_rad: float = 0.6  # ServoP: the set-point's IK solution nearest the measured joints may turn
+    # no joint further than this from them (rad); beyond it the pose is near a singularity or needs a branch flip
     feedback_timeout_s: float = 0.1  # newest trusted feedback older than this: hold (s)
     feedback_max_delay_s: float = 0.05  # a packet delivered this much later than the fastest recent one is stale (s)
     plausible_speed: float = 2.0  # the TCP cannot move faster than this between two packets (m/s)
