@@ -63,7 +63,8 @@ def test_benchmark_refuses_bad_input_with_one_line(tmp_path):
     for extra, expected in ((["--robot-config", str(bad)], f"{bad}: field arms.left needs"),
                             (["--demos", "0"], "--demos must be >= 1"),
                             (["--lr", "0"], "--lr must lie in (0, 1]"),
-                            (["--ema-decay", "1"], "--ema-decay must be 0 (off) or in (0, 1)")):
+                            (["--ema-decay", "1"], "--ema-decay must be 0 (off) or in (0, 1)"),
+                            (["--flow-noise-scale", "-0.5"], "--flow-noise-scale must lie in [0, 1]")):
         proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--out",
                                str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
@@ -77,7 +78,7 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "cl"
     proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--demos", "2",
                            "--steps", "2", "--batch-size", "2", "--trials", "2", "--trial-s", "8", "--no-ablations",
-                           "--width", "96", "--height", "72",
+                           "--width", "96", "--height", "72", "--flow-noise-scale", "0",
                            "--out", str(out)], capture_output=True, text=True, timeout=880)
     log = (out / "nodes.log").read_text()[-3000:] if (out / "nodes.log").exists() else ""
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + log
@@ -101,6 +102,7 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     # a randomly initialised model is trained whole (lora / expert would leave its vision tower random)
     assert res["train_mode"] == "all" and res["config"].endswith("closed_loop.yaml")
     assert res["demo_offset_m"] == 0.06  # perturbed demonstrations by default (recovery data)
+    assert res["flow_noise_scale"] == 0.0 and "flow_noise_scale=0.0" in (out / "nodes.log").read_text()
     assert "(--train all)" in (out / "train.log").read_text()
     full = res["conditions"]["full"]
     assert full["trials"] == 2 and full["seeds"] == [HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 1]

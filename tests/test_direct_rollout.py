@@ -66,7 +66,8 @@ def test_rollout_cli_refuses_bad_input_with_one_line(tmp_path) -> None:
 
     for extra, expected in ((["--trials", "3"], "--checkpoint is required"),
                             (["--checkpoint", str(tmp_path)], f"--checkpoint {tmp_path}: no config.yaml"),
-                            (["--policy", "scripted", "--replan-s", "0"], "--replan-s must be > 0")):
+                            (["--policy", "scripted", "--replan-s", "0"], "--replan-s must be > 0"),
+                            (["--policy", "scripted", "--flow-noise-scale", "2"], "--flow-noise-scale must lie in")):
         proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "rollout", *extra],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr

@@ -247,6 +247,27 @@ def test_engine_predict_matches_policy(policy, graphs):
     assert all(v >= 0 for v in graphs.last_timing.values())
 
 
+def test_flow_noise_scale_zero_gives_deterministic_chunks(policy, graphs):
+    """flow_noise_scale 0 starts the flow from zero noise: the policy and every engine return the same chunk for
+    any noise seed (and the same as each other); at 1 different seeds give different chunks."""
+    obs, _ = _arrays(policy)
+    a, b = policy.predict(obs, noise_seed=1), policy.predict(obs, noise_seed=2)
+    assert np.abs(a.arms["left"].T - b.arms["left"].T).max() > 1e-4  # sampled: the seed matters
+    try:
+        policy.flow_noise_scale = 0.0
+        assert float(graphs.noise(5).abs().max()) == 0.0 and float(policy._noise(1, 5).abs().max()) == 0.0
+        a, b = policy.predict(obs, noise_seed=1), policy.predict(obs, noise_seed=2)
+        g = graphs.predict(obs, noise_seed=3)
+        for arm in policy.config.arms:
+            np.testing.assert_array_equal(a.arms[arm].T, b.arms[arm].T)
+            np.testing.assert_allclose(g.arms[arm].T, a.arms[arm].T, atol=1e-4)
+        policy.flow_noise_scale = 0.5
+        torch.manual_seed(0)
+        assert float(policy._noise(1, 5).std()) == pytest.approx(0.5, rel=0.1)
+    finally:
+        policy.flow_noise_scale = 1.0
+
+
 def test_engine_errors(policy):
     with pytest.raises(ValueError, match="must be one of"):
         make_engine(policy, "tensorflow")

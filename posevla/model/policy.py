@@ -44,6 +44,9 @@ class PoseVLAPolicy:
         self.outputs = XTrainerOutputs(cfg)
         self.model.to(device=device, dtype=dtype).eval()  # RoPE / time frequencies stay fp32 (network.py)
         self.last_timing: dict[str, float] = {}
+        # the flow's starting noise is N(0, I) x this (1: sample as trained; 0: start every chunk from zero noise,
+        # a deterministic chunk for an observation -- on the twin 66/80 against 59/80, docs/closed_loop.md)
+        self.flow_noise_scale = 1.0
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -237,7 +240,7 @@ class PoseVLAPolicy:
     def _noise(self, batch: int, seed: int | None) -> torch.Tensor:
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         shape = (batch, self.config.chunk_length, self.config.action_dim)
-        return torch.randn(shape, generator=gen).to(self.device, self.dtype)
+        return (torch.randn(shape, generator=gen) * self.flow_noise_scale).to(self.device, self.dtype)
 
     @torch.inference_mode()
     def predict(self, observation: Observation, modalities: str = "full", noise_seed: int | None = None,

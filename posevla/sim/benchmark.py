@@ -144,6 +144,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--policy-engine", choices=("torch", "torch_graphs", "onnxruntime"), default=None,
                    help="the policy node's inference engine in the trials (default: config/policy.yaml's, torch; "
                         "onnxruntime is ~4x faster on CPU, so the chunks act on fresher observations)")
+    p.add_argument("--flow-noise-scale", type=float, default=None,
+                   help="the policy node's flow_noise_scale in the trials, 0..1 (default: config/policy.yaml's, 1: "
+                        "sampled as trained; 0: deterministic chunks)")
     p.add_argument("--executor-blend", choices=("ensemble", "rtc", "replace"), default=None,
                    help="the executor's chunk blending in the trials (default: config/executor.yaml)")
     p.add_argument("--ros-domain-id", type=int, default=None,
@@ -159,6 +162,8 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--rate must lie in [0.5, 60] Hz (got {args.rate})"
     if args.ablation_trials is not None and args.ablation_trials < 1:
         return f"--ablation-trials must be >= 1 (got {args.ablation_trials})"
+    if args.flow_noise_scale is not None and not 0.0 <= args.flow_noise_scale <= 1.0:
+        return f"--flow-noise-scale must lie in [0, 1] (got {args.flow_noise_scale})"
     if args.skip_full and args.no_ablations:
         return "--skip-full with --no-ablations leaves nothing to evaluate"
     if not (0 < args.lr <= 1.0):
@@ -259,7 +264,8 @@ def run(args: argparse.Namespace) -> int:
     results: dict = {"demos": args.demos, "steps": args.steps, "config": str(args.config), "lr": args.lr,
                      "ema_decay": args.ema_decay,
                      "train_mode": args.train_mode, "executor_blend": args.executor_blend,
-                     "policy_engine": args.policy_engine or "torch", "trials": args.trials, "trial_s": args.trial_s,
+                     "policy_engine": args.policy_engine or "torch", "flow_noise_scale": args.flow_noise_scale,
+                     "trials": args.trials, "trial_s": args.trial_s,
                      "image": [args.width, args.height], "rate_hz": args.rate, "conditions": {}}
     if args.skip_collect and (out / "results.json").is_file():  # a later stage of an earlier run: keep its figures
         prev = json.loads((out / "results.json").read_text())
@@ -333,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
 
             trials[cond] = evaluate(ckpt, task.instruction, heldout_seeds(n_trials), opts, args.trial_s,
                                     on_progress=report, executor_blend=args.executor_blend,
-                                    policy_engine=args.policy_engine, **kw)
+                                    policy_engine=args.policy_engine, flow_noise_scale=args.flow_noise_scale, **kw)
             k, n = sum(t.success for t in trials[cond]), len(trials[cond])
             lo, hi = wilson_interval(k, n)
             results["conditions"][cond] = {"successes": k, "trials": n, "rate": k / n, "wilson95": [lo, hi],

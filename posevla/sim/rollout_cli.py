@@ -42,6 +42,8 @@ def add_rollout_parser(sub) -> None:
     p.add_argument("--latency-s", type=float, default=0.1, help="observation -> chunk at the executor (s)")
     p.add_argument("--modalities", choices=MODALITIES, default="full", help="geometry the policy reads")
     p.add_argument("--blend", choices=BLEND_MODES, default="ensemble", help="executor chunk blending")
+    p.add_argument("--flow-noise-scale", type=float, default=1.0,
+                   help="the flow's starting noise is N(0, I) x this (1: sampled as trained; 0: deterministic chunks)")
     p.add_argument("--perturb-calibration", action="store_true",
                    help="the stack (observation builder and executor) reads a head calibration moved by 2 cm / 2 deg; "
                         "the twin renders the true one")
@@ -66,6 +68,8 @@ def _check(args: argparse.Namespace) -> str | None:
             return f"--{name.replace('_', '-')} must be > 0 (got {getattr(args, name)})"
     if args.latency_s < 0 or args.first_seed < 0:
         return "--latency-s and --first-seed must be >= 0"
+    if not 0.0 <= args.flow_noise_scale <= 1.0:
+        return f"--flow-noise-scale must lie in [0, 1] (got {args.flow_noise_scale})"
     if not args.robot_config.is_file():
         return f"--robot-config {args.robot_config} does not exist"
     if not args.calibration_dir.is_dir():
@@ -95,6 +99,7 @@ def run_rollout(args: argparse.Namespace) -> int:
 
         try:
             policy = PoseVLAPolicy.from_pretrained(args.checkpoint, device="cpu")
+            policy.flow_noise_scale = args.flow_noise_scale
         except (ValueError, FileNotFoundError, KeyError) as exc:
             print(f"posevla benchmark rollout: --checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
             return 2
@@ -139,6 +144,7 @@ def run_rollout(args: argparse.Namespace) -> int:
         summary = {"checkpoint": str(args.checkpoint), "policy": args.policy, "seeds": [x.seed for x in results],
                    "success_per_seed": [x.success for x in results], "successes": ok, "trials": len(results),
                    "wilson95": [lo, hi], "rollout": vars(cfg), "perturbed_calibration": args.perturb_calibration,
+                   "flow_noise_scale": args.flow_noise_scale,
                    "cube_z_m": [x.cube_z_m for x in results], "closest_grasp_m": [x.min_grasp_dist_m for x in results]}
         (args.out / "results.json").write_text(json.dumps(summary, indent=1))
         _rollout_strip({args.modalities: results}, args.out / "rollouts.png")

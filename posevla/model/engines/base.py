@@ -142,9 +142,10 @@ class Engine(ABC):
         return ShapeKey(views, prompt_bucket(arrays["prompt_ids"].shape[1], self.config.max_prompt_tokens))
 
     def noise(self, seed: int | None) -> torch.Tensor:
-        """(1, chunk, action_dim) fp32 on the CPU, from the same generator as PoseVLAPolicy._noise."""
+        """(1, chunk, action_dim) fp32 on the CPU, from the same generator and scale as PoseVLAPolicy._noise."""
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        return torch.randn((1, self.config.chunk_length, self.config.action_dim), generator=gen)
+        noise = torch.randn((1, self.config.chunk_length, self.config.action_dim), generator=gen)
+        return noise * float(getattr(self.policy, "flow_noise_scale", 1.0))
 
     @abstractmethod
     def stage(self, arrays: dict[str, np.ndarray], noise: torch.Tensor, modalities: str = "full") -> Staged:

@@ -338,11 +338,13 @@ class TrialResult:
 def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOptions, trial_s: float = 10.0,
              modalities: str = "full", stack_calibration_dir: Path | None = None,
              on_progress: Callable[[TrialResult], None] = lambda r: None, settle_s: float = 1.5,
-             executor_blend: str | None = None, policy_engine: str | None = None) -> list[TrialResult]:
+             executor_blend: str | None = None, policy_engine: str | None = None,
+             flow_noise_scale: float | None = None) -> list[TrialResult]:
     """Closed-loop trials through policy node, executor, driver and twin; one per held-out seed. After each reset
     the arms are released only after `settle_s` seconds and two policy chunks (the executor refuses chunks whose
     observation is older than its max_chunk_age_s, 1 s: every chunk it then takes saw the reset scene).
-    policy_engine: the policy node's `engine` (torch | torch_graphs | onnxruntime; None: its config's)."""
+    policy_engine: the policy node's `engine` (torch | torch_graphs | onnxruntime; None: its config's).
+    flow_noise_scale: the policy node's `flow_noise_scale` (None: its config's)."""
     specs = graph("sim_mujoco", checkpoint=str(checkpoint), instruction=instruction, overrides={
         "mujoco_sim": opts.twin_overrides(), "xtrainer_driver": {"robot_config": str(opts.robot_config)},
         "executor": {"robot_config": str(opts.robot_config),
@@ -350,7 +352,8 @@ def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOp
                      **({"blend": executor_blend} if executor_blend else {})},
         "policy": {"modalities": modalities, "device": "cpu", "warmup": True,
                    "calibration_dir": str(stack_calibration_dir or opts.calibration_dir),
-                   **({"engine": policy_engine} if policy_engine else {})}})
+                   **({"engine": policy_engine} if policy_engine else {}),
+                   **({"flow_noise_scale": flow_noise_scale} if flow_noise_scale is not None else {})}})
     probe = SimProbe("closed_loop_eval")
     runner = _start(specs, opts)
     results: list[TrialResult] = []

@@ -56,6 +56,9 @@ class PolicyNode(Node):
             "remote": ("", "host:port of a policy server (`posevla serve-policy`, docs/remote_policy.md): the model "
                            "runs there; checkpoint, device, engine and compile are then the server's", None),
             "remote_timeout_s": (2.0, "remote: seconds for one round trip before the call fails", (0.01, 60.0)),
+            "flow_noise_scale": (1.0, "the flow's starting noise is N(0, I) x this: 1 samples as trained; 0 starts "
+                                      "every chunk from zero noise (deterministic; the twin's E17 lifted 66/80 "
+                                      "against 59/80); remote: the server's setting", (0.0, 1.0)),
         })
         ckpt = Path(p["checkpoint"])
         if p["remote"]:  # the model on another machine (posevla.remote_policy): same engine interface
@@ -82,6 +85,7 @@ class PolicyNode(Node):
                 options["attention"] = p["attention"]
                 if p["compile"]:
                     options["compile"] = True
+            self.policy.flow_noise_scale = float(p["flow_noise_scale"])
             self.engine = make_engine(self.policy, p["engine"], **options)
         if p["warmup"]:  # also captures the CUDA graphs / exports the ONNX graphs for the full-view shape
             self.get_logger().info(f"engine {p['engine']}: warm-up done in {self.engine.warmup():.2f} s")
