@@ -113,13 +113,20 @@ def test_record_read_back_and_stream_loss(tmp_path: Path, rclpy_context) -> None
         assert 25 <= ep.num_frames <= 50  # 2 s at 20 Hz
         assert ep.meta["instruction"] == "stack the cups" and ep.meta["success"] is False
         assert ep.meta["calibration"]  # the calibration in force is copied
+        skew = []  # published index of the stored joints minus that of the stored image, per frame
         for i in range(ep.num_frames):
             f = ep.frame(i)
             k = int(ep.raw_depth("head", i)[0, 0]) - 500  # which published message was sampled
             assert np.all(ep.raw_depth("head", i) == 500 + k)  # depth bit-exact
             assert abs(int(f.cameras["head"].rgb[0, 0, 0]) - k % 256) <= 2
-            np.testing.assert_allclose(f.state.arms["left"].joints, 0.01 * k, atol=0.011)
+            q = f.state.arms["left"].joints
+            j = int(round(q[0] / 0.01))
+            np.testing.assert_allclose(q, 0.01 * j, atol=1e-6)  # a state as published, never a blend
+            skew.append(j - k)
             assert f.cameras["head"].stamp_ns <= f.stamp_ns
+        # the newest state beside the newest image: one publisher cycle apart (16.7 ms) as a rule; a loaded
+        # machine may delay single callbacks, but a backlog of state (CI: 6 cycles behind in every frame) fails
+        assert np.median(np.abs(skew)) <= 1 and max(np.abs(skew)) <= 10, skew
         stamps = ep.array("stamps/frame")
         assert np.all(np.diff(stamps) > 0)
     [partial] = F.list_incomplete(task)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,9 @@ def test_write_yaml_is_atomic_for_a_racing_reader(tmp_path: Path) -> None:
     t.start()
     seen = 0
     try:
+        deadline = time.monotonic() + 60.0  # the writer thread may start late on a loaded machine (CI: 0 reads)
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
         for _ in range(100):
             if path.exists():
                 doc = read_yaml(path, "config")

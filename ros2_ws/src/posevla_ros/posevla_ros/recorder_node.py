@@ -23,7 +23,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState, Joy
 from std_srvs.srv import Trigger
 
@@ -37,6 +37,11 @@ from posevla_ros.node_main import spin_node
 from posevla_ros.params import ParamSpec, declare_checked, reject_unknown, spec_from_dataclass
 
 ARMS = ("left", "right")
+
+# The recorder samples the newest message of each stream at its own rate, so a subscription keeps only the newest:
+# a deeper queue on a busy machine hands the tick a backlog (CI: joints stored 0.1 s older than the image beside them).
+NEWEST_SENSOR = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+NEWEST_RELIABLE = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 LOCK_NAME = ".recorder.lock"
 
 
@@ -126,9 +131,9 @@ class RecorderNode(Node):
             self.get_logger().warning(f"incomplete episode from an earlier run kept aside: {path}")
         self._camera_inputs()
         for arm in ARMS:
-            self.create_subscription(PoseStamped, f"{arm}_arm/tcp_pose", lambda m, a=arm: self._tcp(a, m), 50)
-        self.create_subscription(JointState, "joint_states", self._joints, 50)
-        self.create_subscription(JointState, "xtrainer/servo_joint_command", self._action, 50)
+            self.create_subscription(PoseStamped, f"{arm}_arm/tcp_pose", lambda m, a=arm: self._tcp(a, m), NEWEST_RELIABLE)
+        self.create_subscription(JointState, "joint_states", self._joints, NEWEST_RELIABLE)
+        self.create_subscription(JointState, "xtrainer/servo_joint_command", self._action, NEWEST_RELIABLE)
         self.create_subscription(Joy, "teleop/buttons", self._buttons, 10)
         for name, fn in (("start", self.rec.start), ("stop_and_save", lambda: self.rec.stop_and_save(True)),
                          ("discard", self.rec.discard), ("rerecord_last", self.rec.rerecord_last),
@@ -143,9 +148,9 @@ class RecorderNode(Node):
     def _camera_inputs(self) -> None:
         """Camera frames arrive over DDS (posevla_ros.capture_recorder_node captures them in-process instead)."""
         for cam in self.rec.cfg.cameras:
-            self.create_subscription(Image, f"{cam}/color/image_raw", lambda m, c=cam: self._color(c, m), qos_profile_sensor_data)
+            self.create_subscription(Image, f"{cam}/color/image_raw", lambda m, c=cam: self._color(c, m), NEWEST_SENSOR)
             self.create_subscription(Image, f"{cam}/aligned_depth_to_color/image_raw", lambda m, c=cam: self._depth(c, m),
-                                     qos_profile_sensor_data)
+                                     NEWEST_SENSOR)
             self.create_subscription(CameraInfo, f"{cam}/color/camera_info", lambda m, c=cam: self._info(c, m),
                                      qos_profile_sensor_data)
 
