@@ -78,7 +78,7 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "cl"
     proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--demos", "2",
                            "--steps", "2", "--batch-size", "2", "--trials", "2", "--trial-s", "8", "--no-ablations",
-                           "--width", "96", "--height", "72", "--flow-noise-scale", "0",
+                           "--width", "96", "--height", "72",
                            "--out", str(out)], capture_output=True, text=True, timeout=880)
     log = (out / "nodes.log").read_text()[-3000:] if (out / "nodes.log").exists() else ""
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + log
@@ -100,7 +100,8 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     # evaluation and success reporting
     res = json.loads((out / "results.json").read_text())
     # a randomly initialised model is trained whole (lora / expert would leave its vision tower random)
-    assert res["train_mode"] == "all" and res["config"].endswith("closed_loop.yaml")
+    assert res["train_mode"] == "all" and res["config"].endswith("closed_loop.yaml") and res["ema_decay"] == 0.0
+    assert res["policy_engine"] == "onnxruntime"  # the default engine: the fastest on CPU (fresher observations)
     assert res["demo_offset_m"] == 0.06  # perturbed demonstrations by default (recovery data)
     assert res["flow_noise_scale"] == 0.0 and "flow_noise_scale=0.0" in (out / "nodes.log").read_text()
     assert "(--train all)" in (out / "train.log").read_text()
