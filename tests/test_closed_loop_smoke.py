@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,8 @@ def test_benchmark_refuses_bad_input_with_one_line(tmp_path):
                             (["--demos", "0"], "--demos must be >= 1"),
                             (["--lr", "0"], "--lr must lie in (0, 1]"),
                             (["--ema-decay", "1"], "--ema-decay must be 0 (off) or in (0, 1)"),
-                            (["--flow-noise-scale", "-0.5"], "--flow-noise-scale must lie in [0, 1]")):
+                            (["--flow-noise-scale", "-0.5"], "--flow-noise-scale must lie in [0, 1]"),
+                            (["--init", str(tmp_path)], f"--init {tmp_path} is not a Pose-VLA checkpoint folder")):
         proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--out",
                                str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
@@ -116,3 +118,17 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     assert 0 < lat["model_p50_s"] < lat["obs_age_p50_s"] < 5.0, lat
     assert "full" in proc.stdout and "95% Wilson interval" in proc.stdout
     assert (out / "rollouts.png").stat().st_size > 1000
+    # a second round: the same demos, training continued from the first run's checkpoint (--init), one trial
+    first = tmp_path / "round1_checkpoint"
+    shutil.copytree(out / "train" / "checkpoint", first)
+    out2 = tmp_path / "cl2"
+    out2.mkdir()
+    (out2 / "data").symlink_to(out / "data")
+    proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--skip-collect",
+                           "--init", str(first), "--steps", "1", "--batch-size", "2", "--trials", "1", "--trial-s", "4",
+                           "--no-ablations", "--width", "96", "--height", "72", "--out", str(out2)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert checkpoint_training(out2 / "train" / "checkpoint")["config"] == str(first)  # trained from round 1
+    res2 = json.loads((out2 / "results.json").read_text())
+    assert res2["config"] == str(first) and res2["conditions"]["full"]["trials"] == 1

@@ -119,6 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=REPO / "models" / "closed_loop.yaml",
                    help="model config (models/closed_loop_aug.yaml + --ema-decay 0.999 is the fine-tuning recipe of the "
                         "best checkpoint; from scratch on 100 demos it lifted 0/40, see docs/closed_loop.md)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="continue training from this Pose-VLA checkpoint (a second round: more data or steps; its "
+                        "own model config is used, --config is ignored) instead of a random model")
     p.add_argument("--trials", type=int, default=30, help="closed-loop trials per condition (held-out seeds)")
     p.add_argument("--ablation-trials", type=int, default=None,
                    help="trials per ablation (RGB only, mis-calibrated; default: --trials)")
@@ -183,6 +186,10 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--demo-offset-m must lie in [0, 0.1] m (got {args.demo_offset_m})"
     if args.trial_s <= 0:
         return f"--trial-s must be > 0 (got {args.trial_s})"
+    from posevla.model.checkpoint import CONFIG as CHECKPOINT_CONFIG
+
+    if args.init is not None and not (args.init / CHECKPOINT_CONFIG).is_file():
+        return f"--init {args.init} is not a Pose-VLA checkpoint folder (no {CHECKPOINT_CONFIG})"
     for name in ("robot_config", "config"):
         if not getattr(args, name).is_file():
             return f"--{name.replace('_', '-')} {getattr(args, name)} does not exist"
@@ -264,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     robot = robot_yaml_on_free_ports(args.robot_config, out / "robot")
     opts = GraphOptions(robot, args.calibration_dir.resolve(), args.width, args.height, args.rate,
                         node_log=out / "nodes.log")
-    results: dict = {"demos": args.demos, "steps": args.steps, "config": str(args.config), "lr": args.lr,
+    results: dict = {"demos": args.demos, "steps": args.steps, "config": str(args.init or args.config), "lr": args.lr,
                      "ema_decay": args.ema_decay,
                      "train_mode": args.train_mode, "executor_blend": args.executor_blend,
                      "policy_engine": args.policy_engine or "torch", "flow_noise_scale": args.flow_noise_scale,
@@ -310,8 +317,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"[train] {len(clean)} of {len(episodes)} episodes (the others failed or hold NaN measurements), {args.steps} "
                   f"steps (log: {out / 'train.log'})", flush=True)
             t0 = time.monotonic()
-            cmd = [sys.executable, "-m", "posevla.cli", "train", "--data", *map(str, clean), "--config",
-                   str(args.config), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+            model = ["--init", str(args.init)] if args.init is not None else ["--config", str(args.config)]
+            cmd = [sys.executable, "-m", "posevla.cli", "train", "--data", *map(str, clean), *model,
+                   "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                    "--out", str(out / "train"), "--val-episodes", str(args.val_episodes), "--train", args.train_mode,
                    "--lr", str(args.lr), "--warmup", str(min(args.warmup, args.steps)), "--workers", str(args.workers),
                    "--ema-decay", str(args.ema_decay)]
