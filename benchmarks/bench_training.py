@@ -18,6 +18,7 @@ from posevla.model.policy import PoseVLAPolicy
 from posevla.tools.synthetic_episode import write_demo_episode
 from posevla.training.episode_dataset import EpisodeChunkDataset
 from posevla.training.loader import BatchBuilder, EpochBatchOrder, make_loader
+from posevla.training.sample_cache import SampleCache
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 8
@@ -44,6 +45,19 @@ def main() -> None:
             builder[order.batch(b)]
             build.append(time.perf_counter() - t0)
         per_sample_ms = 1e3 * float(np.median(build)) / BATCH
+
+        # the same batches from the sample cache (posevla train --cache-gb, --workers 0): built once, then from RAM
+        cache = SampleCache(data, 2 * 10**9, data.depth_scales())
+        cached = BatchBuilder(cache, policy.batcher)
+        for b in range(1, 6):
+            cached[order.batch(b)]
+        hits = []
+        for b in range(1, 6):
+            t0 = time.perf_counter()
+            cached[order.batch(b)]
+            hits.append(time.perf_counter() - t0)
+        cached_ms = 1e3 * float(np.median(hits)) / BATCH
+        cache_mb = cache.bytes / 1e6 / max(len(cache._items), 1)
 
         # the DataLoader with worker processes, as training uses it (first batch = start-up, not counted)
         n = 12
@@ -75,6 +89,8 @@ def main() -> None:
         model_sps = BATCH / step_s
         data.close()
     print(f"  batch building, 1 process  : {per_sample_ms:6.1f} ms/sample ({1e3 / per_sample_ms:6.1f} samples/s)")
+    print(f"  from the sample cache       : {cached_ms:6.2f} ms/sample ({1e3 / cached_ms:6.0f} samples/s, "
+          f"{cache_mb:.2f} MB per sample in RAM; --cache-gb, in the training process)")
     print(f"  DataLoader, {WORKERS} workers     : {loader_sps:6.1f} samples/s")
     print(f"  model step, fp32 AdamW, 1 thread: {1e3 * step_s:6.1f} ms/batch ({model_sps:6.1f} samples/s)")
     print(f"  -> loader / model = {loader_sps / model_sps:.2f}x: "

@@ -66,6 +66,8 @@ def test_benchmark_refuses_bad_input_with_one_line(tmp_path):
                             (["--lr", "0"], "--lr must lie in (0, 1]"),
                             (["--ema-decay", "1"], "--ema-decay must be 0 (off) or in (0, 1)"),
                             (["--flow-noise-scale", "-0.5"], "--flow-noise-scale must lie in [0, 1]"),
+                            (["--first-seed", "999950"], "--first-seed must lie in [0, 999900]"),
+                            (["--workers", "2"], "--cache-gb must be >= 0 and needs --workers 0"),
                             (["--init", str(tmp_path)], f"--init {tmp_path} is not a Pose-VLA checkpoint folder")):
         proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--out",
                                str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=300)
@@ -80,13 +82,14 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "cl"
     proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--demos", "2",
                            "--steps", "2", "--batch-size", "2", "--trials", "2", "--trial-s", "8", "--no-ablations",
-                           "--width", "96", "--height", "72",
+                           "--width", "96", "--height", "72", "--first-seed", "7",
                            "--out", str(out)], capture_output=True, text=True, timeout=880)
     log = (out / "nodes.log").read_text()[-3000:] if (out / "nodes.log").exists() else ""
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + log
     # recording: two complete episodes in the project's format, with the calibration and the task's instruction
     episodes = sorted((out / "data" / "pick_cube").glob("episode_*.h5"))
     assert len(episodes) == 2
+    assert "seed 7 (" in proc.stdout and "seed 8 (" in proc.stdout and "seed 0 (" not in proc.stdout  # --first-seed
     for ep in episodes:
         with h5py.File(ep, "r") as h:
             meta = json.loads(h.attrs["meta"])
@@ -107,6 +110,8 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     assert res["demo_offset_m"] == 0.06  # perturbed demonstrations by default (recovery data)
     assert res["flow_noise_scale"] == 0.0 and "flow_noise_scale=0.0" in (out / "nodes.log").read_text()
     assert "(--train all)" in (out / "train.log").read_text()
+    assert "sample cache" in (out / "train.log").read_text()  # built samples kept in RAM by default (--cache-gb 8)
+    assert res["first_seed"] == 7
     full = res["conditions"]["full"]
     assert full["trials"] == 2 and full["seeds"] == [HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 1]
     assert full["successes"] == sum(full["success_per_seed"])

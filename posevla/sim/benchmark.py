@@ -111,6 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_summary_parser(sub)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "closed_loop", help="run folder")
     p.add_argument("--demos", type=int, default=100, help="scripted demonstrations (train seeds 0..n-1)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the demonstrations use train seeds first..first+n-1 (e.g. 100 with --demos 100 for a second "
+                        "collection round whose placements differ from the first's)")
     p.add_argument("--demo-offset-m", type=float, default=0.06,
                    help="perturbed demonstrations: 3 in 4 approaches first miss the point above the cube by up to "
                         "this distance (m) and 15 deg, then correct (recovery data; 0: every demo straight)")
@@ -146,7 +149,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=200, help="warm-up steps of `posevla train` (then cosine to 10 %%)")
     p.add_argument("--val-episodes", type=int, default=0,
                    help="demonstrations `posevla train` holds out for its open-loop action errors (mm, deg, gripper)")
-    p.add_argument("--workers", type=int, default=2, help="data loader processes of `posevla train`")
+    p.add_argument("--workers", type=int, default=0,
+                   help="data loader processes of `posevla train` (>0 only with --cache-gb 0)")
+    p.add_argument("--cache-gb", type=float, default=8.0,
+                   help="`posevla train --cache-gb`: built samples kept in RAM up to this many GB (~0.34 MB each: 100 "
+                        "demos ~2.9 GB), so epochs after the first decode nothing; 0: off (then use --workers 2)")
     p.add_argument("--policy-engine", choices=("torch", "torch_graphs", "onnxruntime"), default="onnxruntime",
                    help="the policy node's inference engine in the trials (default onnxruntime: ~4x faster than "
                         "torch on CPU, so the chunks act on fresher observations; config/policy.yaml's is torch)")
@@ -180,8 +187,16 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--val-episodes must be >= 0 (got {args.val_episodes})"
     if args.warmup < 0 or args.workers < 0:
         return f"--warmup and --workers must be >= 0 (got {args.warmup}, {args.workers})"
+    if args.cache_gb < 0 or (args.cache_gb > 0 and args.workers > 0):
+        return (f"--cache-gb must be >= 0 and needs --workers 0 (the cache lives in the training process; got "
+                f"--cache-gb {args.cache_gb}, --workers {args.workers})")
     if args.ros_domain_id is not None and not (0 <= args.ros_domain_id <= 101):
         return f"--ros-domain-id must lie in [0, 101] (got {args.ros_domain_id})"
+    from posevla.sim.task import HELDOUT_SEED_BASE, TRAIN_SEED_BASE
+
+    if not 0 <= args.first_seed <= HELDOUT_SEED_BASE - TRAIN_SEED_BASE - args.demos:
+        return (f"--first-seed must lie in [0, {HELDOUT_SEED_BASE - TRAIN_SEED_BASE - args.demos}] (training seeds "
+                f"end below the held-out ones, {HELDOUT_SEED_BASE})")
     if not 0 <= args.demo_offset_m <= 0.1:
         return f"--demo-offset-m must lie in [0, 0.1] m (got {args.demo_offset_m})"
     if args.trial_s <= 0:
@@ -291,10 +306,11 @@ def run(args: argparse.Namespace) -> int:
         data = out / "data"
         if not args.skip_collect:
             prog = _Progress("collect", args.demos)
-            demos = collect_demos(data, "pick_cube", task.instruction, train_seeds(args.demos), opts,
+            demos = collect_demos(data, "pick_cube", task.instruction, train_seeds(args.demos, args.first_seed), opts,
                                   lambda r: prog.item(r.success, f"seed {r.seed} ({r.seconds:.0f} s, {r.takes} take(s))"),
                                   demo_offset_m=args.demo_offset_m)
             results["demo_offset_m"] = args.demo_offset_m
+            results["first_seed"] = args.first_seed
             results["demo_success"] = sum(d.success for d in demos)
             results["demo_takes"] = sum(d.takes for d in demos)
             results["collect_s"] = time.monotonic() - t_start
@@ -322,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
                    "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                    "--out", str(out / "train"), "--val-episodes", str(args.val_episodes), "--train", args.train_mode,
                    "--lr", str(args.lr), "--warmup", str(min(args.warmup, args.steps)), "--workers", str(args.workers),
-                   "--ema-decay", str(args.ema_decay)]
+                   "--cache-gb", str(args.cache_gb), "--ema-decay", str(args.ema_decay)]
             with open(out / "train.log", "w") as log:
                 rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
             if rc != 0:

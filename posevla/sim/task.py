@@ -23,8 +23,12 @@ TRAIN_SEED_BASE = 0
 HELDOUT_SEED_BASE = 1_000_000
 
 
-def train_seeds(n: int) -> list[int]:
-    return list(range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + n))
+def train_seeds(n: int, first: int = 0) -> list[int]:
+    """n training seeds from TRAIN_SEED_BASE + first (a later collection round adds seeds no earlier one used)."""
+    if first < 0 or TRAIN_SEED_BASE + first + n > HELDOUT_SEED_BASE:
+        raise ValueError(f"training seeds {TRAIN_SEED_BASE + first}..{TRAIN_SEED_BASE + first + n - 1} leave the "
+                         f"training range [{TRAIN_SEED_BASE}, {HELDOUT_SEED_BASE})")
+    return list(range(TRAIN_SEED_BASE + first, TRAIN_SEED_BASE + first + n))
 
 
 def heldout_seeds(n: int) -> list[int]:

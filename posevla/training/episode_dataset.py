@@ -170,6 +170,7 @@ class EpisodeChunkDataset:
         self._readers: dict[int, EpisodeReader] = {}
         self._readers_pid = os.getpid()
         self._interp: dict[tuple[int, str], tuple] = {}
+        self._depth_scales: list[float] = []
         for path in map(Path, episodes):
             with EpisodeReader(path) as ep:
                 missing = [v for v in cfg.views if v not in ep.camera_names]
@@ -197,6 +198,7 @@ class EpisodeChunkDataset:
                                                            reference_view=cfg.reference_view,
                                                            crops=dict(cfg.view_crops)),
                                              CameraToBase(episode_calibrations(ep), histories))
+                self._depth_scales += [float(ep.depth_scale[v]) for v in cfg.views if v in ep.depth_scale]
                 e = len(self._episodes)
                 self._episodes.append(_Episode(path, ep.num_frames, histories, grippers, goals, builder,
                                                str(ep.meta.get("instruction", "")),
@@ -213,6 +215,12 @@ class EpisodeChunkDataset:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def depth_scales(self) -> list[float]:
+        """The recorded depth units (metres per unit) of the model's views over all episodes, most common first."""
+        from collections import Counter
+
+        return [s for s, _ in Counter(self._depth_scales).most_common()] or [1e-3]
 
     def _reader(self, e: int) -> EpisodeReader:
         if self._readers_pid != os.getpid():  # a forked DataLoader worker: never share the parent's HDF5 handles
