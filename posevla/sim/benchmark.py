@@ -14,8 +14,9 @@ Stages, each through the project's own tools and the unchanged ROS graphs:
   4. ablations the same trials with the policy on RGB only (depth and raymaps masked: policy modalities=rgb) and
                with the executor's head calibration perturbed by 2 cm / 2 deg while the twin renders the true pose
 Prints success rates with 95 % Wilson intervals and writes <out>/results.json and <out>/rollouts.png (head camera
-at the start, middle and end of the first trials). Expected on a quiet 2-core machine with the defaults (~70 min):
-collect ~21 min (100 perturbed demos x ~13 s), train ~20 min (6000 steps at ~42 samples/s, 168 px), evaluate
+at the start, middle and end of the first trials). Expected on a quiet 2-core machine with the defaults (~60 min):
+collect ~21 min (100 perturbed demos x ~13 s), train ~10 min (6000 steps of batch 8; the sample cache (--cache-gb)
+kept stop 29's 14 000 steps of batch 16 at ~94 samples/s), evaluate
 ~3 x 30 x 17 s; see docs/closed_loop.md.
 """
 from __future__ import annotations
