@@ -137,3 +137,29 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     assert checkpoint_training(out2 / "train" / "checkpoint")["config"] == str(first)  # trained from round 1
     res2 = json.loads((out2 / "results.json").read_text())
     assert res2["config"] == str(first) and res2["conditions"]["full"]["trials"] == 1
+
+
+def test_hand_over_benchmark_smoke(tmp_path: Path) -> None:
+    """The bimanual task through the same command: one scripted hand-over recorded through the graph (both arms
+    driven, the right one lifting the cube), a training step, one trial with the twin on the hand-over task."""
+    out = tmp_path / "ho"
+    proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--task", "hand_over",
+                           "--demos", "1", "--steps", "1", "--batch-size", "2", "--trials", "1", "--trial-s", "3",
+                           "--no-ablations", "--width", "96", "--height", "72", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    log = (out / "nodes.log").read_text() if (out / "nodes.log").exists() else ""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + log[-3000:]
+    episodes = sorted((out / "data" / "hand_over").glob("episode_*.h5"))
+    assert len(episodes) == 1 and not (out / "data" / "pick_cube").exists()
+    with h5py.File(episodes[0], "r") as h:
+        meta = json.loads(h.attrs["meta"])
+        assert meta["instruction"] == "hand the red cube over to the right arm" and meta["success"] is not False
+        assert h["action"].shape[0] == meta["num_frames"] > 150  # a ~19 s demo at 10 Hz
+        qpos = h["observations/qpos"][:]
+        assert np.ptp(qpos[:, 0:6], axis=0).max() > 0.2 and np.ptp(qpos[:, 7:13], axis=0).max() > 0.2  # both arms
+        assert qpos[-1, 13] < 0.7 and qpos[-1, 6] > 0.9  # at the end the right gripper holds the cube, the left is open
+    twin_runs = [ln for ln in log.splitlines() if ln.startswith("=== mujoco_sim:")]
+    assert len(twin_runs) == 2 and all('task:="hand_over"' in ln for ln in twin_runs), twin_runs  # both graphs
+    res = json.loads((out / "results.json").read_text())
+    assert res["task"] == "hand_over" and res["trial_s"] == 3.0 and res["demo_success"] == 1
+    assert res["conditions"]["full"]["trials"] == 1

@@ -65,7 +65,7 @@ def test_mujoco_sim_publishes_cameras_and_resets(tmp_path: Path, rclpy_context) 
         reset.publish(Int64(data=42))
         spin(ex, 60.0, until=lambda: episodes[-1]["seed"] == 42)
         ep = episodes[-1]
-        assert ep["seed"] == 42 and ep["resets"] >= 2
+        assert ep["seed"] == 42 and ep["resets"] >= 2 and ep["task"] == "pick_cube"
         assert np.allclose(ep["cube_xy"], PickLiftTask().sample(42).cube_xy)
         assert not runner.dead(), runner.dead()
     finally:
@@ -73,12 +73,15 @@ def test_mujoco_sim_publishes_cameras_and_resets(tmp_path: Path, rclpy_context) 
         runner.stop()
 
 
-def test_mujoco_sim_refuses_bad_parameter(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("param", "message"), [("cameras:=[head, nose]", "parameter cameras: ['nose']"),
+                                                ("task:=stack", "parameter task='stack' must be one of "
+                                                                "['pick_cube', 'hand_over']")])
+def test_mujoco_sim_refuses_bad_parameter(tmp_path: Path, param: str, message: str) -> None:
     out = subprocess.run([sys.executable, "-m", "posevla_ros.mujoco_sim_node", "--ros-args", "-p",
-                          f"robot_config:={sim_robot_yaml(tmp_path)}", "-p", "cameras:=[head, nose]"],
+                          f"robot_config:={sim_robot_yaml(tmp_path)}", "-p", param],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out
-    assert "parameter cameras: ['nose']" in out.stdout and "Traceback" not in out.stdout + out.stderr
+    assert message in out.stdout + out.stderr and "Traceback" not in out.stdout + out.stderr
 
 
 def test_mujoco_graphs_replace_simulator_and_replay() -> None:

@@ -240,6 +240,16 @@ def test_scripted_paths_respect_the_driver_speed_limit(spec):
     from posevla.sim.task import scripted_return
 
     limit = XTrainerConfig.from_yaml(REPO / "config" / "xtrainer_sim_robot.yaml").safety.max_linear_speed
+    from posevla.sim.tasks import make_task, scripted_demo, scripted_returns
+
+    hand_over = make_task("hand_over")
+    for seed in train_seeds(2):  # the hand-over moves both arms: every arm's path and way back under the limit
+        paths = scripted_demo(hand_over, hand_over.sample(seed), spec)
+        for paths_ in (paths, scripted_returns(paths, spec)):
+            for arm, path in paths_.items():
+                T_ab, kin = spec.T_base_armbase[arm], spec.kins[arm]
+                xyz = np.array([(T_ab @ kin.fk(q))[:3, 3] for q in path.q])
+                assert (np.linalg.norm(np.diff(xyz, axis=0), axis=1) / path.dt).max() < 0.8 * limit, (seed, arm)
     T_ab, kin = spec.T_base_armbase["left"], spec.kins["left"]
     for seed in train_seeds(2):
         pick = scripted_pick(PickLiftTask().sample(seed), T_ab, kin)
@@ -250,3 +260,86 @@ def test_scripted_paths_respect_the_driver_speed_limit(spec):
             assert speed.max() < 0.8 * limit, (seed, speed.max())
         assert np.allclose(back.q[-1], kin.home()) and back.gripper[-1] == 1.0
         assert pick.gripper[0] == 1.0 and pick.gripper[-1] == 0.0
+
+
+def _run_paths(world: TwinWorld, paths: dict, until_s: float | None = None, hold_open: str | None = None,
+               every: int = 20, on_step=None) -> None:
+    """Play each arm's path on one clock (set-points straight into the physics); `hold_open`: that arm's gripper
+    never closes."""
+    for arm in world.arms.values():
+        arm.mode = P.MODE_ENABLED
+    end = max(p.duration_s for p in paths.values()) + 0.4 if until_s is None else until_s
+    t = 0.0
+    while t < end:
+        for name, path in paths.items():
+            q, g = path.at(t)
+            with world.arms[name].lock:
+                world.arms[name].q_target, world.arms[name].gripper_target = q, (1.0 if name == hold_open else g)
+        world.step(every)
+        t += every * world.model.opt.timestep
+        if on_step is not None:
+            on_step(t)
+
+
+def test_hand_over_passes_the_cube_to_the_right_arm_without_the_arms_touching(spec):
+    """The bimanual task: the scripted demonstration ends with the cube lifted in the right gripper and the left
+    one away; the two arms' geometries stay >= 3 cm apart all along; success needs the right arm's grasp (a cube
+    lifted by the left arm alone, or a right gripper that never closes, is a failure)."""
+    from posevla.sim.handover import HandOverTask
+    from posevla.sim.tasks import make_task, scripted_demo
+
+    task = make_task("hand_over")
+    assert isinstance(task, HandOverTask) and task.sample(5) == PickLiftTask().sample(5)  # same placements
+    world = TwinWorld(spec, task)
+    m = world.model
+    body = lambda g: mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, m.geom_bodyid[g]) or ""  # noqa: E731
+    left = [g for g in range(m.ngeom) if body(g).startswith("left")]
+    right = [g for g in range(m.ngeom) if body(g).startswith("right")]
+    assert left and right
+    for seed in train_seeds(2):
+        state = world.reset(seed)
+        paths = scripted_demo(task, state, spec)
+        assert set(paths) == {"left", "right"} and len(paths["left"].q) == len(paths["right"].q)
+        closest = [np.inf]
+        success_at: list[float] = []
+
+        def watch(t: float, closest: list[float] = closest, success_at: list[float] = success_at) -> None:
+            closest[0] = min(closest[0], min(mujoco.mj_geomDistance(m, world.data, a, b, 0.1, None)
+                                             for a in left for b in right))
+            if world.success() and not success_at:
+                success_at.append(t)
+
+        _run_paths(world, paths, on_step=watch)
+        cube = world.cube_pose()[:3, 3]
+        assert world.success(), f"seed {seed}: cube at {np.round(cube, 3)}"
+        assert cube[2] > 0.15 and abs(cube[1] - task.spot_xy[1]) < 0.02  # lifted at the hand-over spot
+        assert 0.3 < world.arms["right"].gripper < 0.6 and world.arms["left"].gripper > 0.9  # right holds, left open
+        assert closest[0] > 0.03, f"seed {seed}: the arms came {closest[0] * 100:.1f} cm close"
+        assert success_at[0] > paths["right"].duration_s - 3.0  # only once the right arm has lifted it
+    # the right gripper never closes: the cube stays at the spot -> failure
+    state = world.reset(train_seeds(1)[0])
+    _run_paths(world, scripted_demo(task, state, spec), hold_open="right")
+    assert not world.success() and world.cube_pose()[2, 3] < 0.05
+    assert np.hypot(*(world.cube_pose()[:2, 3] - task.spot_xy)) < 0.02  # the left arm did set it down there
+    # the left arm alone lifts the cube (the pick task's demonstration): lifted, but not handed over -> failure
+    state = world.reset(train_seeds(1)[0])
+    _run_paths(world, {"left": scripted_pick(state, spec.T_base_armbase["left"], spec.kins["left"])})
+    assert world.cube_pose()[2, 3] > task.lift_height_m and not world.success()
+    assert PickLiftTask().success(world.cube_pose())
+
+
+def test_tasks_by_name_and_the_benchmarks_offer_them():
+    import argparse
+
+    from posevla.sim.benchmark import add_arguments
+    from posevla.sim.tasks import TASKS, make_task, task_name
+
+    assert all(task_name(make_task(n)) == n for n in TASKS)
+    with pytest.raises(ValueError, match="unknown task 'stack'.*pick_cube, hand_over"):
+        make_task("stack")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for cmd in ("closed-loop", "rollout"):
+        task_arg = next(a for a in sub.choices[cmd]._actions if a.dest == "task")
+        assert tuple(task_arg.choices) == tuple(TASKS) and task_arg.default == "pick_cube"

@@ -4,7 +4,8 @@
   posevla benchmark closed-loop --demos 3 --steps 5 --trials 2 --no-ablations --out runs/cl_smoke   # plumbing
 
 Stages, each through the project's own tools and the unchanged ROS graphs:
-  1. collect   scripted demonstrations of the left-arm pick-and-lift (train seeds) recorded by the recorder
+  1. collect   scripted demonstrations of the task (train seeds; --task pick_cube: the left arm lifts the cube,
+               hand_over: the left arm sets it down between the arms, the right arm lifts it) recorded by the recorder
                (graph collect_mujoco: twin + driver + recorder; the scripted leader streams joint commands)
   2. train     `posevla train --train all` on the recorded episodes that lifted the cube (models/closed_loop.yaml:
                tiny widths, head + left wrist views, random init, CPU)
@@ -111,13 +112,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_rollout_parser(sub)
     add_summary_parser(sub)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "closed_loop", help="run folder")
+    p.add_argument("--task", choices=("pick_cube", "hand_over"), default="pick_cube",
+                   help="pick_cube: the left arm lifts the cube; hand_over (bimanual): the left arm sets the cube down "
+                        "between the arms, the right arm lifts it (posevla.sim.tasks; episodes in <out>/data/<task>)")
     p.add_argument("--demos", type=int, default=100, help="scripted demonstrations (train seeds 0..n-1)")
     p.add_argument("--first-seed", type=int, default=0,
                    help="the demonstrations use train seeds first..first+n-1 (e.g. 100 with --demos 100 for a second "
                         "collection round whose placements differ from the first's)")
     p.add_argument("--demo-offset-m", type=float, default=0.06,
                    help="perturbed demonstrations: 3 in 4 approaches first miss the point above the cube by up to "
-                        "this distance (m) and 15 deg, then correct (recovery data; 0: every demo straight)")
+                        "this distance (m) and 15 deg, then correct (recovery data; 0: every demo straight; "
+                        "pick_cube only)")
     p.add_argument("--steps", type=int, default=6000, help="training steps")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--config", type=Path, default=REPO / "models" / "closed_loop.yaml",
@@ -130,7 +135,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--ablation-trials", type=int, default=None,
                    help="trials per ablation (RGB only, mis-calibrated; default: --trials)")
     p.add_argument("--skip-full", action="store_true", help="only the ablations (the full model's trials done before)")
-    p.add_argument("--trial-s", type=float, default=15.0, help="seconds per trial")
+    p.add_argument("--trial-s", type=float, default=None,
+                   help="seconds per trial (default: 15 for pick_cube, 25 for hand_over, whose demos last 16-19 s)")
     p.add_argument("--no-ablations", action="store_true", help="only the full model (no RGB-only / mis-calibrated)")
     p.add_argument("--width", type=int, default=160, help="camera image width (pixels)")
     p.add_argument("--height", type=int, default=120, help="camera image height (pixels)")
@@ -200,7 +206,7 @@ def _check(args: argparse.Namespace) -> str | None:
                 f"end below the held-out ones, {HELDOUT_SEED_BASE})")
     if not 0 <= args.demo_offset_m <= 0.1:
         return f"--demo-offset-m must lie in [0, 0.1] m (got {args.demo_offset_m})"
-    if args.trial_s <= 0:
+    if args.trial_s is not None and args.trial_s <= 0:
         return f"--trial-s must be > 0 (got {args.trial_s})"
     from posevla.model.checkpoint import CONFIG as CHECKPOINT_CONFIG
 
@@ -273,11 +279,14 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     from posevla_ros.closed_loop import GraphOptions, StageError, collect_demos, evaluate
 
-    from posevla.sim.task import PickLiftTask, heldout_seeds, train_seeds
+    from posevla.sim.task import heldout_seeds, train_seeds
+    from posevla.sim.tasks import make_task
     from posevla.sim.twin import TwinSpec
 
     out = args.out.resolve()
-    task = PickLiftTask()
+    task = make_task(args.task)
+    if args.trial_s is None:
+        args.trial_s = 25.0 if args.task == "hand_over" else 15.0
     try:  # the robot YAML and calibration files, checked before anything starts
         TwinSpec.from_files(args.robot_config, args.calibration_dir)
     except ValueError as exc:
@@ -287,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     robot = robot_yaml_on_free_ports(args.robot_config, out / "robot")
     opts = GraphOptions(robot, args.calibration_dir.resolve(), args.width, args.height, args.rate,
                         node_log=out / "nodes.log")
-    results: dict = {"demos": args.demos, "steps": args.steps, "config": str(args.init or args.config), "lr": args.lr,
+    results: dict = {"task": args.task, "demos": args.demos, "steps": args.steps, "config": str(args.init or args.config), "lr": args.lr,
                      "ema_decay": args.ema_decay,
                      "train_mode": args.train_mode, "executor_blend": args.executor_blend,
                      "policy_engine": args.policy_engine or "torch", "flow_noise_scale": args.flow_noise_scale,
@@ -307,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
         data = out / "data"
         if not args.skip_collect:
             prog = _Progress("collect", args.demos)
-            demos = collect_demos(data, "pick_cube", task.instruction, train_seeds(args.demos, args.first_seed), opts,
+            demos = collect_demos(data, args.task, task.instruction, train_seeds(args.demos, args.first_seed), opts,
                                   lambda r: prog.item(r.success, f"seed {r.seed} ({r.seconds:.0f} s, {r.takes} take(s))"),
                                   demo_offset_m=args.demo_offset_m)
             results["demo_offset_m"] = args.demo_offset_m
@@ -322,13 +331,13 @@ def run(args: argparse.Namespace) -> int:
                 return 0
         from posevla_ros.closed_loop import nonfinite_frames
 
-        episodes = sorted((data / "pick_cube").glob("episode_*.h5"))
+        episodes = sorted((data / args.task).glob("episode_*.h5"))
         # trained on: lifted demonstrations without missing measurements (the trainer refuses NaN robot states)
         finite = [e for e in episodes if nonfinite_frames(e) == 0]
         clean = [e for e in finite if _lifted(e)] or finite  # none lifted (a plumbing run): train on what there is
         results["episodes"], results["episodes_trained"] = len(episodes), len(clean)
         if not clean:
-            raise StageError(f"no episode without missing measurements in {data / 'pick_cube'} ({len(episodes)} in all)")
+            raise StageError(f"no episode without missing measurements in {data / args.task} ({len(episodes)} in all)")
         ckpt = out / "train" / "checkpoint"
         if not args.skip_train:
             print(f"[train] {len(clean)} of {len(episodes)} episodes (the others failed or hold NaN measurements), {args.steps} "
@@ -367,7 +376,8 @@ def run(args: argparse.Namespace) -> int:
 
             trials[cond] = evaluate(ckpt, task.instruction, heldout_seeds(n_trials), opts, args.trial_s,
                                     on_progress=report, executor_blend=args.executor_blend,
-                                    policy_engine=args.policy_engine, flow_noise_scale=args.flow_noise_scale, **kw)
+                                    policy_engine=args.policy_engine, flow_noise_scale=args.flow_noise_scale,
+                                    task=args.task, **kw)
             k, n = sum(t.success for t in trials[cond]), len(trials[cond])
             lo, hi = wilson_interval(k, n)
             results["conditions"][cond] = {"successes": k, "trials": n, "rate": k / n, "wilson95": [lo, hi],

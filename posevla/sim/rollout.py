@@ -27,7 +27,7 @@ from posevla.control.safety import SafetyLimits
 from posevla.geometry import se3
 from posevla.perception.observation_builder import BuilderConfig, ObservationBuilder
 from posevla.sim.render import TwinRenderer
-from posevla.sim.task import PickLiftTask
+from posevla.sim.tasks import Task
 from posevla.sim.twin import TwinSpec
 from posevla.sim.world import TwinWorld
 from posevla.types import ArmState, CameraFrame, RobotState, optical_frame
@@ -82,11 +82,11 @@ class DirectRollout:
 
     def __init__(self, policy, robot_yaml: str | Path, calibration_dir: str | Path, cfg: RolloutConfig,
                  executor_cfg: ExecutorConfig | None = None, limits: SafetyLimits | None = None,
-                 stack_calibration_dir: str | Path | None = None, task: PickLiftTask | None = None) -> None:
+                 stack_calibration_dir: str | Path | None = None, task: Task | None = None) -> None:
         """calibration_dir: the camera poses the twin renders. stack_calibration_dir: the calibration the stack
         reads, as one set of files on a robot: the observation builder (TCP state into the camera frame) and the
-        executor (chunk to base_link); default: the rendered one. task: the placements a seed draws (default:
-        PickLiftTask(), the benchmark's ranges)."""
+        executor (chunk to base_link); default: the rendered one. task: the task (`posevla.sim.tasks`: placements
+        per seed, success; default: PickLiftTask(), the benchmark's ranges)."""
         from posevla.robot.driver import XTrainerConfig
 
         self.policy, self.cfg = policy, cfg
@@ -230,24 +230,22 @@ class DirectRollout:
 
 class ScriptedPolicy:
     """The scripted demonstration as a 'policy' that knows the placement (a pipeline check, not a learner): at
-    each observation it returns the scripted TCP path from the time since its first observation, `chunk_length`
-    points `control_dt` apart, in the reference view's frame; the right arm holds its measured pose. A direct
+    each observation it returns the task's scripted TCP paths (`posevla.sim.tasks.scripted_demo`) from the time
+    since its first observation, `chunk_length` points `control_dt` apart, in the reference view's frame; an arm
+    the demonstration does not move holds its measured pose. A direct
     rollout of it must lift the cube: if not, the rollout (transform, executor, IK, physics) is broken."""
 
     def __init__(self, config, rollout: DirectRollout, from_current: bool = False) -> None:
-        from posevla.sim.task import scripted_pick
-
         self.config, self.rollout = config, rollout
-        self._scripted_pick = scripted_pick
-        self.from_current = from_current  # plan from the arm's current joints and the cube's current pose
+        self.from_current = from_current  # plan from the arm's current joints and the cube's current pose (pick)
         self._t0: int | None = None
-        self._path = None
+        self._paths: dict | None = None  # arm -> JointPath on one clock; arms not in it hold their measured pose
 
     def predict(self, obs, modalities: str = "full", noise_seed: int | None = None):
         from posevla.types import ActionChunk, ArmChunk
 
         world, arm = self.rollout.world, self.rollout.robot_task_arm
-        if self._t0 is None or self._path is None or obs.stamp_ns < self._t0:
+        if self._t0 is None or self._paths is None or obs.stamp_ns < self._t0:
             self._t0 = obs.stamp_ns
             if self.from_current:
                 from scipy.spatial.transform import Rotation
@@ -258,23 +256,26 @@ class ScriptedPolicy:
                 yaw = float(Rotation.from_matrix(T_cube[:3, :3]).as_euler("zyx")[0])
                 here = TaskState(world.state.seed, (float(T_cube[0, 3]), float(T_cube[1, 3])), yaw)
                 a = world.arms[arm]
-                self._path = scripted_pick_from(here, a.q.copy(), float(a.gripper),
-                                                self.rollout.spec.T_base_armbase[arm], self.rollout.kins[arm])
+                self._paths = {arm: scripted_pick_from(here, a.q.copy(), float(a.gripper),
+                                                       self.rollout.spec.T_base_armbase[arm], self.rollout.kins[arm])}
             else:
-                self._path = self._scripted_pick(world.state, self.rollout.spec.T_base_armbase[arm],
-                                                 self.rollout.kins[arm])
+                from posevla.sim.tasks import scripted_demo
+
+                self._paths = scripted_demo(world.task, world.state, self.rollout.spec)
         n, dt = self.config.chunk_length, self.config.control_dt
         times = (obs.stamp_ns - self._t0) * 1e-9 + np.arange(n) * dt
         T_ref_base = se3.invert_T(obs.views[self.config.reference_view].T_base_cam)
-        T_base_armbase = self.rollout.spec.T_base_armbase[arm]
-        poses, grip = [], []
-        for t in times:
-            q, g = self._path.at(float(t))
-            poses.append(T_ref_base @ T_base_armbase @ self.rollout.kins[arm].fk(q))
-            grip.append(g)
-        arms = {arm: ArmChunk(np.stack(poses), np.asarray(grip))}
+        arms = {}
+        for name, path in self._paths.items():
+            T_base_armbase = self.rollout.spec.T_base_armbase[name]
+            poses, grip = [], []
+            for t in times:
+                q, g = path.at(float(t))
+                poses.append(T_ref_base @ T_base_armbase @ self.rollout.kins[name].fk(q))
+                grip.append(g)
+            arms[name] = ArmChunk(np.stack(poses), np.asarray(grip))
         for other, state in obs.state.arms.items():
-            if other != arm:
+            if other not in arms:
                 arms[other] = ArmChunk(np.repeat((T_ref_base @ state.T_base_tcp)[None], n, 0), np.full(n, state.gripper))
         return ActionChunk(obs.views[self.config.reference_view].frame_id, obs.stamp_ns, dt, arms)
 

@@ -34,6 +34,8 @@ def add_rollout_parser(sub) -> None:
     p.add_argument("--checkpoint", type=Path, help="Pose-VLA checkpoint folder (required unless --policy scripted)")
     p.add_argument("--policy", choices=("checkpoint", "scripted"), default="checkpoint",
                    help="scripted: the scripted demonstration with the true placement (a pipeline check)")
+    p.add_argument("--task", choices=("pick_cube", "hand_over"), default="pick_cube",
+                   help="the twin's task (posevla.sim.tasks; hand_over needs --trial-s ~25)")
     p.add_argument("--seeds", choices=("heldout", "train"), default="heldout", help="placements: held-out or training")
     p.add_argument("--first-seed", type=int, default=0, help="offset into the seed range")
     p.add_argument("--trials", type=int, default=20)
@@ -115,7 +117,10 @@ def run_rollout(args: argparse.Namespace) -> int:
     holder = policy if policy is not None else _Cfg()
     holder.config = config
     try:
-        r = DirectRollout(holder, args.robot_config, args.calibration_dir, cfg, stack_calibration_dir=stack_calib)
+        from posevla.sim.tasks import make_task
+
+        r = DirectRollout(holder, args.robot_config, args.calibration_dir, cfg, stack_calibration_dir=stack_calib,
+                          task=make_task(args.task))
     except ValueError as exc:
         print(f"posevla benchmark rollout: {exc}", file=sys.stderr)
         return 2
@@ -137,11 +142,11 @@ def run_rollout(args: argparse.Namespace) -> int:
     ok = sum(x.success for x in results)
     lo, hi = wilson_interval(ok, len(results))
     print(f"[rollout] success {ok}/{len(results)} = {ok / len(results):.2f}, 95 % Wilson [{lo:.2f}, {hi:.2f}] "
-          f"({args.seeds} seeds, modalities {args.modalities}, "
+          f"({args.task}, {args.seeds} seeds, modalities {args.modalities}, "
           f"{'perturbed' if args.perturb_calibration else 'true'} calibration)")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        summary = {"checkpoint": str(args.checkpoint), "policy": args.policy, "seeds": [x.seed for x in results],
+        summary = {"task": args.task, "checkpoint": str(args.checkpoint), "policy": args.policy, "seeds": [x.seed for x in results],
                    "success_per_seed": [x.success for x in results], "successes": ok, "trials": len(results),
                    "wilson95": [lo, hi], "rollout": vars(cfg), "perturbed_calibration": args.perturb_calibration,
                    "flow_noise_scale": args.flow_noise_scale,

@@ -62,7 +62,8 @@ class PickLiftTask:
         return TaskState(int(seed), (float(rng.uniform(*self.x_range)), float(rng.uniform(*self.y_range))),
                          float(rng.uniform(*self.yaw_range)))
 
-    def success(self, T_base_cube: np.ndarray) -> bool:
+    def success(self, T_base_cube: np.ndarray, T_base_tcp: dict[str, np.ndarray] | None = None) -> bool:
+        """The cube's centre above the lift height (whichever arm holds it; `T_base_tcp` is not needed)."""
         return bool(T_base_cube[2, 3] > self.lift_height_m)
 
 
@@ -82,6 +83,16 @@ class JointPath:
     @property
     def duration_s(self) -> float:
         return (len(self.q) - 1) * self.dt
+
+    def padded(self, n_before: int, n_total: int) -> JointPath:
+        """This path delayed by `n_before` samples (its first held) and its last sample held up to `n_total`."""
+        n_after = n_total - n_before - len(self.q)
+        if n_before < 0 or n_after < 0:
+            raise ValueError(f"cannot pad a path of {len(self.q)} samples by {n_before} to {n_total}")
+        q = np.concatenate([np.repeat(self.q[:1], n_before, 0), self.q, np.repeat(self.q[-1:], n_after, 0)])
+        g = np.concatenate([np.repeat(self.gripper[:1], n_before), self.gripper,
+                            np.repeat(self.gripper[-1:], n_after)])
+        return JointPath(self.dt, q, g)
 
     def at(self, t: float) -> tuple[np.ndarray, float]:
         x = np.clip(t / self.dt, 0, len(self.q) - 1)

@@ -24,6 +24,7 @@ import numpy as np
 from posevla.robot import protocol as P
 from posevla.robot.simulator import ArmController, ArmSim
 from posevla.sim.task import PickLiftTask, TaskState
+from posevla.sim.tasks import Task
 from posevla.sim.twin import TwinSpec, build_mjcf
 
 
@@ -77,9 +78,9 @@ class TwinWorld:
 
     Every access to `data` holds `lock` (physics thread, renderer, reset)."""
 
-    def __init__(self, spec: TwinSpec, task: PickLiftTask | None = None, realtime_factor: float = 1.0) -> None:
+    def __init__(self, spec: TwinSpec, task: Task | None = None, realtime_factor: float = 1.0) -> None:
         self.spec = spec
-        self.task = task or PickLiftTask()
+        self.task: Task = task or PickLiftTask()
         self.model = mujoco.MjModel.from_xml_string(build_mjcf(spec))
         self.data = mujoco.MjData(self.model)
         self.lock = threading.RLock()
@@ -195,7 +196,7 @@ class TwinWorld:
         return T
 
     def success(self) -> bool:
-        return self.task.success(self.cube_pose())
+        return self.task.success(self.cube_pose(), {a: self.T_base_tcp(a) for a in self.arms})
 
     def T_base_tcp(self, arm: str) -> np.ndarray:
         """The TCP site's pose in base_link, from MuJoCo's own forward kinematics."""

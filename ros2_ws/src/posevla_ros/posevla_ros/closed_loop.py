@@ -31,7 +31,8 @@ from std_msgs.msg import Bool, Int64, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import MultiDOFJointTrajectory
 
-from posevla.sim.task import ApproachOffset, JointPath, TaskState, scripted_pick, scripted_return
+from posevla.sim.task import JointPath, TaskState
+from posevla.sim.tasks import make_task, scripted_demo, scripted_returns
 from posevla.sim.twin import TwinSpec
 from posevla_ros.graph import graph
 from posevla_ros.msg_conv import msg_to_image, ns_to_time
@@ -70,7 +71,7 @@ class SimProbe:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self._clients: dict[str, object] = {}
         self.command: dict[str, tuple[np.ndarray, float]] = {}  # arm -> joint targets (rad), gripper (0..1)
-        self._path: tuple[str, JointPath, float] | None = None  # (arm, path, monotonic start) being played
+        self._paths: tuple[dict[str, JointPath], float] | None = None  # (arm -> path, monotonic start) being played
         self.cmd_pub = self.node.create_publisher(JointState, "/xtrainer/servo_joint_command", 10)
 
     def stream_commands(self, rate_hz: float = 50.0) -> None:
@@ -78,9 +79,10 @@ class SimProbe:
         self.node.create_timer(1.0 / rate_hz, self._publish_command)
 
     def _publish_command(self) -> None:
-        if self._path is not None:  # the path sample at the publishing instant: stamps and positions agree
-            arm, path, t0 = self._path
-            self.command[arm] = path.at(time.monotonic() - t0)
+        if self._paths is not None:  # the paths' sample at the publishing instant: stamps and positions agree
+            paths, t0 = self._paths
+            for arm, path in paths.items():
+                self.command[arm] = path.at(time.monotonic() - t0)
         if not self.command:
             return
         names, position = [], []
@@ -91,13 +93,13 @@ class SimProbe:
         msg.header.stamp = ns_to_time(self.node.get_clock().now().nanoseconds)
         self.cmd_pub.publish(msg)
 
-    def play(self, arm: str, path: JointPath) -> None:
-        """Move `arm`'s command along `path` in real time (spinning meanwhile)."""
-        t0 = time.monotonic()
-        self._path = (arm, path, t0)
-        self.spin(path.duration_s + 0.05)
-        self._path = None
-        self.command[arm] = path.at(path.duration_s)
+    def play(self, paths: dict[str, JointPath]) -> None:
+        """Move each arm's command along its path in real time, on one clock (spinning meanwhile)."""
+        self._paths = (paths, time.monotonic())
+        self.spin(max(p.duration_s for p in paths.values()) + 0.05)
+        self._paths = None
+        for arm, path in paths.items():
+            self.command[arm] = path.at(path.duration_s)
 
     def _on_episode(self, m: String) -> None:
         self.episode = json.loads(m.data)
@@ -242,13 +244,17 @@ def collect_demos(root: Path, task: str, instruction: str, seeds: list[int], opt
     robot state or action has a NaN is recorded again (/recorder/rerecord_last moves it aside), up to
     `max_attempts` takes; so is a take that did not lift the cube (on a loaded machine the driver's guard may hold
     the arm mid-path; the scripted pick itself lifts every placement in physics), up to `max_lift_attempts` takes.
-    The last take is kept either way (a failed lift marked failed). demo_offset_m > 0: perturbed demonstrations
-    (most approaches first miss the point above the cube by up to this distance, then correct:
-    `ApproachOffset.for_seed`), so the data shows how to recover from an approach error."""
+    The last take is kept either way (a failed lift marked failed). `task`: a task of `posevla.sim.tasks` (the
+    twin's task and the episodes' folder); its scripted demonstration drives every arm it moves.
+    demo_offset_m > 0 (pick_cube): perturbed demonstrations (most approaches first miss the point above the cube
+    by up to this distance, then correct: `ApproachOffset.for_seed`), so the data shows how to recover from an
+    approach error."""
+    task_def = make_task(task)
     spec = TwinSpec.from_files(opts.robot_config, opts.calibration_dir)
     q_home = {arm: k.home() for arm, k in spec.kins.items()}
     specs = graph("collect_mujoco", instruction=instruction, task=task, overrides={
-        "mujoco_sim": opts.twin_overrides(), "xtrainer_driver": {"robot_config": str(opts.robot_config)},
+        "mujoco_sim": {**opts.twin_overrides(), "task": task},
+        "xtrainer_driver": {"robot_config": str(opts.robot_config)},
         "recorder": {"root": str(root), "fps": opts.rate_hz, "reset_period_s": 0.0, "target_episodes": len(seeds),
                      "calibration_dir": str(opts.calibration_dir)}})
     probe = SimProbe("closed_loop_collect")
@@ -262,8 +268,7 @@ def collect_demos(root: Path, task: str, instruction: str, seeds: list[int], opt
             saved_bad = False  # the previous take of this seed was saved with gaps: move it aside before recording
             for takes in range(1, max_attempts + 1):  # noqa: B007 - the count is reported below
                 state = probe.reset(seed)
-                path = scripted_pick(state, spec.T_base_armbase["left"], spec.kins["left"],
-                                     offset=ApproachOffset.for_seed(seed, demo_offset_m))
+                paths = scripted_demo(task_def, state, spec, demo_offset_m)
                 start = "/recorder/rerecord_last" if saved_bad else "/recorder/start"
                 deadline = time.monotonic() + 60
                 while not (r := probe.trigger(start)).success:  # until every stream is alive
@@ -272,11 +277,11 @@ def collect_demos(root: Path, task: str, instruction: str, seeds: list[int], opt
                     probe.spin(0.5)
                     if "moved" in r.message:  # rerecord_last moved the take aside but could not start yet
                         start = "/recorder/start"
-                probe.play("left", path)
+                probe.play(paths)
                 probe.spin(0.5)
                 ok = probe.fresh_success()
                 r = probe.trigger("/recorder/stop_and_save")
-                probe.play("left", scripted_return(path.q[-1], spec.T_base_armbase["left"], spec.kins["left"]))
+                probe.play(scripted_returns(paths, spec))
                 if runner.dead():
                     raise StageError(f"node(s) exited: {runner.dead()}")
                 if not r.success:  # the recorder stopped the take itself (a stream went silent): record again
@@ -339,14 +344,14 @@ def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOp
              modalities: str = "full", stack_calibration_dir: Path | None = None,
              on_progress: Callable[[TrialResult], None] = lambda r: None, settle_s: float = 1.5,
              executor_blend: str | None = None, policy_engine: str | None = None,
-             flow_noise_scale: float | None = None) -> list[TrialResult]:
+             flow_noise_scale: float | None = None, task: str = "pick_cube") -> list[TrialResult]:
     """Closed-loop trials through policy node, executor, driver and twin; one per held-out seed. After each reset
     the arms are released only after `settle_s` seconds and two policy chunks (the executor refuses chunks whose
     observation is older than its max_chunk_age_s, 1 s: every chunk it then takes saw the reset scene).
     policy_engine: the policy node's `engine` (torch | torch_graphs | onnxruntime; None: its config's).
-    flow_noise_scale: the policy node's `flow_noise_scale` (None: its config's)."""
+    flow_noise_scale: the policy node's `flow_noise_scale` (None: its config's). task: the twin's task."""
     specs = graph("sim_mujoco", checkpoint=str(checkpoint), instruction=instruction, overrides={
-        "mujoco_sim": opts.twin_overrides(), "xtrainer_driver": {"robot_config": str(opts.robot_config)},
+        "mujoco_sim": {**opts.twin_overrides(), "task": task}, "xtrainer_driver": {"robot_config": str(opts.robot_config)},
         "executor": {"robot_config": str(opts.robot_config),
                      "calibration_dir": str(stack_calibration_dir or opts.calibration_dir),
                      **({"blend": executor_blend} if executor_blend else {})},

@@ -8,9 +8,12 @@
   `/<camera>/color/image_raw` (rgb8), `/<camera>/aligned_depth_to_color/image_raw` (16UC1, millimetres),
   `/<camera>/color/camera_info`; poses from the calibration files (`calibration_dir`), sensor-data QoS,
   header.stamp = the time the physics state was rendered.
+- The task (`task`: `pick_cube`, the left arm lifts the cube; `hand_over`, the left arm sets it down between the
+  arms and the right arm lifts it; `posevla.sim.tasks`).
 - Task topics: `/sim/reset` (std_msgs/Int64: a seed; the arms drive home, the cube is placed for that seed),
-  `/sim/episode` (std_msgs/String, JSON, reliable + transient-local: seed, reset count, cube placement; sent
-  when a reset is complete), `/sim/success` (std_msgs/Bool, every camera frame: the cube is lifted).
+  `/sim/episode` (std_msgs/String, JSON, reliable + transient-local: task, seed, reset count, cube placement,
+  instruction; sent when a reset is complete), `/sim/success` (std_msgs/Bool, every camera frame: the task's
+  success test, e.g. the cube lifted).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from std_msgs.msg import Bool, Int64, String
 from posevla.paths import calibration_dir
 from posevla.robot.driver import XTrainerConfig
 from posevla.sim.render import TwinRenderer
-from posevla.sim.task import PickLiftTask
+from posevla.sim.tasks import TASKS, make_task
 from posevla.sim.twin import TwinSpec
 from posevla.sim.world import TwinControllers, TwinGrippers, TwinWorld
 from posevla_ros.graph import config_dir
@@ -47,6 +50,7 @@ class MujocoSimNode(Node):
         "height": (240, "image height (pixels)", (16, 960)),
         "head_fovy_deg": (60.0, "vertical field of view of the head camera (deg)", (10.0, 150.0)),
         "wrist_fovy_deg": (58.0, "vertical field of view of the wrist cameras (deg)", (10.0, 150.0)),
+        "task": ("pick_cube", "the task: cube placements per seed and the success test", tuple(TASKS)),
         "seed": (-1, "placement seed at start-up (-1: the nominal placement)", (-1, 2**31 - 1)),
         "realtime_factor": (1.0, "simulated seconds per wall-clock second", (0.05, 20.0)),
     }
@@ -64,7 +68,8 @@ class MujocoSimNode(Node):
                              f"(has {sorted(spec.cameras)})")
         self.cameras = list(p["cameras"])
         self.spec = spec
-        self.world = TwinWorld(spec, PickLiftTask(), realtime_factor=p["realtime_factor"])
+        self.task_name = p["task"]
+        self.world = TwinWorld(spec, make_task(p["task"]), realtime_factor=p["realtime_factor"])
         if p["seed"] >= 0:
             self.world.place(p["seed"])
         robot = XTrainerConfig.from_yaml(robot_path)
@@ -103,7 +108,7 @@ class MujocoSimNode(Node):
     def _publish_episode(self) -> None:
         st = self.world.state
         self.episode_pub.publish(String(data=json.dumps({
-            "seed": st.seed, "resets": self.world.resets, "cube_xy": list(st.cube_xy), "cube_yaw": st.cube_yaw,
+            "task": self.task_name, "seed": st.seed, "resets": self.world.resets, "cube_xy": list(st.cube_xy), "cube_yaw": st.cube_yaw,
             "instruction": self.world.task.instruction})))
 
     def _on_reset(self, msg: Int64) -> None:
