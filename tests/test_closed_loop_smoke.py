@@ -162,4 +162,5 @@ def test_hand_over_benchmark_smoke(tmp_path: Path) -> None:
     assert len(twin_runs) == 2 and all('task:="hand_over"' in ln for ln in twin_runs), twin_runs  # both graphs
     res = json.loads((out / "results.json").read_text())
     assert res["task"] == "hand_over" and res["trial_s"] == 3.0 and res["demo_success"] == 1
+    assert res["config"].endswith("closed_loop_bimanual.yaml")  # the task's default model: all three views
     assert res["conditions"]["full"]["trials"] == 1

@@ -226,3 +226,40 @@ def test_loads_a_stock_paligemma_directory_and_adds_the_new_parts(tmp_path) -> N
     assert pol.config.image_size == 28 and pol.config.text["hidden_size"] == 32
     chunk = pol.predict(_obs(pol), noise_seed=0)
     assert chunk.arms["left"].T.shape == (8, 4, 4)
+
+
+def test_view_dropout_hides_a_view_in_training_only() -> None:
+    """p_drop_view: in training a dropped view's pixels cannot change the loss (its tokens are masked, as a missing
+    camera); in evaluation every view is read; about p of the samples lose the view; bad values are refused."""
+    cfg = PoseVLAConfig(**TINY, p_drop_view={"left_wrist": 0.9})
+    pol = PoseVLAPolicy.from_config(cfg, seed=3, device="cpu")
+    samples = _training_samples(pol)
+    batch = pol.make_batch(samples)
+    other = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()}
+    w = cfg.views.index("left_wrist")
+    other["pixel_values"][:, w] = torch.rand_like(other["pixel_values"][:, w])  # a different wrist image
+    noise = torch.randn(batch["actions"].shape, generator=torch.Generator().manual_seed(1))
+    t = torch.full((batch["actions"].shape[0],), 0.7)
+    model = pol.model
+
+    def loss(b: dict, seed: int) -> float:
+        torch.manual_seed(seed)  # the same dropout draws for both batches
+        with torch.no_grad():
+            return float(model.flow_loss(b, noise=noise, timestep=t))
+
+    model.train()
+    hidden = [s for s in range(40) if loss(batch, s) == loss(other, s)]  # draws whose wrist view was dropped
+    model.eval()
+    assert loss(batch, 0) != loss(other, 0)  # evaluation reads the wrist view
+    # both samples hidden with probability 0.81 (each 0.9): the loss ignores the wrist in ~0.81 of the draws
+    assert 0.55 <= len(hidden) / 40 <= 1.0, len(hidden)
+    model.train()
+    assert PoseVLAConfig(**TINY).p_drop_view == {}  # off by default
+    from posevla.model.geometry_embed import view_keep_mask
+
+    keep = view_keep_mask(20000, cfg.views, {"left_wrist": 0.3}, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert keep[:, cfg.views.index("head")].min() == 1.0 and abs(1 - keep[:, w].mean() - 0.3) < 0.015
+    PoseVLAConfig(**TINY, p_drop_view={"left_wrist": 0.5, "right_wrist": 0.5})  # the head always stays: valid
+    for bad in ({"nose": 0.3}, {"left_wrist": 1.0}, {"left_wrist": -0.1}):
+        with pytest.raises(ValueError, match="p_drop_view"):
+            PoseVLAConfig(**TINY, p_drop_view=bad)

@@ -65,6 +65,10 @@ class PoseVLAConfig:
     aug_crop_scale: float = 1.0
     # brightness and contrast each scaled by a factor in [1 - aug_color, 1 + aug_color] per view (0: off)
     aug_color: float = 0.0
+    # training only: view -> probability that a sample's view is hidden (its image tokens masked from attention, as
+    # a missing camera), e.g. {left_wrist: 0.3}, so the policy also learns to act from the other views (the head
+    # camera) where that view does not see the object yet; every view is shown at inference. Empty: off.
+    p_drop_view: dict[str, float] = field(default_factory=dict)
     vision: dict[str, Any] = field(default_factory=lambda: {
         "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16})
     text: dict[str, Any] = field(default_factory=lambda: {
@@ -90,6 +94,9 @@ class PoseVLAConfig:
             "relative_positions": isinstance(self.relative_positions, bool),
             "aug_crop_scale": 0 < self.aug_crop_scale <= 1,
             "aug_color": 0 <= self.aug_color < 1,
+            "p_drop_view": isinstance(self.p_drop_view, dict) and all(
+                v in self.views and 0 <= p < 1 for v, p in self.p_drop_view.items())
+            and set(self.views) - {v for v, p in self.p_drop_view.items() if p > 0} != set(),
             "view_crops": isinstance(self.view_crops, dict) and all(
                 v in self.views and _valid_crop(c) for v, c in self.view_crops.items()),
         }

@@ -48,3 +48,10 @@ def modality_keep_masks(batch: int, modalities: str | None, p_drop_ray: float, p
     ray_on = mode in ("rgb+ray", "full")
     depth_on = mode in ("rgb+depth", "full")
     return (torch.full((batch,), float(ray_on), device=device), torch.full((batch,), float(depth_on), device=device))
+
+
+def view_keep_mask(batch: int, views: tuple[str, ...], p_drop_view: dict[str, float], device: torch.device,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, V) keep factors (training only): view v of a sample hidden with probability p_drop_view.get(v, 0)."""
+    p = torch.tensor([float(p_drop_view.get(v, 0.0)) for v in views], device=device)
+    return (torch.rand(batch, len(views), generator=generator, device=device) >= p).float()

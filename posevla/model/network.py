@@ -38,7 +38,7 @@ from transformers.models.gemma.modeling_gemma import GemmaRotaryEmbedding, Gemma
 from transformers.models.pi0.modeling_pi0 import PI0TimestepEmbeddings
 
 from posevla.model.config import PoseVLAConfig
-from posevla.model.geometry_embed import GeometryEmbedding, modality_keep_masks
+from posevla.model.geometry_embed import GeometryEmbedding, modality_keep_masks, view_keep_mask
 
 
 # ------------------------------------------------------------------ fp32 buffers
@@ -225,7 +225,11 @@ class PoseVLAModel(nn.Module):
         """[image tokens of every view | text] embeddings and their 2D attention mask (1 = attend)."""
         img = self.embed_images(batch["pixel_values"], batch["raymaps"], batch["depth_priors"], modalities)
         n = self.cfg.tokens_per_view
-        img_mask = batch["view_mask"].to(text_mask.dtype).repeat_interleave(n, dim=1)
+        view_mask = batch["view_mask"].to(text_mask.dtype)
+        if self.training and self.cfg.p_drop_view:
+            view_mask = view_mask * view_keep_mask(view_mask.shape[0], self.cfg.views, self.cfg.p_drop_view,
+                                                   view_mask.device).to(view_mask.dtype)
+        img_mask = view_mask.repeat_interleave(n, dim=1)
         txt = self.vlm.get_input_embeddings()(text_ids).to(img.dtype)
         return torch.cat([img, txt], dim=1), torch.cat([img_mask, text_mask], dim=1)
 

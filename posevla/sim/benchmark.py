@@ -125,9 +125,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "pick_cube only)")
     p.add_argument("--steps", type=int, default=6000, help="training steps")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--config", type=Path, default=REPO / "models" / "closed_loop.yaml",
-                   help="model config (models/closed_loop_aug.yaml + --ema-decay 0.999 is the fine-tuning recipe of the "
-                        "best checkpoint; from scratch on 100 demos it lifted 0/40, see docs/closed_loop.md)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="model config (default: models/closed_loop.yaml, with --task hand_over "
+                        "models/closed_loop_bimanual.yaml: all three views; models/closed_loop_aug.yaml + --ema-decay "
+                        "0.999 is the fine-tuning recipe of the best checkpoint; from scratch on 100 demos it lifted "
+                        "0/40, see docs/closed_loop.md)")
     p.add_argument("--init", type=Path, default=None,
                    help="continue training from this Pose-VLA checkpoint (a second round: more data or steps; its "
                         "own model config is used, --config is ignored) instead of a random model")
@@ -212,6 +214,8 @@ def _check(args: argparse.Namespace) -> str | None:
 
     if args.init is not None and not (args.init / CHECKPOINT_CONFIG).is_file():
         return f"--init {args.init} is not a Pose-VLA checkpoint folder (no {CHECKPOINT_CONFIG})"
+    if args.config is None:
+        args.config = REPO / "models" / ("closed_loop_bimanual.yaml" if args.task == "hand_over" else "closed_loop.yaml")
     for name in ("robot_config", "config"):
         if not getattr(args, name).is_file():
             return f"--{name.replace('_', '-')} {getattr(args, name)} does not exist"

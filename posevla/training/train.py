@@ -311,6 +311,9 @@ def train(args: argparse.Namespace) -> dict:
     if data.augments:
         print(f"[train] image augmentation: random crops to {cfg.aug_crop_scale:.2f}-1 of each view's region "
               f"(intrinsics exact), brightness/contrast +-{cfg.aug_color:.2f}", flush=True)
+    if any(p > 0 for p in cfg.p_drop_view.values()):
+        print(f"[train] view dropout: {', '.join(f'{v} hidden in {p:.0%} of the samples' for v, p in cfg.p_drop_view.items())}"
+              f" (training only; every view is read at inference)", flush=True)
     if exclude:
         print(f"[train] --exclude-segments: {data.excluded_samples} sample start(s) left out in {len(exclude)} "
               f"episode(s)", flush=True)
