@@ -68,6 +68,8 @@ def test_benchmark_refuses_bad_input_with_one_line(tmp_path):
                             (["--flow-noise-scale", "-0.5"], "--flow-noise-scale must lie in [0, 1]"),
                             (["--first-seed", "999950"], "--first-seed must lie in [0, 999900]"),
                             (["--workers", "2"], "--cache-gb must be >= 0 and needs --workers 0"),
+                            (["--task", "hand_over", "--demo-offset-m", "0.03"],
+                             "--demo-offset-m applies to --task pick_cube only"),
                             (["--init", str(tmp_path)], f"--init {tmp_path} is not a Pose-VLA checkpoint folder")):
         proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--out",
                                str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=300)
@@ -162,5 +164,6 @@ def test_hand_over_benchmark_smoke(tmp_path: Path) -> None:
     assert len(twin_runs) == 2 and all('task:="hand_over"' in ln for ln in twin_runs), twin_runs  # both graphs
     res = json.loads((out / "results.json").read_text())
     assert res["task"] == "hand_over" and res["trial_s"] == 3.0 and res["demo_success"] == 1
+    assert res["demo_offset_m"] == 0.0  # the perturbed approach is the pick's
     assert res["config"].endswith("closed_loop_bimanual.yaml")  # the task's default model: all three views
     assert res["conditions"]["full"]["trials"] == 1

@@ -119,10 +119,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--first-seed", type=int, default=0,
                    help="the demonstrations use train seeds first..first+n-1 (e.g. 100 with --demos 100 for a second "
                         "collection round whose placements differ from the first's)")
-    p.add_argument("--demo-offset-m", type=float, default=0.06,
+    p.add_argument("--demo-offset-m", type=float, default=None,
                    help="perturbed demonstrations: 3 in 4 approaches first miss the point above the cube by up to "
                         "this distance (m) and 15 deg, then correct (recovery data; 0: every demo straight; "
-                        "pick_cube only)")
+                        "pick_cube only; default 0.06)")
     p.add_argument("--steps", type=int, default=6000, help="training steps")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--config", type=Path, default=None,
@@ -206,6 +206,10 @@ def _check(args: argparse.Namespace) -> str | None:
     if not 0 <= args.first_seed <= HELDOUT_SEED_BASE - TRAIN_SEED_BASE - args.demos:
         return (f"--first-seed must lie in [0, {HELDOUT_SEED_BASE - TRAIN_SEED_BASE - args.demos}] (training seeds "
                 f"end below the held-out ones, {HELDOUT_SEED_BASE})")
+    if args.demo_offset_m is not None and args.task != "pick_cube":
+        return f"--demo-offset-m applies to --task pick_cube only (got --task {args.task})"
+    if args.demo_offset_m is None:
+        args.demo_offset_m = 0.06 if args.task == "pick_cube" else 0.0
     if not 0 <= args.demo_offset_m <= 0.1:
         return f"--demo-offset-m must lie in [0, 0.1] m (got {args.demo_offset_m})"
     if args.trial_s is not None and args.trial_s <= 0:
