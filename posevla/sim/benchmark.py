@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posevla.sim.probe import add_probe_parser
 from posevla.sim.rollout_cli import add_rollout_parser
 from posevla.sim.summary import add_summary_parser
 from posevla.tools.trial import wilson_interval  # one Wilson interval for trials and the benchmark
@@ -110,6 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("closed-loop", help="demos -> training -> closed-loop trials on the MuJoCo twin",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_rollout_parser(sub)
+    add_probe_parser(sub)
     add_summary_parser(sub)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "closed_loop", help="run folder")
     p.add_argument("--task", choices=("pick_cube", "hand_over"), default="pick_cube",
@@ -272,6 +274,10 @@ def run(args: argparse.Namespace) -> int:
         from posevla.sim.rollout_cli import run_rollout
 
         return run_rollout(args)
+    if args.benchmark == "probe":
+        from posevla.sim.probe import run_probe
+
+        return run_probe(args)
     if args.benchmark == "summary":
         from posevla.sim.summary import run_summary
 

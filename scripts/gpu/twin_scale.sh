@@ -35,7 +35,7 @@ t0=$(date +%s)
 
 echo "== 1. $GEN_PROCS generators for $GEN_S s"
 for i in $(seq 0 $((GEN_PROCS - 1))); do
-  OMP_NUM_THREADS=1 timeout -s INT "$GEN_S" $PY -m posevla.sim.direct_demos --out "$WORK/gen/$i" \
+  OMP_NUM_THREADS=1 timeout -k 10 -s INT "$GEN_S" $PY -m posevla.sim.direct_demos --out "$WORK/gen/$i" \
     --episodes "$GEN_EPISODES" --first-seed $((SEED0 + i * 1000)) > "$WORK/gen_$i.log" 2>&1 &
 done
 wait
@@ -48,7 +48,7 @@ n_ok=$(cat "$WORK"/gen_*.log | grep -c "): success")
 
 echo "== 2. train $TRAIN_STEPS steps of batch $BATCH on $DEV"
 t1=$(date +%s)
-timeout -s INT "$TRAIN_S" $PY -m posevla.cli train --data "$WORK"/gen/*/pick_cube --init "$INIT" --device "$DEV" \
+timeout -k 10 -s INT "$TRAIN_S" $PY -m posevla.cli train --data "$WORK"/gen/*/pick_cube --init "$INIT" --device "$DEV" \
   --train all --lr 2e-4 --warmup 100 --steps "$TRAIN_STEPS" --batch-size "$BATCH" --val-episodes 0 --workers "$WORKERS" \
   --ema-decay 0.999 --save-every 500 --out "$WORK/train" > "$WORK/train.log" 2>&1
 echo "train exit $? after $(( $(date +%s) - t1 )) s" >> "$WORK/train.log"
@@ -62,7 +62,7 @@ cp "$WORK/train/train_log.csv" "$OUT/" 2>/dev/null
 
 echo "== 3. direct rollouts, $EVAL_PROCS x $EVAL_TRIALS held-out seeds"
 for i in $(seq 0 $((EVAL_PROCS - 1))); do
-  OMP_NUM_THREADS=1 timeout -s INT "$EVAL_S" $PY -m posevla.cli benchmark rollout --checkpoint "$CK" \
+  OMP_NUM_THREADS=1 timeout -k 10 -s INT "$EVAL_S" $PY -m posevla.cli benchmark rollout --checkpoint "$CK" \
     --trials "$EVAL_TRIALS" --first-seed $((i * EVAL_TRIALS)) --trial-s 15 --flow-noise-scale 0 --threads 1 \
     --out "$WORK/eval/e$i" > "$WORK/eval_$i.log" 2>&1 &
 done
