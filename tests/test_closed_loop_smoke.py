@@ -69,7 +69,7 @@ def test_benchmark_refuses_bad_input_with_one_line(tmp_path):
                             (["--first-seed", "999950"], "--first-seed must lie in [0, 999900]"),
                             (["--workers", "2"], "--cache-gb must be >= 0 and needs --workers 0"),
                             (["--task", "hand_over", "--demo-offset-m", "0.03"],
-                             "--demo-offset-m applies to --task pick_cube only"),
+                             "--demo-offset-m applies to the pick tasks only"),
                             (["--init", str(tmp_path)], f"--init {tmp_path} is not a Pose-VLA checkpoint folder")):
         proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--out",
                                str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=300)

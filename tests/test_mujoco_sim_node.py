@@ -75,7 +75,7 @@ def test_mujoco_sim_publishes_cameras_and_resets(tmp_path: Path, rclpy_context) 
 
 @pytest.mark.parametrize(("param", "message"), [("cameras:=[head, nose]", "parameter cameras: ['nose']"),
                                                 ("task:=stack", "parameter task='stack' must be one of "
-                                                                "['pick_cube', 'hand_over']")])
+                                                                "['pick_cube', 'pick_cube_overview', 'hand_over']")])
 def test_mujoco_sim_refuses_bad_parameter(tmp_path: Path, param: str, message: str) -> None:
     out = subprocess.run([sys.executable, "-m", "posevla_ros.mujoco_sim_node", "--ros-args", "-p",
                           f"robot_config:={sim_robot_yaml(tmp_path)}", "-p", param],

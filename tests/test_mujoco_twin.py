@@ -335,11 +335,11 @@ def test_tasks_by_name_and_the_benchmarks_offer_them():
     from posevla.sim.tasks import TASKS, make_task, task_name
 
     assert all(task_name(make_task(n)) == n for n in TASKS)
-    with pytest.raises(ValueError, match="unknown task 'stack'.*pick_cube, hand_over"):
+    with pytest.raises(ValueError, match="unknown task .stack.*pick_cube, pick_cube_overview, hand_over"):
         make_task("stack")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for cmd in ("closed-loop", "rollout"):
+    for cmd in ("closed-loop", "rollout", "probe"):
         task_arg = next(a for a in sub.choices[cmd]._actions if a.dest == "task")
         assert tuple(task_arg.choices) == tuple(TASKS) and task_arg.default == "pick_cube"

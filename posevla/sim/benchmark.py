@@ -36,6 +36,7 @@ import numpy as np
 from posevla.sim.probe import add_probe_parser
 from posevla.sim.rollout_cli import add_rollout_parser
 from posevla.sim.summary import add_summary_parser
+from posevla.sim.tasks import TASKS
 from posevla.tools.trial import wilson_interval  # one Wilson interval for trials and the benchmark
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_probe_parser(sub)
     add_summary_parser(sub)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "closed_loop", help="run folder")
-    p.add_argument("--task", choices=("pick_cube", "hand_over"), default="pick_cube",
+    p.add_argument("--task", choices=tuple(TASKS), default="pick_cube",
                    help="pick_cube: the left arm lifts the cube; hand_over (bimanual): the left arm sets the cube down "
                         "between the arms, the right arm lifts it (posevla.sim.tasks; episodes in <out>/data/<task>)")
     p.add_argument("--demos", type=int, default=100, help="scripted demonstrations (train seeds 0..n-1)")
@@ -208,10 +209,10 @@ def _check(args: argparse.Namespace) -> str | None:
     if not 0 <= args.first_seed <= HELDOUT_SEED_BASE - TRAIN_SEED_BASE - args.demos:
         return (f"--first-seed must lie in [0, {HELDOUT_SEED_BASE - TRAIN_SEED_BASE - args.demos}] (training seeds "
                 f"end below the held-out ones, {HELDOUT_SEED_BASE})")
-    if args.demo_offset_m is not None and args.task != "pick_cube":
-        return f"--demo-offset-m applies to --task pick_cube only (got --task {args.task})"
+    if args.demo_offset_m is not None and args.task == "hand_over":
+        return f"--demo-offset-m applies to the pick tasks only (got --task {args.task})"
     if args.demo_offset_m is None:
-        args.demo_offset_m = 0.06 if args.task == "pick_cube" else 0.0
+        args.demo_offset_m = 0.0 if args.task == "hand_over" else 0.06
     if not 0 <= args.demo_offset_m <= 0.1:
         return f"--demo-offset-m must lie in [0, 0.1] m (got {args.demo_offset_m})"
     if args.trial_s is not None and args.trial_s <= 0:

@@ -141,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-dir", type=Path, default=calibration_dir())
     args = p.parse_args(argv)
     if args.demo_offset_m is None:
-        args.demo_offset_m = 0.06 if args.task == "pick_cube" else 0.0
+        args.demo_offset_m = 0.0 if args.task == "hand_over" else 0.06
     checks = [(args.episodes < 1, "--episodes must be >= 1"),
               (not 0 <= args.first_seed < 1_000_000 - args.episodes,
                "--first-seed: training placements only (seeds below 1000000)"),
-              (args.task != "pick_cube" and args.demo_offset_m != 0,
-               f"--demo-offset-m applies to --task pick_cube only (got --task {args.task})"),
+              (args.task == "hand_over" and args.demo_offset_m != 0,
+               f"--demo-offset-m applies to the pick tasks only (got --task {args.task})"),
               (not 0 <= args.demo_offset_m <= 0.1, f"--demo-offset-m must lie in [0, 0.1] m (got {args.demo_offset_m})"),
               (not 0 < args.fps <= 60, f"--fps must lie in (0, 60] (got {args.fps})"),
               (not (16 <= args.width <= 1280 and 16 <= args.height <= 960), "--width/--height: 16..1280 x 16..960"),

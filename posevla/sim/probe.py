@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from posevla.paths import calibration_dir, default_path
+from posevla.sim.tasks import TASKS
 
 
 def add_probe_parser(sub) -> None:
@@ -29,6 +30,7 @@ def add_probe_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, help="Pose-VLA checkpoint folder (required unless --policy scripted)")
     p.add_argument("--policy", choices=("checkpoint", "scripted"), default="checkpoint")
+    p.add_argument("--task", choices=tuple(TASKS), default="pick_cube", help="the twin's task (posevla.sim.tasks)")
     p.add_argument("--seeds", choices=("heldout", "train"), default="heldout", help="placements: held-out or training")
     p.add_argument("--trials", type=int, default=40, help="placements probed (default %(default)s)")
     p.add_argument("--width", type=int, default=160)
@@ -124,7 +126,10 @@ def run_probe(args: argparse.Namespace) -> int:
             print(f"posevla benchmark probe: --checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
             return 2
         holder.flow_noise_scale = 0.0
-    r = DirectRollout(holder, args.robot_config, args.calibration_dir, RolloutConfig(width=args.width, height=args.height))
+    from posevla.sim.tasks import make_task
+
+    r = DirectRollout(holder, args.robot_config, args.calibration_dir, RolloutConfig(width=args.width, height=args.height),
+                      task=make_task(args.task))
     if args.policy == "scripted":
         r.policy = ScriptedPolicy(holder.config, r)
     seeds = (heldout_seeds if args.seeds == "heldout" else train_seeds)(args.trials)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from posevla.control.executor import BLEND_MODES
 from posevla.paths import calibration_dir, default_path
+from posevla.sim.tasks import TASKS
 from posevla.tools.trial import wilson_interval
 
 MODALITIES = ("full", "rgb", "rgb+ray", "rgb+depth")
@@ -34,7 +35,7 @@ def add_rollout_parser(sub) -> None:
     p.add_argument("--checkpoint", type=Path, help="Pose-VLA checkpoint folder (required unless --policy scripted)")
     p.add_argument("--policy", choices=("checkpoint", "scripted"), default="checkpoint",
                    help="scripted: the scripted demonstration with the true placement (a pipeline check)")
-    p.add_argument("--task", choices=("pick_cube", "hand_over"), default="pick_cube",
+    p.add_argument("--task", choices=tuple(TASKS), default="pick_cube",
                    help="the twin's task (posevla.sim.tasks; hand_over needs --trial-s ~25)")
     p.add_argument("--seeds", choices=("heldout", "train"), default="heldout", help="placements: held-out or training")
     p.add_argument("--first-seed", type=int, default=0, help="offset into the seed range")

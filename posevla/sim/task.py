@@ -46,7 +46,7 @@ class TaskState:
 
 @dataclass(frozen=True)
 class PickLiftTask:
-    """Cube placement ranges (base_link, metres / radians) and the success height."""
+    """Cube placement ranges (base_link, metres / radians), the success height and the task arm's start pose."""
 
     x_range: tuple[float, float] = (0.40, 0.56)
     y_range: tuple[float, float] = (0.22, 0.42)
@@ -54,6 +54,8 @@ class PickLiftTask:
     lift_height_m: float = 0.10  # cube centre above this at the end: success (it rests at 0.02)
     arm: str = "left"
     instruction: str = "pick up the red cube"
+    # the task arm's TCP position (base_link, m) at each trial's start, home orientation; None: the home pose
+    start_tcp_m: tuple[float, float, float] | None = None
 
     def sample(self, seed: int | None) -> TaskState:
         if seed is None:
@@ -157,11 +159,16 @@ class ApproachOffset:
 
 def scripted_pick(state: TaskState, T_base_armbase: np.ndarray, kin: ArmKinematics,
                   timing: ScriptTiming = ScriptTiming(), dt: float = 0.05,
-                  offset: ApproachOffset = ApproachOffset()) -> JointPath:
-    """The left arm's joint path from home to a lifted cube (raises PathUnreachable if IK fails); with an
-    `offset`, the approach first misses the point above the cube and then corrects (see ApproachOffset)."""
+                  offset: ApproachOffset = ApproachOffset(), q_start: np.ndarray | None = None,
+                  max_approach_speed: float = 0.2) -> JointPath:
+    """The left arm's joint path from home (or from `q_start`, joints in rad) to a lifted cube (raises
+    PathUnreachable if IK fails); with an `offset`, the approach first misses the point above the cube and then
+    corrects (see ApproachOffset). The grasp orientation is home's turned by the cube's yaw either way. From a
+    `q_start`, the approach lasts at least long enough to keep its peak TCP speed under `max_approach_speed`."""
     q_home = kin.home()
     T_home = T_base_armbase @ kin.fk(q_home)
+    q0 = q_home if q_start is None else np.asarray(q_start, float)
+    T_start = T_base_armbase @ kin.fk(q0)
     yaw_home = float(np.arctan2(T_home[1, 0], T_home[0, 0]))
     yaw = grasp_yaw(state.cube_yaw, yaw_home)
     R_grasp = Rotation.from_euler("z", yaw - yaw_home).as_matrix() @ T_home[:3, :3]
@@ -170,16 +177,20 @@ def scripted_pick(state: TaskState, T_base_armbase: np.ndarray, kin: ArmKinemati
     grasp = se3.make_T(R_grasp, [x, y, timing.grasp_tcp_z_m])
     lifted = se3.make_T(R_grasp, [x, y, timing.lift_tcp_z_m])
     # (duration, from pose, to pose, gripper from, gripper to)
-    if offset.is_zero:
-        first = [(timing.approach, T_home, above, 1.0, 1.0)]
-    else:
+    target = above
+    if not offset.is_zero:
         R_off = Rotation.from_euler("z", offset.dyaw).as_matrix() @ R_grasp
-        above_off = se3.make_T(R_off, [x + offset.dx, y + offset.dy, timing.grasp_tcp_z_m + timing.above_m])
-        first = [(timing.approach, T_home, above_off, 1.0, 1.0), (timing.correct, above_off, above, 1.0, 1.0)]
+        target = se3.make_T(R_off, [x + offset.dx, y + offset.dy, timing.grasp_tcp_z_m + timing.above_m])
+    approach_s = timing.approach
+    if q_start is not None:  # min-jerk peak speed: 1.875 x distance / time
+        approach_s = max(approach_s, 1.875 * float(np.linalg.norm(target[:3, 3] - T_start[:3, 3])) / max_approach_speed)
+    first = [(approach_s, T_start, target, 1.0, 1.0)]
+    if not offset.is_zero:
+        first.append((timing.correct, target, above, 1.0, 1.0))
     phases = first + [(timing.descend, above, grasp, 1.0, 1.0),
               (timing.close, grasp, grasp, 1.0, 0.0), (timing.lift, grasp, lifted, 0.0, 0.0),
               (timing.hold, lifted, lifted, 0.0, 0.0)]
-    return _phases_to_path(phases, q_home, 1.0, T_base_armbase, kin, dt, f"seed {state.seed}")
+    return _phases_to_path(phases, q0, 1.0, T_base_armbase, kin, dt, f"seed {state.seed}")
 
 
 def _phases_to_path(phases: list, q_start: np.ndarray, g_start: float, T_base_armbase: np.ndarray,
@@ -254,3 +265,25 @@ def scripted_return(q_from: np.ndarray, T_base_armbase: np.ndarray, kin: ArmKine
         gs.append(1.0)
     qs[-1] = kin.home()
     return JointPath(dt, np.array(qs), np.array(gs))
+
+
+def start_joints(task: PickLiftTask, T_base_armbase: np.ndarray, kin: ArmKinematics) -> np.ndarray | None:
+    """The task arm's joints (rad) at `task.start_tcp_m` with the home orientation, by IK seeded at home; None when
+    the task starts at home. Raises PathUnreachable if the arm cannot reach it."""
+    if task.start_tcp_m is None:
+        return None
+    T = T_base_armbase @ kin.fk(kin.home())
+    T[:3, 3] = task.start_tcp_m
+    q = kin.ik(se3.invert_T(T_base_armbase) @ T, kin.home())
+    if q is None:
+        raise PathUnreachable(f"start pose {list(task.start_tcp_m)}: no IK solution")
+    return np.asarray(q, float)
+
+
+@dataclass(frozen=True)
+class PickOverviewTask(PickLiftTask):
+    """The pick from a raised start pose from which the left wrist camera sees the whole placement range (at home it
+    sees about a third of it: the cube beyond its view must be found with the head camera alone). All nine points
+    of a 3 x 3 grid over the ranges are fully in the 160x120 wrist view from (0.46, 0.42, 0.40) m."""
+
+    start_tcp_m: tuple[float, float, float] | None = (0.46, 0.42, 0.40)

@@ -1,7 +1,9 @@
 """The twin's tasks by name, and each task's scripted demonstration for both arms.
 
-`pick_cube` (`PickLiftTask`: the left arm picks and lifts the cube) and `hand_over` (`HandOverTask`: the left arm
-picks the cube and sets it down between the arms, the right arm picks it there and lifts it). The name is the
+`pick_cube` (`PickLiftTask`: the left arm picks and lifts the cube), `pick_cube_overview` (`PickOverviewTask`: the
+same pick from a raised start pose whose wrist view covers the whole placement range) and `hand_over`
+(`HandOverTask`: the left arm picks the cube and sets it down between the arms, the right arm picks it there and
+lifts it). The name is the
 task folder of recorded episodes (`data/<task>/`), the `task` parameter of `mujoco_sim` and `--task` of the
 benchmarks.
 """
@@ -14,14 +16,16 @@ from posevla.sim.task import (
     ApproachOffset,
     JointPath,
     PickLiftTask,
+    PickOverviewTask,
     TaskState,
     scripted_pick,
     scripted_return,
+    start_joints,
 )
 from posevla.sim.twin import TwinSpec
 
 Task = Union[PickLiftTask, HandOverTask]
-TASKS: dict[str, type] = {"pick_cube": PickLiftTask, "hand_over": HandOverTask}
+TASKS: dict[str, type] = {"pick_cube": PickLiftTask, "pick_cube_overview": PickOverviewTask, "hand_over": HandOverTask}
 
 
 def make_task(name: str) -> Task:
@@ -32,7 +36,7 @@ def make_task(name: str) -> Task:
 
 
 def task_name(task: Task) -> str:
-    return next(n for n, cls in TASKS.items() if isinstance(task, cls))
+    return next(n for n, cls in TASKS.items() if type(task) is cls)
 
 
 def scripted_demo(task: Task, state: TaskState, spec: TwinSpec, demo_offset_m: float = 0.0) -> dict[str, JointPath]:
@@ -41,7 +45,9 @@ def scripted_demo(task: Task, state: TaskState, spec: TwinSpec, demo_offset_m: f
     if isinstance(task, HandOverTask):
         return scripted_handover(state, task, spec.T_base_armbase, spec.kins)
     offset = ApproachOffset.for_seed(state.seed, demo_offset_m) if state.seed is not None else ApproachOffset()
-    return {task.arm: scripted_pick(state, spec.T_base_armbase[task.arm], spec.kins[task.arm], offset=offset)}
+    T_base_armbase, kin = spec.T_base_armbase[task.arm], spec.kins[task.arm]
+    return {task.arm: scripted_pick(state, T_base_armbase, kin, offset=offset,
+                                    q_start=start_joints(task, T_base_armbase, kin))}
 
 
 def scripted_returns(paths: dict[str, JointPath], spec: TwinSpec) -> dict[str, JointPath]:

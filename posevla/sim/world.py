@@ -23,7 +23,7 @@ import numpy as np
 
 from posevla.robot import protocol as P
 from posevla.robot.simulator import ArmController, ArmSim
-from posevla.sim.task import PickLiftTask, TaskState
+from posevla.sim.task import PickLiftTask, TaskState, start_joints
 from posevla.sim.tasks import Task
 from posevla.sim.twin import TwinSpec, build_mjcf
 
@@ -127,11 +127,15 @@ class TwinWorld:
     def move_home(self, joint_speed: float = 0.8, timeout_s: float = 30.0) -> None:
         """Open the grippers and drive both arms home along a minimum-jerk joint path, as an operator's reset
         would (no teleporting: the controllers' feedback stays continuous). Paced by simulated time; blocks."""
+        self.move_joints({a: self.spec.kins[a].home() for a in self.arms}, joint_speed, timeout_s)
+
+    def move_joints(self, targets: dict[str, np.ndarray], joint_speed: float = 0.8, timeout_s: float = 30.0) -> None:
+        """Open the grippers and drive the arms in `targets` (joints, rad) there along one minimum-jerk joint path
+        (the others hold). Paced by simulated time; blocks."""
         with self.lock:
-            start = {a: arm.q.copy() for a, arm in self.arms.items()}
+            start = {a: self.arms[a].q.copy() for a in targets}
             t0 = self.sim_time_s
-        home = {a: self.spec.kins[a].home() for a in self.arms}
-        span = max(float(np.abs(home[a] - start[a]).max()) for a in self.arms)
+        span = max(float(np.abs(np.asarray(targets[a]) - start[a]).max()) for a in targets)
         duration = max(0.3, 1.875 * span / joint_speed)  # peak speed of a min-jerk profile: 1.875 x mean
         deadline = time.monotonic() + timeout_s
         while True:
@@ -139,7 +143,8 @@ class TwinWorld:
             w = s**3 * (10 - 15 * s + 6 * s**2)
             for a, arm in self.arms.items():
                 with arm.lock:
-                    arm.q_target = start[a] + w * (home[a] - start[a])
+                    if a in targets:
+                        arm.q_target = start[a] + w * (np.asarray(targets[a]) - start[a])
                     arm.gripper_target = 1.0
             if s >= 1.0 or time.monotonic() > deadline:
                 break
@@ -162,8 +167,12 @@ class TwinWorld:
         return state
 
     def reset(self, seed: int | None) -> TaskState:
-        """An episode's start: arms home (moving), then the cube placed for `seed`."""
+        """An episode's start: arms home (moving), the task arm on to the task's start pose if it has one
+        (`PickLiftTask.start_tcp_m`), then the cube placed for `seed`."""
         self.move_home()
+        if getattr(self.task, "start_tcp_m", None) is not None:
+            arm = self.task.arm
+            self.move_joints({arm: start_joints(self.task, self.spec.T_base_armbase[arm], self.spec.kins[arm])})
         return self.place(seed)
 
     def step(self, n: int = 1) -> None:
