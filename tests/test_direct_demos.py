@@ -56,6 +56,24 @@ def test_direct_demos_record_the_scripted_paths_and_lift(tmp_path: Path) -> None
             assert ep.rgb("head", n // 2).shape == (48, 64, 3)
 
 
+def test_direct_demos_place_the_cube_in_the_given_range(tmp_path: Path) -> None:
+    """--x-range/--y-range move the placements (seed 5 lies elsewhere in the task's range): the log names a cube in
+    the new range and the recorded TCP descends there to grasp it."""
+    nominal = PickLiftTask().sample(5).cube_xy
+    x_rng, y_rng = (0.38, 0.39), (0.25, 0.26)
+    assert not (x_rng[0] <= nominal[0] <= x_rng[1])
+    lines: list[str] = []
+    info = record_demos(tmp_path, 1, 5, demo_offset_m=0.0, width=64, height=48, log=lines.append,
+                        x_range_m=x_rng, y_range_m=y_rng)
+    assert info["success"] == 1
+    x, y = (float(v) for v in lines[0].split("cube at ")[1].split(")")[0].split(", "))
+    assert x_rng[0] <= x <= x_rng[1] and y_rng[0] <= y <= y_rng[1]
+    with EpisodeReader(next((tmp_path / "pick_cube").glob("episode_*.h5"))) as ep:
+        tcp = ep.array("observations/tcp_pose/left")
+    low = tcp[np.argmin(tcp[:, 2])]  # the grasp: the lowest TCP of the episode
+    assert abs(low[0] - x) < 0.01 and abs(low[1] - y) < 0.01
+
+
 def test_direct_demos_stop_promptly_on_an_interrupt(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "posevla.sim.direct_demos", "--out", str(tmp_path),
@@ -87,6 +105,8 @@ def test_direct_demos_stop_promptly_on_an_interrupt(tmp_path: Path) -> None:
     ["--task", "hand_over", "--demo-offset-m", "0.05"],
     ["--demo-offset-m", "0.2"],
     ["--fps", "0"],
+    ["--x-range", "0.5", "0.4"],
+    ["--y-range", "0.1", "0.9"],
     ["--calibration-dir", "/nonexistent"],
 ])
 def test_direct_demos_bad_input_exits_2(tmp_path: Path, argv: list[str], capsys) -> None:

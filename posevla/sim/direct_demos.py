@@ -36,9 +36,14 @@ ARMS = ("left", "right")
 
 def record_demos(out: Path, episodes: int, first_seed: int, task_name: str = "pick_cube", demo_offset_m: float = 0.0,
                  width: int = 160, height: int = 120, fps: float = 10.0, tail_s: float = 0.5,
-                 robot_yaml: Path | None = None, calib_dir: Path | None = None, log=print) -> dict:
+                 robot_yaml: Path | None = None, calib_dir: Path | None = None, log=print,
+                 x_range_m: tuple[float, float] | None = None, y_range_m: tuple[float, float] | None = None) -> dict:
     """Record one scripted demonstration per seed first_seed.. into out/<task>/; returns counts and the folder.
-    tail_s: recording goes on this long after the paths end (the graph's collection waits 0.5 s too)."""
+    tail_s: recording goes on this long after the paths end (the graph's collection waits 0.5 s too).
+    x_range_m, y_range_m: cube placements in base_link (m) instead of the task's (e.g. more demonstrations near an
+    edge of the evaluation range, or a wider range that puts its edges inside the training distribution)."""
+    import dataclasses
+
     from posevla.calibration.files import load_calibrations
     from posevla.dataset.writer import EpisodeWriter
     from posevla.sim.render import TwinRenderer
@@ -50,6 +55,9 @@ def record_demos(out: Path, episodes: int, first_seed: int, task_name: str = "pi
     calib_dir = calib_dir or calibration_dir()
     spec = TwinSpec.from_files(robot_yaml, calib_dir)
     task = make_task(task_name)
+    ranges = {k: tuple(v) for k, v in (("x_range", x_range_m), ("y_range", y_range_m)) if v is not None}
+    if ranges:
+        task = dataclasses.replace(task, **ranges)
     world = TwinWorld(spec, task)
     renderer = TwinRenderer(world, width, height)
     cams = list(renderer.camera_ids)
@@ -134,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demo-offset-m", type=float, default=None,
                    help="pick: most approaches first miss the point above the cube by up to this much, then correct "
                         "(default 0.06 for pick_cube, as the benchmark's collection; hand_over: 0)")
+    p.add_argument("--x-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="cube placements, base_link x (m) (default: the task's; e.g. 0.38 0.46 for more "
+                        "demonstrations at the near edge)")
+    p.add_argument("--y-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="cube placements, base_link y (m) (default: the task's)")
     p.add_argument("--fps", type=float, default=10.0, help="recorded frames per second (default %(default)s)")
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=120)
@@ -148,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
               (args.task == "hand_over" and args.demo_offset_m != 0,
                f"--demo-offset-m applies to the pick tasks only (got --task {args.task})"),
               (not 0 <= args.demo_offset_m <= 0.1, f"--demo-offset-m must lie in [0, 0.1] m (got {args.demo_offset_m})"),
+              (args.x_range is not None and not 0.2 <= args.x_range[0] < args.x_range[1] <= 0.7,
+               f"--x-range {args.x_range}: need 0.2 <= LO < HI <= 0.7 m"),
+              (args.y_range is not None and not -0.1 <= args.y_range[0] < args.y_range[1] <= 0.6,
+               f"--y-range {args.y_range}: need -0.1 <= LO < HI <= 0.6 m"),
               (not 0 < args.fps <= 60, f"--fps must lie in (0, 60] (got {args.fps})"),
               (not (16 <= args.width <= 1280 and 16 <= args.height <= 960), "--width/--height: 16..1280 x 16..960"),
               (not args.robot_config.is_file(), f"--robot-config {args.robot_config} does not exist"),
@@ -159,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # `timeout`, a batch system: stop like Ctrl-C
     try:
         info = record_demos(args.out, args.episodes, args.first_seed, args.task, args.demo_offset_m, args.width,
-                            args.height, args.fps, robot_yaml=args.robot_config, calib_dir=args.calibration_dir)
+                            args.height, args.fps, robot_yaml=args.robot_config, calib_dir=args.calibration_dir,
+                            x_range_m=args.x_range, y_range_m=args.y_range)
     except KeyboardInterrupt:
         print("[direct-demos] interrupted: the finished episodes are kept, the take in progress is in .incomplete/",
               file=sys.stderr)
