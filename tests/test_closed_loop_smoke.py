@@ -70,6 +70,7 @@ def test_benchmark_refuses_bad_input_with_one_line(tmp_path):
                             (["--workers", "2"], "--cache-gb must be >= 0 and needs --workers 0"),
                             (["--task", "hand_over", "--demo-offset-m", "0.03"],
                              "--demo-offset-m applies to the pick tasks only"),
+                            (["--collect-procs", "2"], "needs --collector direct above 1"),
                             (["--init", str(tmp_path)], f"--init {tmp_path} is not a Pose-VLA checkpoint folder")):
         proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--out",
                                str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=300)
@@ -139,6 +140,30 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     assert checkpoint_training(out2 / "train" / "checkpoint")["config"] == str(first)  # trained from round 1
     res2 = json.loads((out2 / "results.json").read_text())
     assert res2["config"] == str(first) and res2["conditions"]["full"]["trials"] == 1
+
+
+def test_direct_collector_records_the_demos_in_parallel(tmp_path: Path) -> None:
+    """--collector direct --collect-procs 2: the scripted demos of the overview task on simulated time in two
+    processes, one progress line per demo, episodes numbered in seed order in <out>/data/<task>, counts in
+    results.json (--collect-only: no training, no trials)."""
+    out = tmp_path / "cl"
+    proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--task",
+                           "pick_cube_overview", "--collector", "direct", "--collect-procs", "2", "--demos", "3",
+                           "--first-seed", "20", "--collect-only", "--width", "64", "--height", "48", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[collect] ") and "seed" in ln]
+    assert len(lines) == 3 and {ln.split("seed ")[1].split(" ")[0] for ln in lines} == {"20", "21", "22"}
+    assert "success 3/3" in lines[-1]
+    res = json.loads((out / "results.json").read_text())
+    assert res["collector"] == "direct" and res["demo_success"] == 3 and res["first_seed"] == 20
+    episodes = sorted((out / "data" / "pick_cube_overview").glob("episode_*.h5"))
+    assert len(episodes) == 3
+    for ep, seed in zip(episodes, (20, 21, 22), strict=True):
+        with h5py.File(ep, "r") as h:
+            meta = json.loads(h.attrs["meta"])
+            assert meta["sim_seed"] == seed and meta["success"] and meta["fps"] == 10.0
+            assert "head_camera.yaml" in meta["calibration"]
 
 
 def test_hand_over_benchmark_smoke(tmp_path: Path) -> None:

@@ -74,6 +74,23 @@ def test_direct_demos_place_the_cube_in_the_given_range(tmp_path: Path) -> None:
     assert abs(low[0] - x) < 0.01 and abs(low[1] - y) < 0.01
 
 
+def test_direct_demos_in_parallel_share_out_seeds_and_numbers(tmp_path: Path, capsys) -> None:
+    """--procs 2 on 3 episodes after one already in the folder: two processes (seeds 10-11 and 12), numbers 1-3 in
+    seed order, each episode the placement of its seed; the parent reports the lifted count."""
+    record_demos(tmp_path, 1, 30, width=48, height=32, log=lambda m: None)  # episode 0 exists: numbering continues
+    assert main(["--out", str(tmp_path), "--episodes", "3", "--first-seed", "10", "--procs", "2", "--width", "48",
+                 "--height", "32", "--demo-offset-m", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "3/3 succeeded" in out and out.count("[direct-demos] 1/2 seed 10") == 1
+    files = sorted((tmp_path / "pick_cube").glob("episode_*.h5"))
+    assert [f.name for f in files] == [f"episode_{i:06d}.h5" for i in range(4)]
+    task = PickLiftTask()
+    for f, seed in zip(files, [30, 10, 11, 12], strict=True):
+        with EpisodeReader(f) as ep:
+            assert ep.meta["sim_seed"] == seed and ep.meta["success"]
+            assert ep.meta["cube_xy_m"] == pytest.approx(list(task.sample(seed).cube_xy))
+
+
 def test_direct_demos_stop_promptly_on_an_interrupt(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "posevla.sim.direct_demos", "--out", str(tmp_path),
@@ -107,6 +124,8 @@ def test_direct_demos_stop_promptly_on_an_interrupt(tmp_path: Path) -> None:
     ["--fps", "0"],
     ["--x-range", "0.5", "0.4"],
     ["--y-range", "0.1", "0.9"],
+    ["--procs", "0"],
+    ["--procs", "2", "--first-index", "3"],
     ["--calibration-dir", "/nonexistent"],
 ])
 def test_direct_demos_bad_input_exits_2(tmp_path: Path, argv: list[str], capsys) -> None:

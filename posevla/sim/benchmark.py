@@ -6,7 +6,9 @@
 Stages, each through the project's own tools and the unchanged ROS graphs:
   1. collect   scripted demonstrations of the task (train seeds; --task pick_cube: the left arm lifts the cube,
                hand_over: the left arm sets it down between the arms, the right arm lifts it) recorded by the recorder
-               (graph collect_mujoco: twin + driver + recorder; the scripted leader streams joint commands)
+               (graph collect_mujoco: twin + driver + recorder; the scripted leader streams joint commands), or
+               with --collector direct the same scripted paths played on simulated time without ROS
+               (`python -m posevla.sim.direct_demos`, --collect-procs processes: ~2-4 s a demo per core)
   2. train     `posevla train --train all` on the recorded episodes that lifted the cube (models/closed_loop.yaml:
                tiny widths, head + left wrist views, random init, CPU)
   3. evaluate  closed-loop trials on held-out seeds (graph sim_mujoco: twin + driver + executor + policy node with
@@ -149,6 +151,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--robot-config", type=Path, default=REPO / "config" / "xtrainer_sim_robot.yaml",
                    help="robot YAML of the twin (its ports are replaced by free ones)")
     p.add_argument("--calibration-dir", type=Path, default=REPO / "calibration", help="camera poses the twin renders")
+    p.add_argument("--collector", choices=("graph", "direct"), default="graph",
+                   help="graph (default): the recorder in the collect_mujoco graph records in real time (the real "
+                        "data path, ~13 s a demo); direct: `python -m posevla.sim.direct_demos` plays the same "
+                        "scripted paths into the twin on simulated time (~2-4 s a demo per core, --collect-procs "
+                        "processes; no transport, so frames, state and command share one instant)")
+    p.add_argument("--collect-procs", type=int, default=1,
+                   help="processes of the direct collector (one core each; default %(default)s)")
     p.add_argument("--skip-collect", action="store_true", help="reuse <out>/data (demos already recorded)")
     p.add_argument("--skip-train", action="store_true", help="reuse <out>/train/checkpoint")
     p.add_argument("--collect-only", action="store_true", help="stop after recording the demonstrations")
@@ -202,6 +211,8 @@ def _check(args: argparse.Namespace) -> str | None:
     if args.cache_gb < 0 or (args.cache_gb > 0 and args.workers > 0):
         return (f"--cache-gb must be >= 0 and needs --workers 0 (the cache lives in the training process; got "
                 f"--cache-gb {args.cache_gb}, --workers {args.workers})")
+    if not 1 <= args.collect_procs <= 256 or (args.collect_procs > 1 and args.collector != "direct"):
+        return f"--collect-procs must lie in 1..256 and needs --collector direct above 1 (got {args.collect_procs})"
     if args.ros_domain_id is not None and not (0 <= args.ros_domain_id <= 101):
         return f"--ros-domain-id must lie in [0, 101] (got {args.ros_domain_id})"
     from posevla.sim.task import HELDOUT_SEED_BASE, TRAIN_SEED_BASE
@@ -270,6 +281,30 @@ def _rollout_strip(trials: dict[str, list], path: Path, rows: int = 4) -> None:
     plt.close(fig)
 
 
+def _collect_direct(args: argparse.Namespace, data: Path, first_seed: int, prog: _Progress) -> dict:
+    """The demonstrations by `posevla.sim.direct_demos` in --collect-procs processes; one progress line per
+    episode (their log lines: "[direct-demos] i/n seed S (cube at x, y): success | ...")."""
+    import re
+
+    from posevla.sim.direct_demos import record_demos_parallel
+
+    def on_line(line: str) -> None:
+        m = re.match(r"\[direct-demos\] \d+/\d+ seed (\d+) \(cube at ([-\d.]+, [-\d.]+)\): (success|FAILED)", line)
+        if m:
+            prog.item(m.group(3) == "success", f"seed {m.group(1)} (cube at {m.group(2)} m)")
+
+    extra = ["--demo-offset-m", str(args.demo_offset_m), "--fps", str(args.rate), "--width", str(args.width),
+             "--height", str(args.height), "--robot-config", str(args.robot_config),
+             "--calibration-dir", str(args.calibration_dir)]
+    try:
+        info = record_demos_parallel(data, args.demos, first_seed, args.collect_procs, extra, args.task, on_line)
+    except RuntimeError as exc:
+        from posevla_ros.closed_loop import StageError
+
+        raise StageError(str(exc)) from exc
+    return {"demo_success": info["success"], "demo_takes": args.demos}
+
+
 def run(args: argparse.Namespace) -> int:
     if args.benchmark == "rollout":
         from posevla.sim.rollout_cli import run_rollout
@@ -331,13 +366,18 @@ def run(args: argparse.Namespace) -> int:
         data = out / "data"
         if not args.skip_collect:
             prog = _Progress("collect", args.demos)
-            demos = collect_demos(data, args.task, task.instruction, train_seeds(args.demos, args.first_seed), opts,
-                                  lambda r: prog.item(r.success, f"seed {r.seed} ({r.seconds:.0f} s, {r.takes} take(s))"),
-                                  demo_offset_m=args.demo_offset_m)
+            seeds = train_seeds(args.demos, args.first_seed)
+            if args.collector == "direct":
+                results.update(_collect_direct(args, data, seeds[0], prog))
+            else:
+                demos = collect_demos(data, args.task, task.instruction, seeds, opts,
+                                      lambda r: prog.item(r.success, f"seed {r.seed} ({r.seconds:.0f} s, {r.takes} take(s))"),
+                                      demo_offset_m=args.demo_offset_m)
+                results["demo_success"] = sum(d.success for d in demos)
+                results["demo_takes"] = sum(d.takes for d in demos)
+            results["collector"] = args.collector
             results["demo_offset_m"] = args.demo_offset_m
             results["first_seed"] = args.first_seed
-            results["demo_success"] = sum(d.success for d in demos)
-            results["demo_takes"] = sum(d.takes for d in demos)
             results["collect_s"] = time.monotonic() - t_start
             if args.collect_only:
                 (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -7,13 +7,15 @@ ServoJ set-points, on simulated time. Every twin camera (RGB, depth rounded to m
 it) and the robot state are recorded every 1/--fps s with the commanded joints and grippers as the action, in the
 project's episode format (`EpisodeWriter`: atomic episodes, calibration files in the metadata). A pick episode
 costs ~4 s on one core here (the graph records in real time: ~13 s with resets), so many processes on a many-core
-machine make hundreds of episodes in minutes (`scripts/gpu/twin_scale.sh`).
+machine make hundreds of episodes in minutes (--procs: that many processes, each its own share of the seeds and of the
+episode numbers in one folder; `scripts/gpu/twin_scale.sh`).
 
 What differs from the graph's recordings: no transport, so camera frames, robot state and command share one
 instant (the graph's frames are 0-100 ms older than its state), and the driver's set-point shaping never acts
 (the scripted paths stay inside its limits). Train on both, evaluate through the graph.
 
     python -m posevla.sim.direct_demos --out runs/direct --episodes 100 --first-seed 20000
+    python -m posevla.sim.direct_demos --out runs/direct --episodes 700 --task pick_cube_overview --procs 14
 
 Training placements only (seeds below 1 000 000; the held-out evaluation seeds start there).
 Units: metres, radians, seconds; stamps in integer ns of simulated time.
@@ -25,6 +27,7 @@ import hashlib
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +40,13 @@ ARMS = ("left", "right")
 def record_demos(out: Path, episodes: int, first_seed: int, task_name: str = "pick_cube", demo_offset_m: float = 0.0,
                  width: int = 160, height: int = 120, fps: float = 10.0, tail_s: float = 0.5,
                  robot_yaml: Path | None = None, calib_dir: Path | None = None, log=print,
-                 x_range_m: tuple[float, float] | None = None, y_range_m: tuple[float, float] | None = None) -> dict:
+                 x_range_m: tuple[float, float] | None = None, y_range_m: tuple[float, float] | None = None,
+                 first_index: int | None = None) -> dict:
     """Record one scripted demonstration per seed first_seed.. into out/<task>/; returns counts and the folder.
     tail_s: recording goes on this long after the paths end (the graph's collection waits 0.5 s too).
     x_range_m, y_range_m: cube placements in base_link (m) instead of the task's (e.g. more demonstrations near an
-    edge of the evaluation range, or a wider range that puts its edges inside the training distribution)."""
+    edge of the evaluation range, or a wider range that puts its edges inside the training distribution).
+    first_index: episode numbers first_index.. (processes sharing one folder); default: after the folder's last."""
     import dataclasses
 
     from posevla.calibration.files import load_calibrations
@@ -74,9 +79,11 @@ def record_demos(out: Path, episodes: int, first_seed: int, task_name: str = "pi
             world.step(int(round(0.5 / dt_s)))  # settle, as the direct rollout does
             paths = scripted_demo(task, state, spec, demo_offset_m)
             meta = {"instruction": task.instruction, "operator": f"scripted (direct), demo offset {demo_offset_m} m",
+                    "sim_seed": seed, "cube_xy_m": [float(v) for v in state.cube_xy],
                     "fps": fps, "cameras": {c: f"TWIN-{c.upper()}" for c in cams}, "software_version": "posevla 0.1.0",
                     "start_time_ns": time.time_ns(), "calibration": calib_meta}
-            writer = EpisodeWriter(out, task_name, meta, intr, min_free_bytes=64 * 1024 * 1024)
+            writer = EpisodeWriter(out, task_name, meta, intr, min_free_bytes=64 * 1024 * 1024,
+                                   index=None if first_index is None else first_index + i)
             try:
                 ok = _play_and_record(world, renderer, cams, paths, writer, tail_s, tick_steps, frame_ns)
                 writer.finish(success=ok)
@@ -130,6 +137,66 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def record_demos_parallel(out: Path, episodes: int, first_seed: int, procs: int, extra_args: list[str],
+                          task_name: str = "pick_cube", on_line: Callable[[str], None] = print) -> dict:
+    """Run `procs` processes of this module, each on its own contiguous share of the seeds first_seed.. and of the
+    episode numbers (continuing the folder's), all into out/<task>/; every line they print goes to on_line.
+    extra_args: the remaining command-line options, passed to each. Returns counts and the folder; raises
+    RuntimeError naming a process that failed, KeyboardInterrupt (after stopping them all) on an interrupt."""
+    import os
+    import subprocess
+    import threading
+
+    from posevla.dataset.format import next_index
+
+    procs = max(1, min(procs, episodes))
+    base = next_index(out / task_name) if (out / task_name).is_dir() else 0
+    shares = [episodes // procs + (k < episodes % procs) for k in range(procs)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    children, start = [], 0
+    for n in shares:
+        cmd = [sys.executable, "-m", "posevla.sim.direct_demos", "--out", str(out), "--episodes", str(n),
+               "--first-seed", str(first_seed + start), "--first-index", str(base + start), "--task", task_name,
+               *extra_args]
+        children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+        start += n
+    lock, tails = threading.Lock(), [[] for _ in children]
+
+    def pump(k: int, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            tails[k] = [*tails[k][-2:], line.rstrip()]
+            with lock:
+                on_line(line.rstrip())
+
+    readers = [threading.Thread(target=pump, args=(k, c), daemon=True) for k, c in enumerate(children)]
+    for t in readers:
+        t.start()
+    try:
+        codes = [c.wait() for c in children]
+    except BaseException:
+        for c in children:
+            c.send_signal(signal.SIGINT)  # each keeps its finished episodes and ends (exit 130)
+        for c in children:
+            try:
+                c.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                c.kill()
+        raise
+    for t in readers:
+        t.join(timeout=5)
+    for k, code in enumerate(codes):
+        if code != 0:
+            raise RuntimeError(f"direct demos process {k} exited {code}: {' | '.join(tails[k])}")
+    from posevla.dataset.reader import EpisodeReader
+
+    files = [out / task_name / f"episode_{i:06d}.h5" for i in range(base, base + episodes)]
+    lifted = 0
+    for f in files:
+        with EpisodeReader(f) as ep:
+            lifted += bool(ep.meta.get("success"))
+    return {"episodes": episodes, "success": lifted, "data": out / task_name}
+
+
 def main(argv: list[str] | None = None) -> int:
     from posevla.sim.tasks import TASKS
 
@@ -147,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
                         "demonstrations at the near edge)")
     p.add_argument("--y-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="cube placements, base_link y (m) (default: the task's)")
+    p.add_argument("--procs", type=int, default=1,
+                   help="processes (each one core; default %(default)s): the seeds and episode numbers are shared out")
+    p.add_argument("--first-index", type=int, default=None,
+                   help="episode numbers from this one (default: after the folder's last; --procs sets it per process)")
     p.add_argument("--fps", type=float, default=10.0, help="recorded frames per second (default %(default)s)")
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=120)
@@ -165,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
                f"--x-range {args.x_range}: need 0.2 <= LO < HI <= 0.7 m"),
               (args.y_range is not None and not -0.1 <= args.y_range[0] < args.y_range[1] <= 0.6,
                f"--y-range {args.y_range}: need -0.1 <= LO < HI <= 0.6 m"),
+              (not 1 <= args.procs <= 256, f"--procs must lie in 1..256 (got {args.procs})"),
+              (args.first_index is not None and (args.first_index < 0 or args.procs > 1),
+               "--first-index must be >= 0 and is set per process by --procs"),
               (not 0 < args.fps <= 60, f"--fps must lie in (0, 60] (got {args.fps})"),
               (not (16 <= args.width <= 1280 and 16 <= args.height <= 960), "--width/--height: 16..1280 x 16..960"),
               (not args.robot_config.is_file(), f"--robot-config {args.robot_config} does not exist"),
@@ -175,9 +249,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     signal.signal(signal.SIGTERM, _interrupt)  # `timeout`, a batch system: stop like Ctrl-C
     try:
-        info = record_demos(args.out, args.episodes, args.first_seed, args.task, args.demo_offset_m, args.width,
-                            args.height, args.fps, robot_yaml=args.robot_config, calib_dir=args.calibration_dir,
-                            x_range_m=args.x_range, y_range_m=args.y_range)
+        if args.procs > 1:
+            extra = ["--demo-offset-m", str(args.demo_offset_m), "--fps", str(args.fps), "--width", str(args.width),
+                     "--height", str(args.height), "--robot-config", str(args.robot_config),
+                     "--calibration-dir", str(args.calibration_dir)]
+            extra += ["--x-range", *map(str, args.x_range)] if args.x_range else []
+            extra += ["--y-range", *map(str, args.y_range)] if args.y_range else []
+            info = record_demos_parallel(args.out, args.episodes, args.first_seed, args.procs, extra, args.task)
+        else:
+            info = record_demos(args.out, args.episodes, args.first_seed, args.task, args.demo_offset_m, args.width,
+                                args.height, args.fps, robot_yaml=args.robot_config, calib_dir=args.calibration_dir,
+                                x_range_m=args.x_range, y_range_m=args.y_range, first_index=args.first_index)
+    except RuntimeError as exc:
+        print(f"posevla.sim.direct_demos: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("[direct-demos] interrupted: the finished episodes are kept, the take in progress is in .incomplete/",
               file=sys.stderr)
