@@ -51,6 +51,10 @@ class PoseVLAConfig:
     # current TCP position (the state, both in the reference frame): the model outputs the offset it must travel
     # (what a wrist view shows), not where that is in the head camera; rotations and grippers stay absolute.
     # Training targets, normalisation statistics and decoding alike (io_transforms.to/from_model_actions)
+    isotropic_position_norm: bool = False  # True: each arm's three position dimensions of the actions share one
+    # normalisation std (the RMS of their three), so a centimetre of error costs the same along every axis of the
+    # reference frame; per-dimension z-scoring weighs the axis with the least spread most (the twin's head frame:
+    # x 2.3 cm, y 4.3 cm, z 5.5 cm of relative-position spread, so a cube's base-y error costs ~5x a base-x one)
     ntp_weight: float = 1.0
     flow_weight: float = 1.0
     # region of interest per view: [x0, y0, x1, y1] as fractions of the camera image's width and height; that
@@ -92,6 +96,7 @@ class PoseVLAConfig:
             "state_input": isinstance(self.state_input, bool),
             "p_drop_state": 0 <= self.p_drop_state <= 1,
             "relative_positions": isinstance(self.relative_positions, bool),
+            "isotropic_position_norm": isinstance(self.isotropic_position_norm, bool),
             "aug_crop_scale": 0 < self.aug_crop_scale <= 1,
             "aug_color": 0 <= self.aug_color < 1,
             "p_drop_view": isinstance(self.p_drop_view, dict) and all(

@@ -13,6 +13,7 @@ import numpy as np
 
 from posevla.geometry import se3
 from posevla.model.config import ARM_ACTION_DIM, PoseVLAConfig
+from posevla.model.normalization import NormStats
 from posevla.types import ActionChunk, ArmChunk, Observation, RobotState
 
 
@@ -49,6 +50,18 @@ def from_model_actions(actions: np.ndarray, state: np.ndarray, cfg: PoseVLAConfi
     out = actions.copy()
     out[..., cols] += np.asarray(state, dtype=np.float64)[..., None, cols]
     return out
+
+
+def fit_norm_stats(states: np.ndarray, actions: np.ndarray, cfg: PoseVLAConfig) -> NormStats:
+    """The normalisation statistics of a training set: states (N, state_dim), absolute chunks (N, chunk,
+    action_dim) -> per-dimension z-scoring of the state and of what the model predicts (`to_model_actions`);
+    with `cfg.isotropic_position_norm` each arm's three position stds replaced by their RMS (one metric scale)."""
+    norm = NormStats.fit(states, to_model_actions(actions, states, cfg))
+    if cfg.isotropic_position_norm:
+        for i in range(len(cfg.arms)):
+            cols = np.arange(3) + i * ARM_ACTION_DIM
+            norm.action_std[cols] = float(np.sqrt(np.mean(norm.action_std[cols] ** 2)))
+    return norm
 
 
 def vector_to_pose(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -211,7 +211,7 @@ def pretrain(args: argparse.Namespace) -> dict:
                    buffer=args.shuffle_buffer)
     flow_data, flow_share = None, None
     if args.cotrain_flow > 0:
-        from posevla.model.io_transforms import to_model_actions
+        from posevla.model.io_transforms import fit_norm_stats
         from posevla.model.normalization import NormStats
         from posevla.pretrain.mixture import episode_paths
         from posevla.training.episode_dataset import EpisodeChunkDataset, find_episodes
@@ -221,7 +221,7 @@ def pretrain(args: argparse.Namespace) -> dict:
             raise ValueError(f"--cotrain-flow needs an episodes or lerobot source in --data {args.data}")
         flow_data = EpisodeChunkDataset(find_episodes(paths), cfg)
         states, actions = flow_data.state_and_action_rows(seed=args.seed)  # same subset on every rank
-        policy.set_norm_stats(NormStats.fit(states, to_model_actions(actions, states, cfg)))
+        policy.set_norm_stats(fit_norm_stats(states, actions, cfg))
         flow_share = np.arange(rank, len(flow_data), world)
     step_rng = np.random.default_rng(args.seed)  # the same on every rank: all ranks take the same kind of step
     flow_rng = np.random.default_rng([args.seed, rank])

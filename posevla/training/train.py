@@ -253,7 +253,7 @@ def show_plan(args: argparse.Namespace) -> None:
 def train(args: argparse.Namespace) -> dict:
     from tqdm import tqdm
 
-    from posevla.model.io_transforms import to_model_actions
+    from posevla.model.io_transforms import fit_norm_stats
     from posevla.model.normalization import NormStats
     from posevla.training import options as opts
     from posevla.training import resume as rs
@@ -321,7 +321,7 @@ def train(args: argparse.Namespace) -> dict:
     if len(data) < args.batch_size:
         raise ValueError(f"{len(data)} samples in {len(train_eps)} episode(s), fewer than --batch-size {args.batch_size}")
     states, actions = data.state_and_action_rows(seed=args.seed)  # same subset on every rank
-    policy.set_norm_stats(NormStats.fit(states, to_model_actions(actions, states, cfg)))
+    policy.set_norm_stats(fit_norm_stats(states, actions, cfg))
 
     model = policy.model
     model.train()
