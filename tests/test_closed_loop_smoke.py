@@ -71,6 +71,9 @@ def test_benchmark_refuses_bad_input_with_one_line(tmp_path):
                             (["--task", "hand_over", "--demo-offset-m", "0.03"],
                              "--demo-offset-m applies to the pick tasks only"),
                             (["--collect-procs", "2"], "needs --collector direct above 1"),
+                            (["--checkpoint", str(tmp_path)], f"--checkpoint {tmp_path} is not a Pose-VLA checkpoint"),
+                            (["--checkpoint", str(REPO / "models" / "twin" / "pick_cube_overview"), "--skip-train"],
+                             "--checkpoint evaluates a finished checkpoint: drop --skip-train"),
                             (["--init", str(tmp_path)], f"--init {tmp_path} is not a Pose-VLA checkpoint folder")):
         proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--out",
                                str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=300)
@@ -164,6 +167,24 @@ def test_direct_collector_records_the_demos_in_parallel(tmp_path: Path) -> None:
             meta = json.loads(h.attrs["meta"])
             assert meta["sim_seed"] == seed and meta["success"] and meta["fps"] == 10.0
             assert "head_camera.yaml" in meta["calibration"]
+
+
+def test_benchmark_evaluates_a_given_checkpoint_without_data(tmp_path: Path) -> None:
+    """--checkpoint: the shipped twin policy through the graph (policy node, executor, driver, twin) with nothing
+    collected or trained; the table names the checkpoint and its own training steps."""
+    ckpt = REPO / "models" / "twin" / "pick_cube_overview"
+    out = tmp_path / "cl"
+    proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--checkpoint", str(ckpt),
+                           "--task", "pick_cube_overview", "--trials", "1", "--trial-s", "6", "--no-ablations",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    log = (out / "nodes.log").read_text() if (out / "nodes.log").exists() else ""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + log[-3000:]
+    assert not (out / "data").exists() and not (out / "train").exists()  # nothing collected or trained
+    res = json.loads((out / "results.json").read_text())
+    assert res["checkpoint"] == str(ckpt) and res["steps"] == 3000 and res["demos"] is None
+    full = res["conditions"]["full"]
+    assert full["trials"] == 1 and full["chunks_per_trial"][0] > 0 and full["tcp_travel_m"][0] > 0.05
+    assert f"checkpoint {ckpt} (3000 steps)" in proc.stdout
 
 
 def test_hand_over_benchmark_smoke(tmp_path: Path) -> None:

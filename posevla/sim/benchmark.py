@@ -2,6 +2,8 @@
 
   posevla benchmark closed-loop                              # 100 perturbed demos, tiny model, 30 held-out trials x 3
   posevla benchmark closed-loop --demos 3 --steps 5 --trials 2 --no-ablations --out runs/cl_smoke   # plumbing
+  posevla benchmark closed-loop --checkpoint models/twin/pick_cube_overview --task pick_cube_overview  # the shipped
+                                                             # twin policy through the graph: trials and ablations only
 
 Stages, each through the project's own tools and the unchanged ROS graphs:
   1. collect   scripted demonstrations of the task (train seeds; --task pick_cube: the left arm lifts the cube,
@@ -158,6 +160,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "processes; no transport, so frames, state and command share one instant)")
     p.add_argument("--collect-procs", type=int, default=1,
                    help="processes of the direct collector (one core each; default %(default)s)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="evaluate this Pose-VLA checkpoint folder through the graph (no collection, no training), e.g. "
+                        "models/twin/pick_cube_overview with --task pick_cube_overview")
     p.add_argument("--skip-collect", action="store_true", help="reuse <out>/data (demos already recorded)")
     p.add_argument("--skip-train", action="store_true", help="reuse <out>/train/checkpoint")
     p.add_argument("--collect-only", action="store_true", help="stop after recording the demonstrations")
@@ -230,6 +235,13 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--trial-s must be > 0 (got {args.trial_s})"
     from posevla.model.checkpoint import CONFIG as CHECKPOINT_CONFIG
 
+    if args.checkpoint is not None:
+        if not (args.checkpoint / CHECKPOINT_CONFIG).is_file():
+            return f"--checkpoint {args.checkpoint} is not a Pose-VLA checkpoint folder (no {CHECKPOINT_CONFIG})"
+        clash = [f for f, on in (("--init", args.init is not None), ("--skip-collect", args.skip_collect),
+                                 ("--skip-train", args.skip_train), ("--collect-only", args.collect_only)) if on]
+        if clash:
+            return f"--checkpoint evaluates a finished checkpoint: drop {', '.join(clash)}"
     if args.init is not None and not (args.init / CHECKPOINT_CONFIG).is_file():
         return f"--init {args.init} is not a Pose-VLA checkpoint folder (no {CHECKPOINT_CONFIG})"
     if args.config is None:
@@ -305,6 +317,64 @@ def _collect_direct(args: argparse.Namespace, data: Path, first_seed: int, prog:
     return {"demo_success": info["success"], "demo_takes": args.demos}
 
 
+def _collect_and_train(args: argparse.Namespace, out: Path, task, opts, results: dict, t_start: float) -> Path | None:
+    """Stages 1 and 2: the demonstrations (unless --skip-collect) and `posevla train` on them (unless --skip-train);
+    returns the checkpoint folder, None after --collect-only. Figures go into `results`."""
+    from posevla_ros.closed_loop import StageError, collect_demos
+
+    from posevla.sim.task import train_seeds
+
+    data = out / "data"
+    if not args.skip_collect:
+        prog = _Progress("collect", args.demos)
+        seeds = train_seeds(args.demos, args.first_seed)
+        if args.collector == "direct":
+            results.update(_collect_direct(args, data, seeds[0], prog))
+        else:
+            demos = collect_demos(data, args.task, task.instruction, seeds, opts,
+                                  lambda r: prog.item(r.success, f"seed {r.seed} ({r.seconds:.0f} s, {r.takes} take(s))"),
+                                  demo_offset_m=args.demo_offset_m)
+            results["demo_success"] = sum(d.success for d in demos)
+            results["demo_takes"] = sum(d.takes for d in demos)
+        results["collector"] = args.collector
+        results["demo_offset_m"] = args.demo_offset_m
+        results["first_seed"] = args.first_seed
+        results["collect_s"] = time.monotonic() - t_start
+        if args.collect_only:
+            (out / "results.json").write_text(json.dumps(results, indent=2))
+            print(f"[collect] done: {results['demo_success']}/{args.demos} lifted, {results['demo_takes']} takes, "
+                  f"{results['collect_s']:.0f} s; {data}", flush=True)
+            return None
+    from posevla_ros.closed_loop import nonfinite_frames
+
+    episodes = sorted((data / args.task).glob("episode_*.h5"))
+    # trained on: lifted demonstrations without missing measurements (the trainer refuses NaN robot states)
+    finite = [e for e in episodes if nonfinite_frames(e) == 0]
+    clean = [e for e in finite if _lifted(e)] or finite  # none lifted (a plumbing run): train on what there is
+    results["episodes"], results["episodes_trained"] = len(episodes), len(clean)
+    if not clean:
+        raise StageError(f"no episode without missing measurements in {data / args.task} ({len(episodes)} in all)")
+    ckpt = out / "train" / "checkpoint"
+    if not args.skip_train:
+        print(f"[train] {len(clean)} of {len(episodes)} episodes (the others failed or hold NaN measurements), {args.steps} "
+              f"steps (log: {out / 'train.log'})", flush=True)
+        t0 = time.monotonic()
+        model = ["--init", str(args.init)] if args.init is not None else ["--config", str(args.config)]
+        cmd = [sys.executable, "-m", "posevla.cli", "train", "--data", *map(str, clean), *model,
+               "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+               "--out", str(out / "train"), "--val-episodes", str(args.val_episodes), "--train", args.train_mode,
+               "--lr", str(args.lr), "--warmup", str(min(args.warmup, args.steps)), "--workers", str(args.workers),
+               "--cache-gb", str(args.cache_gb), "--ema-decay", str(args.ema_decay)]
+        with open(out / "train.log", "w") as log:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            tail = (out / "train.log").read_text().strip().splitlines()[-3:]
+            raise StageError(f"posevla train exited {rc}: {' | '.join(tail)}")
+        results["train_s"] = time.monotonic() - t0
+        print(f"[train] done in {results['train_s']:.0f} s", flush=True)
+    return ckpt
+
+
 def run(args: argparse.Namespace) -> int:
     if args.benchmark == "rollout":
         from posevla.sim.rollout_cli import run_rollout
@@ -327,9 +397,9 @@ def run(args: argparse.Namespace) -> int:
     # the run's own DDS domain on loopback (set before any ROS context or node process exists)
     os.environ["ROS_DOMAIN_ID"] = str(args.ros_domain_id if args.ros_domain_id is not None else 1 + os.getpid() % 100)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    from posevla_ros.closed_loop import GraphOptions, StageError, collect_demos, evaluate
+    from posevla_ros.closed_loop import GraphOptions, StageError, evaluate
 
-    from posevla.sim.task import heldout_seeds, train_seeds
+    from posevla.sim.task import heldout_seeds
     from posevla.sim.tasks import make_task
     from posevla.sim.twin import TwinSpec
 
@@ -361,56 +431,17 @@ def run(args: argparse.Namespace) -> int:
                             if k in prev})
     if args.skip_train and "train_s" not in results:  # a checkpoint trained elsewhere: its own run configuration
         results.update(checkpoint_training(out / "train" / "checkpoint"))
+    if args.checkpoint is not None:
+        results.update({**checkpoint_training(args.checkpoint), "checkpoint": str(args.checkpoint)})
     t_start = time.monotonic()
     try:
-        data = out / "data"
-        if not args.skip_collect:
-            prog = _Progress("collect", args.demos)
-            seeds = train_seeds(args.demos, args.first_seed)
-            if args.collector == "direct":
-                results.update(_collect_direct(args, data, seeds[0], prog))
-            else:
-                demos = collect_demos(data, args.task, task.instruction, seeds, opts,
-                                      lambda r: prog.item(r.success, f"seed {r.seed} ({r.seconds:.0f} s, {r.takes} take(s))"),
-                                      demo_offset_m=args.demo_offset_m)
-                results["demo_success"] = sum(d.success for d in demos)
-                results["demo_takes"] = sum(d.takes for d in demos)
-            results["collector"] = args.collector
-            results["demo_offset_m"] = args.demo_offset_m
-            results["first_seed"] = args.first_seed
-            results["collect_s"] = time.monotonic() - t_start
-            if args.collect_only:
-                (out / "results.json").write_text(json.dumps(results, indent=2))
-                print(f"[collect] done: {results['demo_success']}/{args.demos} lifted, {results['demo_takes']} takes, "
-                      f"{results['collect_s']:.0f} s; {data}", flush=True)
+        if args.checkpoint is not None:  # evaluate a given checkpoint: nothing to collect or train
+            ckpt = args.checkpoint.resolve()
+        else:
+            got = _collect_and_train(args, out, task, opts, results, t_start)
+            if got is None:
                 return 0
-        from posevla_ros.closed_loop import nonfinite_frames
-
-        episodes = sorted((data / args.task).glob("episode_*.h5"))
-        # trained on: lifted demonstrations without missing measurements (the trainer refuses NaN robot states)
-        finite = [e for e in episodes if nonfinite_frames(e) == 0]
-        clean = [e for e in finite if _lifted(e)] or finite  # none lifted (a plumbing run): train on what there is
-        results["episodes"], results["episodes_trained"] = len(episodes), len(clean)
-        if not clean:
-            raise StageError(f"no episode without missing measurements in {data / args.task} ({len(episodes)} in all)")
-        ckpt = out / "train" / "checkpoint"
-        if not args.skip_train:
-            print(f"[train] {len(clean)} of {len(episodes)} episodes (the others failed or hold NaN measurements), {args.steps} "
-                  f"steps (log: {out / 'train.log'})", flush=True)
-            t0 = time.monotonic()
-            model = ["--init", str(args.init)] if args.init is not None else ["--config", str(args.config)]
-            cmd = [sys.executable, "-m", "posevla.cli", "train", "--data", *map(str, clean), *model,
-                   "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-                   "--out", str(out / "train"), "--val-episodes", str(args.val_episodes), "--train", args.train_mode,
-                   "--lr", str(args.lr), "--warmup", str(min(args.warmup, args.steps)), "--workers", str(args.workers),
-                   "--cache-gb", str(args.cache_gb), "--ema-decay", str(args.ema_decay)]
-            with open(out / "train.log", "w") as log:
-                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-            if rc != 0:
-                tail = (out / "train.log").read_text().strip().splitlines()[-3:]
-                raise StageError(f"posevla train exited {rc}: {' | '.join(tail)}")
-            results["train_s"] = time.monotonic() - t0
-            print(f"[train] done in {results['train_s']:.0f} s", flush=True)
+            ckpt = got
         if not ckpt.is_dir() or not any(ckpt.iterdir()):
             raise StageError(f"training left no checkpoint in {ckpt}")
         conditions: dict[str, dict] = {} if args.skip_full else {"full": {}}
@@ -454,7 +485,7 @@ def run(args: argparse.Namespace) -> int:
     results["total_s"] = time.monotonic() - t_start
     (out / "results.json").write_text(json.dumps(results, indent=2))
     trained = (f"{results['demos']} demos, {results['steps']} steps" if results.get("demos") is not None
-               else f"checkpoint trained elsewhere ({results['steps']} steps)")
+               else f"checkpoint {results.get('checkpoint', 'trained elsewhere')} ({results['steps']} steps)")
     print(f"\nclosed loop on the MuJoCo twin: {trained}, held-out seeds {heldout_seeds(1)[0]}.., {args.trials} trials each")
     print(f"{'condition':<16}{'success':>10}{'rate':>8}   95% Wilson interval")
     for cond, r in results["conditions"].items():
