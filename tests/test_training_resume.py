@@ -266,3 +266,23 @@ def test_ema_follows_the_warmed_up_recurrence() -> None:
     assert float(model.weight.detach()) == 3.0  # the raw weights come back
     with pytest.raises(ValueError, match="--ema-decay"):
         ParamEMA(model, 1.0)
+
+
+def test_fine_tuning_can_keep_the_checkpoints_normalisation(episodes: Path, tiny_yaml: Path, tmp_path: Path) -> None:
+    """--norm-stats init keeps the --init checkpoint's statistics bit for bit; the default refits them on --data."""
+    assert main(["train", *_train_cmd(episodes, tiny_yaml, tmp_path / "base", 0)]) == 0
+    base = json.loads((tmp_path / "base" / "checkpoint" / "norm_stats.json").read_text())
+    one = sorted(episodes.glob("*.h5"))[:1]  # a different data set: its own statistics differ from the base's
+
+    def fine_tune(out: str, *extra: str) -> dict:
+        args = ["train", "--data", str(one[0]), "--init", str(tmp_path / "base" / "checkpoint"), "--steps", "2",
+                "--batch-size", "2", "--warmup", "1", "--val-episodes", "0", "--train", "all", "--workers", "0",
+                "--out", str(tmp_path / out), *extra]
+        assert main(args) == 0
+        return json.loads((tmp_path / out / "checkpoint" / "norm_stats.json").read_text())
+
+    assert fine_tune("kept", "--norm-stats", "init") == base
+    refit = fine_tune("refit")
+    assert not np.allclose(refit["state_mean"], base["state_mean"])
+    # without a checkpoint there are no statistics to keep: refused by name
+    assert main(["train", *_train_cmd(episodes, tiny_yaml, tmp_path / "bad", 0, "--norm-stats", "init")]) == 2

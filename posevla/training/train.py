@@ -86,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-decay", type=float, default=0.0,
                    help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and save "
                         "and evaluate it instead of the raw weights (0: off)")
+    p.add_argument("--norm-stats", choices=("fit", "init"), default="fit",
+                   help="state/action normalisation: fit it on --data (default) or keep the --init checkpoint's, so "
+                        "fine-tuning starts from the outputs the checkpoint already gives (needs --init)")
     p.add_argument("--stride", type=int, default=1, help="use every n-th frame as a sample")
     p.add_argument("--save-every", type=int, default=0,
                    help="save checkpoint_<step> and a resume state every n steps (0: only at the end)")
@@ -209,12 +212,15 @@ def run_config(args: argparse.Namespace) -> dict:
     return out
 
 
+NEWER_OPTION_DEFAULTS = {"norm_stats": "fit"}  # options added after runs were saved: their default behaves as before
+
+
 def _check_resume_args(saved: dict, now: dict, path: Path) -> None:
     for key in sorted(set(saved) | set(now)):
         if key in RESUME_MAY_CHANGE:
             continue
-        if key not in saved and now.get(key) in (None, False, 0):  # an option newer than the run, left at its default
-            continue
+        if key not in saved and now.get(key) in (None, False, 0, NEWER_OPTION_DEFAULTS.get(key)):
+            continue  # an option newer than the run, left at its default
         if saved.get(key) != now.get(key):
             raise ValueError(f"--resume: --{key.replace('_', '-')} is {now.get(key)!r} but the run in {path} used "
                              f"{saved.get(key)!r}")
@@ -280,6 +286,8 @@ def train(args: argparse.Namespace) -> dict:
     if args.cache_gb < 0 or (args.cache_gb > 0 and args.workers > 0):
         raise ValueError(f"--cache-gb must be >= 0 and needs --workers 0 (the cache lives in the training process), "
                          f"got --cache-gb {args.cache_gb} --workers {args.workers}")
+    if args.norm_stats == "init" and not args.init:
+        raise ValueError("--norm-stats init keeps the statistics of an --init checkpoint: give --init")
     mode = opts.resolve_train_mode(args.train, pretrained=bool(args.init or args.init_pi0 or args.paligemma))
     out = Path(args.out)
     config_now = run_config(args)
@@ -320,8 +328,11 @@ def train(args: argparse.Namespace) -> dict:
     val_data = EpisodeChunkDataset(val_eps, cfg, stride=args.stride) if val_eps else None
     if len(data) < args.batch_size:
         raise ValueError(f"{len(data)} samples in {len(train_eps)} episode(s), fewer than --batch-size {args.batch_size}")
-    states, actions = data.state_and_action_rows(seed=args.seed)  # same subset on every rank
-    policy.set_norm_stats(fit_norm_stats(states, actions, cfg))
+    if args.norm_stats == "fit":
+        states, actions = data.state_and_action_rows(seed=args.seed)  # same subset on every rank
+        policy.set_norm_stats(fit_norm_stats(states, actions, cfg))
+    else:
+        print(f"[train] --norm-stats init: normalisation kept from {args.init}", flush=True)
 
     model = policy.model
     model.train()
