@@ -71,6 +71,7 @@ def test_benchmark_refuses_bad_input_with_one_line(tmp_path):
                             (["--task", "hand_over", "--demo-offset-m", "0.03"],
                              "--demo-offset-m applies to the pick tasks only"),
                             (["--collect-procs", "2"], "needs --collector direct above 1"),
+                            (["--norm-stats", "init"], "--norm-stats init keeps the statistics of an --init checkpoint"),
                             (["--checkpoint", str(tmp_path)], f"--checkpoint {tmp_path} is not a Pose-VLA checkpoint"),
                             (["--checkpoint", str(REPO / "models" / "twin" / "pick_cube_overview"), "--skip-train"],
                              "--checkpoint evaluates a finished checkpoint: drop --skip-train"),
@@ -143,6 +144,10 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     assert checkpoint_training(out2 / "train" / "checkpoint")["config"] == str(first)  # trained from round 1
     res2 = json.loads((out2 / "results.json").read_text())
     assert res2["config"] == str(first) and res2["conditions"]["full"]["trials"] == 1
+    # fine-tuning from a checkpoint keeps its normalisation by default (--norm-stats init)
+    assert res2["norm_stats"] == "init"
+    kept = json.loads((out2 / "train" / "checkpoint" / "norm_stats.json").read_text())
+    assert kept == json.loads((first / "norm_stats.json").read_text())
 
 
 def test_direct_collector_records_the_demos_in_parallel(tmp_path: Path) -> None:

@@ -140,6 +140,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--init", type=Path, default=None,
                    help="continue training from this Pose-VLA checkpoint (a second round: more data or steps; its "
                         "own model config is used, --config is ignored) instead of a random model")
+    p.add_argument("--norm-stats", choices=("fit", "init"), default=None,
+                   help="`posevla train --norm-stats`: fit the normalisation on the demos, or keep the --init "
+                        "checkpoint's (default: init with --init, else fit)")
     p.add_argument("--trials", type=int, default=30, help="closed-loop trials per condition (held-out seeds)")
     p.add_argument("--ablation-trials", type=int, default=None,
                    help="trials per ablation (RGB only, mis-calibrated; default: --trials)")
@@ -233,6 +236,10 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--demo-offset-m must lie in [0, 0.1] m (got {args.demo_offset_m})"
     if args.trial_s is not None and args.trial_s <= 0:
         return f"--trial-s must be > 0 (got {args.trial_s})"
+    if args.norm_stats == "init" and args.init is None:
+        return "--norm-stats init keeps the statistics of an --init checkpoint: give --init"
+    if args.norm_stats is None:
+        args.norm_stats = "init" if args.init is not None else "fit"
     from posevla.model.checkpoint import CONFIG as CHECKPOINT_CONFIG
 
     if args.checkpoint is not None:
@@ -364,7 +371,7 @@ def _collect_and_train(args: argparse.Namespace, out: Path, task, opts, results:
                "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                "--out", str(out / "train"), "--val-episodes", str(args.val_episodes), "--train", args.train_mode,
                "--lr", str(args.lr), "--warmup", str(min(args.warmup, args.steps)), "--workers", str(args.workers),
-               "--cache-gb", str(args.cache_gb), "--ema-decay", str(args.ema_decay)]
+               "--cache-gb", str(args.cache_gb), "--ema-decay", str(args.ema_decay), "--norm-stats", args.norm_stats]
         with open(out / "train.log", "w") as log:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
         if rc != 0:
@@ -417,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
     opts = GraphOptions(robot, args.calibration_dir.resolve(), args.width, args.height, args.rate,
                         node_log=out / "nodes.log")
     results: dict = {"task": args.task, "demos": args.demos, "steps": args.steps, "config": str(args.init or args.config), "lr": args.lr,
-                     "ema_decay": args.ema_decay,
+                     "ema_decay": args.ema_decay, "norm_stats": args.norm_stats,
                      "train_mode": args.train_mode, "executor_blend": args.executor_blend,
                      "policy_engine": args.policy_engine or "torch", "flow_noise_scale": args.flow_noise_scale,
                      "trials": args.trials, "trial_s": args.trial_s,
