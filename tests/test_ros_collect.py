@@ -48,7 +48,10 @@ def test_collect_sim_graph_records_teleoperated_episode(tmp_path: Path, rclpy_co
         if s.name in ("xtrainer_sim", "xtrainer_driver"):
             s.parameters["robot_config"] = str(robot)
         if s.name == "recorder":
-            s.parameters.update(root=str(tmp_path / "data"), fps=15.0, reset_period_s=0.0)
+            # stream_timeout_s 3 s as in the twin graphs: the replayed cameras of a graph starved beside other runs
+            # (CI + make demo + a training) paused > 0.5 s and the recorder rightly stopped the take on its own
+            # (stall detection is tested in test_recorder.py / test_dataset_capture.py)
+            s.parameters.update(root=str(tmp_path / "data"), fps=15.0, reset_period_s=0.0, stream_timeout_s=3.0)
     node = rclpy.create_node("collect_probe", context=rclpy_context)
     states: list[str] = []
     latched = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
