@@ -75,7 +75,8 @@ def test_benchmark_refuses_bad_input_with_one_line(tmp_path):
                             (["--checkpoint", str(tmp_path)], f"--checkpoint {tmp_path} is not a Pose-VLA checkpoint"),
                             (["--checkpoint", str(REPO / "models" / "twin" / "pick_cube_overview"), "--skip-train"],
                              "--checkpoint evaluates a finished checkpoint: drop --skip-train"),
-                            (["--init", str(tmp_path)], f"--init {tmp_path} is not a Pose-VLA checkpoint folder")):
+                            (["--init", str(tmp_path)], f"--init {tmp_path} is not a Pose-VLA checkpoint folder"),
+                            (["--co-train-data", str(tmp_path)], f"--co-train-data {tmp_path} is not a folder of episodes")):
         proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--out",
                                str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
@@ -136,14 +137,19 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     out2 = tmp_path / "cl2"
     out2.mkdir()
     (out2 / "data").symlink_to(out / "data")
+    co_train = tmp_path / "co_train"  # co-training: one more episode (a copy) trained on beside the two demos
+    co_train.mkdir()
+    shutil.copy(episodes[0], co_train / "episode_000000.h5")
     proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--skip-collect",
-                           "--init", str(first), "--steps", "1", "--batch-size", "2", "--trials", "1", "--trial-s", "4",
+                           "--co-train-data", str(co_train), "--init", str(first), "--steps", "1", "--batch-size", "2", "--trials", "1", "--trial-s", "4",
                            "--no-ablations", "--width", "96", "--height", "72", "--out", str(out2)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert checkpoint_training(out2 / "train" / "checkpoint")["config"] == str(first)  # trained from round 1
     res2 = json.loads((out2 / "results.json").read_text())
     assert res2["config"] == str(first) and res2["conditions"]["full"]["trials"] == 1
+    assert res2["co_train_episodes"] == 1 and "+ 1 co-training episodes" in proc.stdout
+    assert "[train] 3 episode(s)" in (out2 / "train.log").read_text()  # the two demos and the co-training one
     # fine-tuning from a checkpoint keeps its normalisation by default (--norm-stats init)
     assert res2["norm_stats"] == "init"
     kept = json.loads((out2 / "train" / "checkpoint" / "norm_stats.json").read_text())

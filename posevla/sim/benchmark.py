@@ -140,6 +140,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--init", type=Path, default=None,
                    help="continue training from this Pose-VLA checkpoint (a second round: more data or steps; its "
                         "own model config is used, --config is ignored) instead of a random model")
+    p.add_argument("--co-train-data", type=Path, nargs="+", default=[], metavar="DIR",
+                   help="episode folders trained on together with the recorded demos (co-training), e.g. the --init "
+                        "checkpoint's own training episodes: a short run on 100 demos alone moves the shipped twin "
+                        "policy off what it learned (docs/closed_loop.md)")
     p.add_argument("--norm-stats", choices=("fit", "init"), default=None,
                    help="`posevla train --norm-stats`: fit the normalisation on the demos, or keep the --init "
                         "checkpoint's (default: init with --init, else fit)")
@@ -249,6 +253,11 @@ def _check(args: argparse.Namespace) -> str | None:
                                  ("--skip-train", args.skip_train), ("--collect-only", args.collect_only)) if on]
         if clash:
             return f"--checkpoint evaluates a finished checkpoint: drop {', '.join(clash)}"
+    for folder in args.co_train_data:
+        if not folder.is_dir() or not any(folder.glob("episode_*.h5")):
+            return f"--co-train-data {folder} is not a folder of episodes (no episode_*.h5)"
+    if args.co_train_data and args.checkpoint is not None:
+        return "--checkpoint evaluates a finished checkpoint: drop --co-train-data"
     if args.init is not None and not (args.init / CHECKPOINT_CONFIG).is_file():
         return f"--init {args.init} is not a Pose-VLA checkpoint folder (no {CHECKPOINT_CONFIG})"
     if args.config is None:
@@ -363,11 +372,15 @@ def _collect_and_train(args: argparse.Namespace, out: Path, task, opts, results:
         raise StageError(f"no episode without missing measurements in {data / args.task} ({len(episodes)} in all)")
     ckpt = out / "train" / "checkpoint"
     if not args.skip_train:
-        print(f"[train] {len(clean)} of {len(episodes)} episodes (the others failed or hold NaN measurements), {args.steps} "
-              f"steps (log: {out / 'train.log'})", flush=True)
+        co_train = [e for folder in args.co_train_data for e in sorted(folder.glob("episode_*.h5"))]
+        results["co_train_data"] = [str(f) for f in args.co_train_data]
+        results["co_train_episodes"] = len(co_train)
+        print(f"[train] {len(clean)} of {len(episodes)} episodes (the others failed or hold NaN measurements)"
+              + (f" + {len(co_train)} co-training episodes" if co_train else "")
+              + f", {args.steps} steps (log: {out / 'train.log'})", flush=True)
         t0 = time.monotonic()
         model = ["--init", str(args.init)] if args.init is not None else ["--config", str(args.config)]
-        cmd = [sys.executable, "-m", "posevla.cli", "train", "--data", *map(str, clean), *model,
+        cmd = [sys.executable, "-m", "posevla.cli", "train", "--data", *map(str, clean + co_train), *model,
                "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                "--out", str(out / "train"), "--val-episodes", str(args.val_episodes), "--train", args.train_mode,
                "--lr", str(args.lr), "--warmup", str(min(args.warmup, args.steps)), "--workers", str(args.workers),
