@@ -110,6 +110,8 @@ def test_closed_loop_benchmark_smoke(tmp_path: Path) -> None:
     # training and loading: a checkpoint the policy node loaded
     assert (out / "train" / "checkpoint" / "model.safetensors").exists()
     assert "loaded" in (out / "nodes.log").read_text()
+    # before each trial the orchestrator clears controller alarms, as the operator would (both arms answered)
+    assert (out / "nodes.log").read_text().count("/xtrainer/clear_error: left: cleared; right: cleared") == 2
     # evaluation and success reporting
     res = json.loads((out / "results.json").read_text())
     # a randomly initialised model is trained whole (lora / expert would leave its vision tower random)

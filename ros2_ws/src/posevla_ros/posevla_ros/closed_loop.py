@@ -377,6 +377,12 @@ def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOp
             # and the policy, reading its own closed gripper, then "holds" an absent cube
             settled = functools.partial(_settled, probe, time.monotonic() + settle_s, probe.chunks + 2)
             probe.spin(60.0, settled)
+            # between trials the operator clears a controller alarm the last trial left (e.g. a set-point the
+            # controller found unreachable): the driver holds that arm until /xtrainer/clear_error, and without
+            # this every later trial of the condition would start with an arm that cannot move
+            r = probe.trigger("/xtrainer/clear_error", 60.0)
+            if not r.success:
+                raise StageError(f"/xtrainer/clear_error refused: {r.message}")
             for name in ("/xtrainer/estop/reset", "/executor/estop/reset"):
                 r = probe.trigger(name, 60.0)
                 if not r.success:

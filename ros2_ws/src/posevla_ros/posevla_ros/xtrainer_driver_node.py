@@ -108,6 +108,7 @@ class XTrainerDriverNode(Node):
                 msgs.append(f"{arm}: {exc}")
         response.success = all(m.endswith("cleared") for m in msgs)
         response.message = "; ".join(msgs)
+        self.get_logger().info(f"/xtrainer/clear_error: {response.message}")
         return response
 
     # ------------------------------------------------------------------ state
