@@ -373,7 +373,7 @@ def _collect_and_train(args: argparse.Namespace, out: Path, task, opts, results:
     ckpt = out / "train" / "checkpoint"
     if not args.skip_train:
         co_train = [e for folder in args.co_train_data for e in sorted(folder.glob("episode_*.h5"))]
-        results["co_train_data"] = [str(f) for f in args.co_train_data]
+        results["co_train_data"] = [str(f.resolve()) for f in args.co_train_data]
         results["co_train_episodes"] = len(co_train)
         print(f"[train] {len(clean)} of {len(episodes)} episodes (the others failed or hold NaN measurements)"
               + (f" + {len(co_train)} co-training episodes" if co_train else "")
