@@ -234,3 +234,81 @@ def test_convert_jpeg_episodes_to_video_keeps_everything_but_the_codec(tmp_path:
         for k in range(6):
             np.testing.assert_array_equal(b.raw_depth("left_wrist", k), a.raw_depth("left_wrist", k))
             assert psnr(b.rgb("head", k), a.rgb("head", k)) > 37.0
+
+
+def test_depth_every_keeps_every_kth_depth_bit_exact_in_a_third_of_the_bytes(tmp_path: Path, clip) -> None:
+    intr, frames = clip
+    full = _write(tmp_path / "full", intr, frames)
+    third = _write(tmp_path / "third", intr, frames, depth_every=3)
+    with EpisodeReader(full) as a, EpisodeReader(third) as b:
+        assert b.meta["storage"]["depth_every"] == 3 and "depth_every" not in a.meta["storage"]
+        assert b.depth_every == {"head": 3, "left_wrist": 3} and a.depth_every == {"head": 1, "left_wrist": 1}
+        for c in CAMS:
+            packets = b._h[f"observations/depth/{F.CAMERA_KEYS[c]}"]
+            assert [len(packets[k]) > 0 for k in range(24)] == [k % 3 == 0 for k in range(24)]
+            for k in range(24):
+                assert b.depth_source(c, k) == k - k % 3
+                np.testing.assert_array_equal(b.raw_depth(c, k), frames[c][k - k % 3][1])  # held, bit-exact
+                np.testing.assert_array_equal(a.raw_depth(c, k), frames[c][k][1])
+            held = b.raw_depth(c, 4)
+            held[:] = 0  # callers get copies: the held frame is not changed for the next one
+            np.testing.assert_array_equal(b.raw_depth(c, 5), frames[c][3][1])
+        assert [b.fresh_depth(k) for k in range(6)] == [True, False, False, True, False, False]
+        assert all(a.fresh_depth(k) for k in range(24))
+        ratio = b.stored_bytes()["depth"] / a.stored_bytes()["depth"]
+        assert 0.30 < ratio < 0.38, ratio  # 8 of 24 packets
+        np.testing.assert_array_equal(b.array("stamps/head"), a.array("stamps/head"))  # colour stamps untouched
+        assert b.frame(7).cameras["head"].depth.shape == (120, 160)
+    assert check_episode(third).ok, check_episode(third).problems
+    for kw, match in (({"depth_every": 0}, "depth_every=0"), ({"depth_every": 2.0}, "depth_every=2.0"),
+                      ({"depth_every": 3, "depth_codec": "deflate"}, "depth_every=3: needs storage 'video' with "
+                                                                      "depth_codec 'ffv1'"),
+                      ({"depth_every": 3, "storage": "jpeg"}, "depth_every=3: needs")):
+        with pytest.raises(ValueError, match=match):
+            EpisodeWriter(tmp_path / "bad", "x", META, intr, min_free_bytes=1, **kw)
+    with pytest.raises(ValueError, match="recorder depth_every=0"):
+        RecorderConfig(tmp_path, "t", "i", depth_every=0)
+    with pytest.raises(ValueError, match="recorder depth_every=2: needs storage 'video'"):
+        RecorderConfig(tmp_path, "t", "i", storage="jpeg", depth_every=2)
+    with pytest.raises(ValueError, match="recorder: colour codec preset='slowest'"):
+        RecorderConfig(tmp_path, "t", "i", colour_preset="slowest")
+    assert RecorderConfig(tmp_path, "t", "i", colour_preset="veryfast", colour_crf=17, colour_tune="psnr",
+                          depth_every=3).colour_codec() == ColourCodec(preset="veryfast", crf=17, tune="psnr")
+
+
+def test_convert_to_lower_depth_rate_and_training_samples_start_at_stored_depth(tmp_path: Path) -> None:
+    import yaml
+
+    from posevla.model.config import PoseVLAConfig
+    from posevla.tools.synthetic_episode import write_demo_episode
+    from posevla.training.episode_dataset import EpisodeChunkDataset
+
+    src = write_demo_episode(tmp_path / "data", seconds=1.0, fps=15.0, width=96, height=72, seed=0)
+    res = _cli("convert", str(src), "--out", str(tmp_path / "small"), "--depth-every", "4", "--colour-preset",
+               "veryfast", "--colour-crf", "17", "--colour-tune", "psnr")
+    assert res.returncode == 0, res.stderr
+    [new] = F.list_episodes(tmp_path / "small" / src.parent.name)
+    with EpisodeReader(src) as a, EpisodeReader(new) as b:
+        n = a.num_frames
+        assert b.num_frames == n and set(b.depth_every.values()) == {4}
+        assert b.meta["storage"]["colour_codec"]["preset"] == "veryfast" and b.meta["storage"]["colour_codec"]["tune"] == "psnr"
+        for c in a.camera_names:
+            for k in range(n):
+                np.testing.assert_array_equal(b.raw_depth(c, k), a.raw_depth(c, k - k % 4))
+    cfg = PoseVLAConfig.from_dict(yaml.safe_load((Path(__file__).resolve().parents[1] / "models" / "tiny.yaml").read_text()))
+    cfg_views = [v for v in cfg.views]
+    full, small = EpisodeChunkDataset([src], cfg), EpisodeChunkDataset([new], cfg)
+    try:
+        assert [t for _, t in small.index] == list(range(0, n, 4)) and small.held_depth_samples == n - len(small)
+        assert len(full) == n and full.held_depth_samples == 0
+        for t in (0, 4, 8):
+            sa, sb = full[t], small[t // 4]
+            for v in cfg_views:
+                np.testing.assert_array_equal(sb.observation.views[v].depth_prior, sa.observation.views[v].depth_prior)
+            np.testing.assert_array_equal(sb.actions, sa.actions)
+    finally:
+        full.close()
+        small.close()
+    bad = _cli("convert", str(src), "--out", str(tmp_path / "bad"), "--depth-every", "0")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "posevla dataset convert: episode depth_every=0: an integer in 1..30 (1: depth with every frame)"]

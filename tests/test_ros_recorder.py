@@ -133,3 +133,47 @@ def test_record_read_back_and_stream_loss(tmp_path: Path, rclpy_context) -> None
     with h5py.File(partial, "r") as h:
         meta = json.loads(h.attrs["meta"])
     assert not meta["complete"] and "stopped" in meta["aborted"]
+
+
+def test_storage_parameters_reach_the_episode_and_bad_ones_are_refused(tmp_path: Path, rclpy_context) -> None:
+    """colour_preset/crf/tune and depth_every (docs/datasets.md "Smaller episodes") are recorder parameters: the
+    episode is written with them; an out-of-range one stops the node with one line naming it (exit 2)."""
+    base = [sys.executable, "-m", "posevla_ros.recorder_node", "--ros-args", "-p", f"root:={tmp_path}",
+            "-p", "task:=small", "-p", "instruction:=stack the cups", "-p", "cameras:=[head, left_wrist]",
+            "-p", "fps:=20.0", "-p", "reset_period_s:=0.0"]
+    bad = subprocess.run([*base, "-p", "depth_every:=0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stdout, bad.stdout
+    assert "Parameter depth_every out of range. Min: 1, Max: 30, value: 0" in bad.stdout, bad.stdout
+    rec = subprocess.Popen([*base, "-p", "depth_every:=3", "-p", "colour_preset:=veryfast", "-p", "colour_crf:=20",
+                            "-p", "colour_tune:=psnr"])
+    pub = subprocess.Popen([sys.executable, "-c", PUBLISHER, "120"])
+    node = rclpy.create_node("recorder_probe_small", context=rclpy_context)
+    ex = rclpy.executors.SingleThreadedExecutor(context=rclpy_context)
+    ex.add_node(node)
+    try:
+        deadline = time.monotonic() + 60.0
+        while True:
+            spin(ex, 1.0)
+            r = call_trigger(node, ex, "/recorder/start")
+            if r.success or time.monotonic() > deadline:
+                break
+        assert r.success, r.message
+        spin(ex, 1.5)
+        r = call_trigger(node, ex, "/recorder/stop_and_save")
+        assert r.success, r.message
+    finally:
+        pub.kill()
+        rec.terminate()
+        rec.wait(10)
+    [path] = F.list_episodes(tmp_path / "small")
+    with EpisodeReader(path) as ep:
+        assert ep.num_frames >= 6 and ep.depth_every == {"head": 3, "left_wrist": 3}
+        codec = ep.meta["storage"]["colour_codec"]
+        assert (codec["preset"], codec["crf"], codec["tune"], ep.meta["storage"]["depth_every"]) == ("veryfast", 20, "psnr", 3)
+        for i in range(ep.num_frames):
+            src = ep.depth_source("head", i)
+            assert src == i - i % 3
+            # the held depth is the one published with the source frame's colour (value 500 + k, colour k % 256)
+            k = int(ep.raw_depth("head", i)[0, 0]) - 500
+            assert abs(int(ep.rgb("head", src)[0, 0, 0]) - k % 256) <= 2

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from posevla.dataset import format as F
 from posevla.dataset import xtrainer_import
+from posevla.dataset.video import X264_PRESETS, X264_TUNES, ColourCodec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument("paths", type=Path, nargs="+", help="episode files or folders")
     k.add_argument("--out", type=Path, required=True, help="dataset root to write <task>/episode_*.h5 into")
     k.add_argument("--storage", choices=F.STORAGE_FORMATS, default="video", help="target storage format")
+    d = ColourCodec()
+    k.add_argument("--colour-preset", choices=X264_PRESETS, default=d.preset, help="x264 preset of the colour streams")
+    k.add_argument("--colour-crf", type=int, default=d.crf, help="x264 constant quality of the colour streams (0..51)")
+    k.add_argument("--colour-tune", choices=X264_TUNES, default=d.tune, help="x264 tuning of the colour streams")
+    k.add_argument("--depth-every", type=int, default=1,
+                   help="store the depth of every k-th frame only (1: all; 3: 10 Hz at 30 fps; docs/datasets.md)")
     xtrainer_import.add_parser(sub)
 
 
@@ -106,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
             from posevla.dataset.convert import convert_episode
             eps = [e for p in args.paths for e in episodes_under(p)]
             for p in tqdm(eps, desc="converting", unit="episode", disable=len(eps) < 2):
-                print(f"{p} -> {convert_episode(p, args.out, storage=args.storage)}")
+                codec = ColourCodec(preset=args.colour_preset, crf=args.colour_crf, tune=args.colour_tune)
+                print(f"{p} -> {convert_episode(p, args.out, storage=args.storage, colour_codec=codec, depth_every=args.depth_every)}")
             return 0
         eps = episodes_under(args.path)
     except (FileNotFoundError, ValueError) as exc:

@@ -54,6 +54,8 @@ class EpisodeReader:
         self._depth: dict[str, DepthDecoder] = {}
         self.intrinsics: dict[str, CameraIntrinsics] = {}
         self.depth_scale: dict[str, float] = {}
+        self.depth_every: dict[str, int] = {}  # depth stored with every k-th frame (EpisodeWriter depth_every)
+        self._depth_last: dict[str, tuple[int, np.ndarray]] = {}  # camera -> (source frame, depth) when k > 1
         for name in self.camera_names:
             key = F.CAMERA_KEYS.get(name, name)
             info = self._h.get(f"observations/camera_info/{key}")
@@ -64,6 +66,11 @@ class EpisodeReader:
                 "k": list(a["k"]), "d": list(a["d"]), "width": int(a["width"]), "height": int(a["height"]),
                 "distortion_model": str(a["distortion_model"])})
             self.depth_scale[name] = float(a["depth_scale"])
+            depth = self._h.get(f"observations/depth/{key}")
+            k = int(depth.attrs.get("depth_every", 1)) if depth is not None else 1
+            if k < 1:
+                raise ValueError(f"episode {self.path}: observations/depth/{key} has depth_every={k} (must be >= 1)")
+            self.depth_every[name] = k
 
     def __len__(self) -> int:
         return self.num_frames
@@ -81,11 +88,33 @@ class EpisodeReader:
     def _key(camera: str) -> str:
         return F.CAMERA_KEYS.get(camera, camera)
 
+    def depth_source(self, camera: str, i: int) -> int:
+        """The frame whose stored depth is frame i's: i itself, or with depth_every k > 1 the last multiple of k
+        (captured at `camera_stamps(camera)[depth_source]`, up to (k - 1) / fps before frame i's colour)."""
+        if not 0 <= i < self.num_frames:
+            raise IndexError(f"frame {i} outside 0..{self.num_frames - 1} of {self.path}")
+        k = self.depth_every.get(camera, 1)
+        return i - i % k
+
+    def fresh_depth(self, i: int) -> bool:
+        """True when frame i stores every camera's depth (always, unless the episode has depth_every > 1)."""
+        return all(self.depth_source(c, i) == i for c in self.camera_names)
+
     def raw_depth(self, camera: str, i: int) -> np.ndarray:
-        """Depth of frame i as recorded: uint16 HxW in depth_scale units (bit-exact in both formats)."""
+        """Depth of frame i as recorded: uint16 HxW in depth_scale units (bit-exact in both formats). With
+        depth_every k > 1, the depth stored with frame `depth_source(camera, i)`."""
         ds = self._h[f"observations/depth/{self._key(camera)}"]
         if ds.ndim == 3:  # deflate chunks
             return ds[i]
+        if self.depth_every.get(camera, 1) > 1:  # held frames repeat the source's depth: decode it once
+            src = self.depth_source(camera, i)
+            last = self._depth_last.get(camera)
+            if last is None or last[0] != src:
+                last = self._depth_last[camera] = (src, self._decode_depth(camera, ds, src))
+            return last[1].copy()
+        return self._decode_depth(camera, ds, i)
+
+    def _decode_depth(self, camera: str, ds: h5py.Dataset, i: int) -> np.ndarray:
         dec = self._depth.get(camera)
         if dec is None:
             a = ds.attrs

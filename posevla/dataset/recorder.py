@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from posevla.dataset import format as F
+from posevla.dataset.video import ColourCodec
 from posevla.dataset.writer import EpisodeWriter, FrameRecord
 from posevla.geometry.intrinsics import CameraIntrinsics
 from posevla.types import ArmState, RobotState
@@ -42,12 +43,27 @@ class RecorderConfig:
     require_action: bool = True  # the leader/command stream must be alive (teleoperation); False: observe only
     storage: str = "video"  # episode storage format: "video" (H.264 + FFV1) or "jpeg" (format.py)
     writer_queue_frames: int = 64  # frame sets the writer buffers while encoding catches up (more are refused)
+    colour_preset: str = ColourCodec.preset  # x264 preset of the colour streams (storage "video")
+    colour_crf: int = ColourCodec.crf  # x264 constant quality (lower: better and larger)
+    colour_tune: str = ColourCodec.tune  # x264 tuning ("psnr": smaller at the same PSNR, more CPU)
+    depth_every: int = 1  # store depth with every k-th frame only (1: all; docs/datasets.md "Smaller episodes")
 
     def __post_init__(self) -> None:
         if self.storage not in F.STORAGE_FORMATS:
             raise ValueError(f"recorder storage={self.storage!r}: one of {list(F.STORAGE_FORMATS)}")
         if self.writer_queue_frames < 1:
             raise ValueError(f"recorder writer_queue_frames={self.writer_queue_frames}: must be >= 1")
+        try:
+            self.colour_codec()
+        except ValueError as exc:
+            raise ValueError(f"recorder: {exc}") from None
+        if not 1 <= self.depth_every <= 30:
+            raise ValueError(f"recorder depth_every={self.depth_every}: an integer in 1..30 (1: depth with every frame)")
+        if self.depth_every > 1 and self.storage != "video":
+            raise ValueError(f"recorder depth_every={self.depth_every}: needs storage 'video' (got {self.storage!r})")
+
+    def colour_codec(self) -> ColourCodec:
+        return ColourCodec(preset=self.colour_preset, crf=self.colour_crf, tune=self.colour_tune)
 
 
 @dataclass
@@ -148,7 +164,8 @@ class Recorder:
         try:
             self.writer = EpisodeWriter(self.cfg.root, self.cfg.task, meta,
                                         {c: self.latest.info[c] for c in self.cfg.cameras}, storage=self.cfg.storage,
-                                        queue_size=self.cfg.writer_queue_frames)
+                                        queue_size=self.cfg.writer_queue_frames, colour_codec=self.cfg.colour_codec(),
+                                        depth_every=self.cfg.depth_every)
         except OSError as exc:
             self.last_reason = str(exc)
             return Refusal(f"cannot start: {exc}")

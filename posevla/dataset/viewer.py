@@ -97,7 +97,8 @@ def log_rerun(ep: EpisodeReader, stride: int = 1, save: Path | None = None, conn
                                                       level="WARN"))
         for cam in ep.camera_names:
             viewer.log_rgb(rec, cam_entity[cam], ep.rgb(cam, i))
-            viewer.log_depth(rec, cam_entity[cam], ep.raw_depth(cam, i), 1.0 / ep.depth_scale[cam])
+            if ep.depth_source(cam, i) == i:  # depth_every > 1: depth is logged when it was captured (and held)
+                viewer.log_depth(rec, cam_entity[cam], ep.raw_depth(cam, i), 1.0 / ep.depth_scale[cam])
     viewer.close_recording(rec, saved=save is not None)
 
 

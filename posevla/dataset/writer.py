@@ -66,13 +66,21 @@ class EpisodeWriter:
     def __init__(self, root: str | Path, task: str, meta: dict, cameras: dict[str, CameraIntrinsics],
                  depth_scale: float = 0.001, jpeg_quality: int = 90, queue_size: int = 64,
                  min_free_bytes: int = MIN_FREE_BYTES, index: int | None = None, storage: str = "video",
-                 colour_codec: ColourCodec | None = None, depth_codec: str = "ffv1") -> None:
+                 colour_codec: ColourCodec | None = None, depth_codec: str = "ffv1", depth_every: int = 1) -> None:
         """storage: "video" (H.264 colour, format_version 2) or "jpeg" (format_version 1); depth_codec (video
-        storage only): "ffv1" or "deflate". Both depth codecs are lossless."""
+        storage only): "ffv1" or "deflate". Both depth codecs are lossless. depth_every (FFV1 only): store the
+        depth of every k-th frame (frames 0, k, 2k, ...; bit-exact), an empty packet for the others, whose depth
+        is the last stored one (`EpisodeReader.depth_source`): depth at fps / k, for smaller episodes."""
         if storage not in F.STORAGE_FORMATS:
             raise ValueError(f"episode storage={storage!r}: one of {list(F.STORAGE_FORMATS)}")
         if depth_codec not in F.DEPTH_CODECS:
             raise ValueError(f"episode depth_codec={depth_codec!r}: one of {list(F.DEPTH_CODECS)}")
+        if isinstance(depth_every, bool) or not isinstance(depth_every, (int, np.integer)) or not 1 <= depth_every <= 30:
+            raise ValueError(f"episode depth_every={depth_every!r}: an integer in 1..30 (1: depth with every frame)")
+        if depth_every > 1 and (storage != "video" or depth_codec != "ffv1"):
+            raise ValueError(f"episode depth_every={depth_every}: needs storage 'video' with depth_codec 'ffv1' "
+                             f"(got {storage!r}, {depth_codec!r})")
+        self.depth_every = int(depth_every)
         self.storage = storage
         self.colour_codec = colour_codec or ColourCodec()
         self.depth_codec = depth_codec if storage == "video" else "deflate"
@@ -84,6 +92,8 @@ class EpisodeWriter:
         self.cameras, self.depth_scale, self.jpeg_quality = cameras, depth_scale, jpeg_quality
         self.min_free_bytes = min_free_bytes
         storage_meta: dict = {"format": storage, "depth_codec": self.depth_codec}
+        if self.depth_every > 1:
+            storage_meta["depth_every"] = self.depth_every
         if storage == "video":
             storage_meta["colour_codec"] = self.colour_codec.to_attrs()
         self.meta = {"format_version": F.FORMAT_VERSIONS[storage], "storage": storage_meta, "task": task, **meta}
@@ -132,7 +142,8 @@ class EpisodeWriter:
             if self.depth_codec == "ffv1":
                 d = obs.create_dataset(f"depth/{key}", (0,), vlen, maxshape=(None,), chunks=(16,))
                 d.attrs.update({"codec": "ffv1", "width": intr.width, "height": intr.height,
-                                "extradata": np.frombuffer(self._depth_enc[name].extradata, np.uint8)})
+                                "extradata": np.frombuffer(self._depth_enc[name].extradata, np.uint8),
+                                "depth_every": self.depth_every})
             else:
                 obs.create_dataset(f"depth/{key}", (0, intr.height, intr.width), np.uint16,
                                    maxshape=(None, intr.height, intr.width), chunks=(1, intr.height, intr.width),
@@ -191,9 +202,10 @@ class EpisodeWriter:
                 log.error("episode %d: writing failed: %s", self.index, self.error)
             self.encode_s += time.perf_counter() - t0
 
-    def _encode(self, name: str, rgb: np.ndarray, depth: np.ndarray) -> dict:
+    def _encode(self, name: str, rgb: np.ndarray, depth: np.ndarray, store_depth: bool = True) -> dict:
         """The rows of one camera's frame: colour (JPEG or H.264 packet + keyframe flag + CRC) and depth (FFV1
-        packet, or the chunk as HDF5 stores it: shuffle + deflate level 1)."""
+        packet, empty when `store_depth` is False (depth_every), or the chunk as HDF5 stores it: shuffle + deflate
+        level 1)."""
         intr = self.cameras[name]
         if rgb.shape != (intr.height, intr.width, 3) or depth.shape != (intr.height, intr.width):
             raise ValueError(f"camera {name}: frame shapes {rgb.shape}/{depth.shape} differ from its camera_info "
@@ -210,6 +222,9 @@ class EpisodeWriter:
             if not ok:
                 raise ValueError(f"JPEG encoding of camera {name} failed")
             out["jpeg"] = np.frombuffer(jpg.tobytes(), np.uint8)
+        if not store_depth:
+            out.update(depth_packet=np.zeros(0, np.uint8), cpu_s=time.thread_time() - cpu0)
+            return out
         if depth.dtype != np.uint16:  # metres -> raw units, invalid (NaN/inf/<=0) -> 0
             depth = np.where(np.isfinite(depth) & (depth > 0), np.round(depth / self.depth_scale), 0).clip(0, 65535)
         d = np.ascontiguousarray(depth, dtype="<u2")
@@ -224,7 +239,9 @@ class EpisodeWriter:
         qpos, tcp, robot_stamp = robot_vectors(rec.state)
         if rec.qpos is not None:
             qpos = np.asarray(rec.qpos, np.float64)
-        jobs = {name: self._pool.submit(self._encode, name, rec.rgb[name], rec.depth[name]) for name in self.cameras}
+        store_depth = self.frames_written % self.depth_every == 0  # frame index = frames written so far
+        jobs = {name: self._pool.submit(self._encode, name, rec.rgb[name], rec.depth[name], store_depth)
+                for name in self.cameras}
         for name, job in jobs.items():
             key = F.CAMERA_KEYS.get(name, name)
             rows = job.result()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -168,6 +169,7 @@ class EpisodeChunkDataset:
         self.cfg, self.stride = cfg, stride
         self.aug_seed = 0  # the training run's seed (see augmented)
         self.excluded_samples = 0
+        self.held_depth_samples = 0  # frames not sampled: their depth is an earlier frame's (depth_every > 1)
         exclude_s = {Path(k).resolve(): v for k, v in (exclude_s or {}).items()}
         self.inputs, self.outputs = XTrainerInputs(cfg), XTrainerOutputs(cfg)
         self._episodes: list[_Episode] = []
@@ -210,6 +212,12 @@ class EpisodeChunkDataset:
                                                ep.camera_stamps(cfg.reference_view), robot_stamps.astype(np.int64),
                                                tcp_T))
                 starts = list(range(0, ep.num_frames, stride))
+                # an episode recorded with depth_every k > 1 has depth at every k-th frame only: samples start
+                # there, so colour and depth are of one capture as on the robot (never depth up to (k-1)/fps old)
+                k = math.lcm(*(ep.depth_every.get(v, 1) for v in cfg.views if v in ep.camera_names))
+                if k > 1:
+                    self.held_depth_samples += sum(t % k != 0 for t in starts)
+                    starts = [t for t in starts if t % k == 0]
                 segments = exclude_s.get(path.resolve(), [])
                 if segments:
                     t_s = np.maximum((ep.camera_stamps(cfg.reference_view) - int(robot_stamps[0])) * 1e-9, 0.0)

@@ -30,6 +30,7 @@ from std_srvs.srv import Trigger
 from posevla.dataset import cues
 from posevla.dataset.episode_buttons import ButtonActions, ButtonBindings
 from posevla.dataset.recorder import Recorder, RecorderConfig, Refusal
+from posevla.dataset.video import X264_PRESETS, X264_TUNES
 from posevla.paths import calibration_dir
 from posevla.robot import state_codec
 from posevla_ros.msg_conv import msg_to_image, msg_to_intrinsics, ns_to_time, pose_to_T, time_to_ns
@@ -98,6 +99,10 @@ class RecorderNode(Node):
             "require_action": ("the command stream /xtrainer/servo_joint_command must be alive", None),
             "storage": ("episode storage: video (H.264 colour, lossless FFV1 depth) or jpeg (ALOHA-style)",
                         ("video", "jpeg")),
+            "colour_preset": ("x264 preset of the colour streams (storage video)", X264_PRESETS),
+            "colour_crf": ("x264 constant quality of the colour streams: lower is better and larger", (0, 51)),
+            "colour_tune": ("x264 tuning of the colour streams (psnr: smaller at the same PSNR, more CPU)", X264_TUNES),
+            "depth_every": ("store depth with every k-th frame only (1: all; 3: 10 Hz at 30 fps)", (1, 30)),
         }),
         "calibration_dir": ("", "calibration files copied into each episode (default: the installed calibration/)", None),
         "start_stop_buttons": ([0, 8], "button indices on /teleop/buttons that start / stop-and-save", None),
@@ -126,7 +131,9 @@ class RecorderNode(Node):
         self.rec = Recorder(RecorderConfig(Path(p["root"]), p["task"], p["instruction"], tuple(p["cameras"]),
                                            p["operator"], p["fps"], p["stream_timeout_s"], p["target_episodes"],
                                            p["reset_period_s"], calib_files,
-                                           require_action=p["require_action"], storage=p["storage"]))
+                                           require_action=p["require_action"], storage=p["storage"],
+                                           colour_preset=p["colour_preset"], colour_crf=p["colour_crf"],
+                                           colour_tune=p["colour_tune"], depth_every=p["depth_every"]))
         for path in self.rec.incomplete_on_start:
             self.get_logger().warning(f"incomplete episode from an earlier run kept aside: {path}")
         self._camera_inputs()
