@@ -33,22 +33,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def record(root: Path, storage: str, codec: ColourCodec, seconds: float, fps: float, unique: int, keep_every: int,
-           size: tuple[int, int], depth_codec: str = "ffv1") -> dict:
+           size: tuple[int, int], depth_codec: str = "ffv1", depth_every: int = 1) -> dict:
     cfg = StreamConfig(size[0], size[1], fps)
     gens = {c: SyntheticRGBD(c, cfg, seed=i) for i, c in enumerate(CAMS)}
     n = int(round(seconds * fps))
     streams = {c: g.frames(n, unique=unique) for c, g in gens.items()}
     calib = {f.name: {"sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "yaml": f.read_text()}
              for f in sorted((REPO / "calibration").glob("*.yaml"))}  # so the training dataset can use the episode
-    w = EpisodeWriter(root, f"bench_{storage}_{codec.preset}_{codec.crf}_{codec.gop}_{codec.tune}_{depth_codec}",
+    w = EpisodeWriter(root, f"bench_{storage}_{codec.preset}_{codec.crf}_{codec.gop}_{codec.tune}_{depth_codec}_{depth_every}",
                       {"instruction": "bench", "fps": fps, "calibration": calib}, {c: g.intrinsics for c, g in gens.items()},
-                      min_free_bytes=256 * 1024 * 1024, storage=storage, colour_codec=codec, depth_codec=depth_codec)
+                      min_free_bytes=256 * 1024 * 1024, storage=storage, colour_codec=codec, depth_codec=depth_codec,
+                      depth_every=depth_every)
     kept: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    depth_kept: dict[int, dict[str, np.ndarray]] = {}  # kept frame -> the depth stored for it (its source frame's)
+    source_depth: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     for k in range(n):
         frames = {c: next(s) for c, s in streams.items()}
+        if k % depth_every == 0:
+            source_depth = {c: f[1] for c, f in frames.items()}
         if k % keep_every == 0:
-            kept[k] = frames
+            kept[k], depth_kept[k] = frames, source_depth
         stamp = 1_700_000_000_000_000_000 + int(k * 1e9 / fps)
         state = RobotState({a: ArmState(se3.T_from_xyz_rpy([0.4, 0.3 * (1 if a == "left" else -1), 0.2 + 0.001 * k],
                                                            [3.1, 0, 0]), np.zeros(6), 0.5, stamp) for a in ("left", "right")},
@@ -67,14 +72,14 @@ def record(root: Path, storage: str, codec: ColourCodec, seconds: float, fps: fl
         for k, frames in kept.items():  # sequential read of the kept frames
             for c in CAMS:
                 psnrs.append(psnr(ep.rgb(c, k), frames[c][0]))
-                exact &= bool(np.array_equal(ep.raw_depth(c, k), frames[c][1]))
+                exact &= bool(np.array_equal(ep.raw_depth(c, k), depth_kept[k][c]))
     total = path.stat().st_size
     scale = 30.0 / seconds
     cpu_set = w.encode_cpu_s / max(w.frames_written, 1)
     video = storage == "video"
     return {"storage": storage, "preset": codec.preset if video else None, "gop": codec.gop if video else None,
             "crf": codec.crf if video else None, "tune": codec.tune if video else None,
-            "depth_codec": w.depth_codec, "path": str(path), "encode_cpu_ms_per_frame_set": 1e3 * cpu_set,
+            "depth_codec": w.depth_codec, "depth_every": depth_every, "depth_hz": fps / depth_every, "path": str(path), "encode_cpu_ms_per_frame_set": 1e3 * cpu_set,
             "cores_needed": cpu_set * fps,
             "frames": n, "mb_per_30s": total * scale / 1e6, "colour_mb_per_30s": parts["colour"] * scale / 1e6,
             "depth_mb_per_30s": parts["depth"] * scale / 1e6,
@@ -196,8 +201,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--unique", type=int, default=8, help="scene renders per camera (slow: ~1 s each here)")
     d = ColourCodec()
-    ap.add_argument("--video", nargs="+", default=[f"{d.preset}:{d.crf}:{d.gop}:{d.tune}"], metavar="PRESET:CRF:GOP[:TUNE]",
-                    help="x264 settings of the video rows (default: the format's default)")
+    ap.add_argument("--video", nargs="+", default=[f"{d.preset}:{d.crf}:{d.gop}:{d.tune}"],
+                    metavar="PRESET:CRF:GOP[:TUNE[:DEPTH_EVERY]]",
+                    help="x264 settings of the video rows, optionally with depth stored every k-th frame (default: "
+                         "the format's default)")
     ap.add_argument("--deflate-depth", action="store_true", help="also record the first video row with deflate depth")
     ap.add_argument("--samples", type=int, default=60, help="random samples for the loader rate")
     ap.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"))
@@ -209,17 +216,23 @@ def main(argv: list[str] | None = None) -> None:
         codecs = []
         for spec in args.video:
             try:
-                preset, crf, gop, *tune = spec.split(":")
-                if len(tune) > 1:
+                preset, crf, gop, *rest = spec.split(":")
+                if len(rest) > 2:
                     raise ValueError("too many fields")
-                codecs.append(ColourCodec(preset=preset, crf=int(crf), gop=int(gop), tune=tune[0] if tune else "none"))
+                every = int(rest[1]) if len(rest) > 1 else 1
+                if not 1 <= every <= 30:
+                    raise ValueError(f"DEPTH_EVERY {every} outside 1..30")
+                codecs.append((ColourCodec(preset=preset, crf=int(crf), gop=int(gop), tune=rest[0] if rest else "none"),
+                               every))
             except ValueError as exc:
-                raise SystemExit(f"bench_dataset: --video {spec!r}: {exc} (expected PRESET:CRF:GOP[:TUNE], e.g. veryfast:17:4:psnr)") from None
-        configs = [("jpeg", ColourCodec(), "deflate")] + [("video", c, "ffv1") for c in codecs]
+                raise SystemExit(f"bench_dataset: --video {spec!r}: {exc} (expected PRESET:CRF:GOP[:TUNE[:DEPTH_EVERY]], "
+                                 "e.g. veryfast:17:4:psnr or faster:16:4:psnr:3)") from None
+        configs = [("jpeg", ColourCodec(), "deflate", 1)] + [("video", c, "ffv1", k) for c, k in codecs]
         if args.deflate_depth:
-            configs.append(("video", codecs[0], "deflate"))
-        for storage, codec, depth_codec in configs:
-            r = record(Path(tmp), storage, codec, args.seconds, args.fps, args.unique, 10, tuple(args.size), depth_codec)
+            configs.append(("video", codecs[0][0], "deflate", 1))
+        for storage, codec, depth_codec, every in configs:
+            r = record(Path(tmp), storage, codec, args.seconds, args.fps, args.unique, 10, tuple(args.size), depth_codec,
+                       every)
             r["loader"] = loader_rate(r.pop("path"), args.samples)
             rows.append(r)
             print(f"  recorded {storage} {depth_codec}: {r['frames']} frames in {r['wall_s']:.0f} s", flush=True)
@@ -232,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{'loader samples/s':>16s} {'CPU ms/sample':>13s} {'train samples/s':>15s} {'CPU ms':>7s}")
     for r in rows:
         name = ("jpeg q90 + deflate (today)" if r["storage"] == "jpeg" else
-                f"h264 {r['preset'][:5]} crf{r['crf']} gop{r['gop']} {r['tune']}+{r['depth_codec']}")
+                f"h264 {r['preset'][:5]} crf{r['crf']} gop{r['gop']} {r['tune']}+{r['depth_codec']}"
+                + (f"@{r['depth_hz']:.0f}Hz" if r["depth_every"] > 1 else ""))
         print(f"{name:36s} {r['mb_per_30s']:7.1f} {r['colour_mb_per_30s']:7.1f} {r['depth_mb_per_30s']:7.1f} "
               f"{old['mb_per_30s'] / r['mb_per_30s']:6.2f}x {r['psnr_db_mean']:6.2f} ({r['psnr_db_min']:5.2f}) "
               f"{str(r['depth_bit_exact']):>11s} {r['encode_cpu_ms_per_frame_set']:14.1f} {r['cores_needed']:9.2f} "
@@ -243,10 +257,13 @@ def main(argv: list[str] | None = None) -> None:
           f"per set x rate (this machine has 2, shared); wall/period = writer wall time per set / {period_ms:.1f} ms "
           "(< 1 keeps up, inflated when the box is busy). loader = EpisodeReader.frame at random indices (3 cameras "
           "colour + depth, one process); train = EpisodeChunkDataset[i] (models/tiny.yaml views, observation "
-          "builder and targets), one process.")
+          "builder and targets), one process. depth exact = every stored depth frame bit-exact; \"@N Hz\" rows store "
+          "depth with every k-th frame (depth_every) and hold it between (the trainer samples only frames with stored "
+          "depth).")
     print("\nwhere the bytes go (MB per 30 s, per camera key):")
     for r in rows:
-        name = "jpeg" if r["storage"] == "jpeg" else f"h264 {r['preset']} crf{r['crf']} gop{r['gop']} {r['tune']}"
+        name = "jpeg" if r["storage"] == "jpeg" else (f"h264 {r['preset']} crf{r['crf']} gop{r['gop']} {r['tune']}"
+                                                      + (f" depth@{r['depth_hz']:.0f}Hz" if r["depth_every"] > 1 else ""))
         print(f"  {name:32s} " + "  ".join(f"{k} {v:.1f}" for k, v in sorted(r["per_camera_mb_per_30s"].items())))
     study = depth_study(tuple(args.size), args.fps, args.study_frames) if args.study_frames > 0 else {}
     if study:

@@ -285,13 +285,14 @@ def test_convert_to_lower_depth_rate_and_training_samples_start_at_stored_depth(
 
     src = write_demo_episode(tmp_path / "data", seconds=1.0, fps=15.0, width=96, height=72, seed=0)
     res = _cli("convert", str(src), "--out", str(tmp_path / "small"), "--depth-every", "4", "--colour-preset",
-               "veryfast", "--colour-crf", "17", "--colour-tune", "psnr")
+               "veryfast", "--colour-crf", "17", "--colour-tune", "psnr", "--colour-gop", "8")
     assert res.returncode == 0, res.stderr
     [new] = F.list_episodes(tmp_path / "small" / src.parent.name)
     with EpisodeReader(src) as a, EpisodeReader(new) as b:
         n = a.num_frames
         assert b.num_frames == n and set(b.depth_every.values()) == {4}
-        assert b.meta["storage"]["colour_codec"]["preset"] == "veryfast" and b.meta["storage"]["colour_codec"]["tune"] == "psnr"
+        cc = b.meta["storage"]["colour_codec"]
+        assert (cc["preset"], cc["crf"], cc["tune"], cc["gop"]) == ("veryfast", 17, "psnr", 8)
         for c in a.camera_names:
             for k in range(n):
                 np.testing.assert_array_equal(b.raw_depth(c, k), a.raw_depth(c, k - k % 4))
@@ -309,6 +310,8 @@ def test_convert_to_lower_depth_rate_and_training_samples_start_at_stored_depth(
     finally:
         full.close()
         small.close()
+    info = _cli("info", str(new))
+    assert info.returncode == 0 and "video (depth every 4 frames)" in info.stdout, info.stdout
     bad = _cli("convert", str(src), "--out", str(tmp_path / "bad"), "--depth-every", "0")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "posevla dataset convert: episode depth_every=0: an integer in 1..30 (1: depth with every frame)"]

@@ -28,14 +28,14 @@ CAMS = ("head", "left_wrist")
 CALIB = {"head_camera.yaml": {"sha256": "a" * 64, "yaml": "schema_version: 1\n"}}
 
 
-def write_episodes(root: Path, lengths: list[int], storage: str = "video") -> list[Path]:
+def write_episodes(root: Path, lengths: list[int], storage: str = "video", depth_every: int = 1) -> list[Path]:
     out = []
     for e, n in enumerate(lengths):
         gens = {c: SyntheticRGBD(c, StreamConfig(64, 48), seed=10 * e + i) for i, c in enumerate(CAMS)}
         meta = {"instruction": f"stack the cups {e % 2}", "operator": "ana", "fps": 30.0, "calibration": CALIB,
                 "cameras": {c: f"SN{i}" for i, c in enumerate(CAMS)}}
         w = EpisodeWriter(root, "cups", meta, {c: g.intrinsics for c, g in gens.items()}, min_free_bytes=1,
-                          storage=storage)
+                          storage=storage, depth_every=depth_every)
         rng = np.random.default_rng(e)
         streams = {c: g.frames(n, unique=3) for c, g in gens.items()}
         for k in range(n):
@@ -98,6 +98,22 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
     chk = subprocess.run([sys.executable, "-m", "posevla.cli", "dataset", "check", str(tmp_path / "back")],
                          capture_output=True, text=True, timeout=300)
     assert chk.returncode == 0 and "2 episodes checked, 0 with problems" in chk.stdout, chk.stdout
+
+
+def test_round_trip_of_an_episode_with_depth_every_frames(tmp_path: Path) -> None:
+    """An episode whose depth was stored with every 3rd frame exports its held depth per frame (LeRobot has no
+    notion of a lower depth rate) and comes back with depth_every 3 and the same depth for every frame."""
+    [src] = write_episodes(tmp_path / "src", [8], depth_every=3)
+    from posevla.dataset.lerobot_io import export_lerobot
+    export_lerobot([src], tmp_path / "lerobot")
+    [back] = import_lerobot(tmp_path / "lerobot", tmp_path / "back", task="cups")
+    with EpisodeReader(src) as a, EpisodeReader(back) as b:
+        assert a.depth_every == b.depth_every == {"head": 3, "left_wrist": 3}
+        for c in CAMS:
+            for i in range(8):
+                np.testing.assert_array_equal(b.raw_depth(c, i), a.raw_depth(c, i))
+            packets = b._h[f"observations/depth/{F.CAMERA_KEYS[c]}"]
+            assert [len(packets[i]) > 0 for i in range(8)] == [i % 3 == 0 for i in range(8)]  # 3 packets, not 8
 
 
 def test_import_of_a_dataset_without_our_metadata(tmp_path: Path) -> None:

@@ -146,7 +146,7 @@ def test_storage_parameters_reach_the_episode_and_bad_ones_are_refused(tmp_path:
     assert bad.returncode == 2 and "Traceback" not in bad.stdout, bad.stdout
     assert "Parameter depth_every out of range. Min: 1, Max: 30, value: 0" in bad.stdout, bad.stdout
     rec = subprocess.Popen([*base, "-p", "depth_every:=3", "-p", "colour_preset:=veryfast", "-p", "colour_crf:=20",
-                            "-p", "colour_tune:=psnr"])
+                            "-p", "colour_tune:=psnr", "-p", "colour_gop:=8"])
     pub = subprocess.Popen([sys.executable, "-c", PUBLISHER, "120"])
     node = rclpy.create_node("recorder_probe_small", context=rclpy_context)
     ex = rclpy.executors.SingleThreadedExecutor(context=rclpy_context)
@@ -170,7 +170,8 @@ def test_storage_parameters_reach_the_episode_and_bad_ones_are_refused(tmp_path:
     with EpisodeReader(path) as ep:
         assert ep.num_frames >= 6 and ep.depth_every == {"head": 3, "left_wrist": 3}
         codec = ep.meta["storage"]["colour_codec"]
-        assert (codec["preset"], codec["crf"], codec["tune"], ep.meta["storage"]["depth_every"]) == ("veryfast", 20, "psnr", 3)
+        assert (codec["preset"], codec["crf"], codec["tune"], codec["gop"], ep.meta["storage"]["depth_every"]) == (
+            "veryfast", 20, "psnr", 8, 3)
         for i in range(ep.num_frames):
             src = ep.depth_source("head", i)
             assert src == i - i % 3

@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument("--colour-preset", choices=X264_PRESETS, default=d.preset, help="x264 preset of the colour streams")
     k.add_argument("--colour-crf", type=int, default=d.crf, help="x264 constant quality of the colour streams (0..51)")
     k.add_argument("--colour-tune", choices=X264_TUNES, default=d.tune, help="x264 tuning of the colour streams")
+    k.add_argument("--colour-gop", type=int, default=d.gop, help="frames between colour keyframes (1..300)")
     k.add_argument("--depth-every", type=int, default=1,
                    help="store the depth of every k-th frame only (1: all; 3: 10 Hz at 30 fps; docs/datasets.md)")
     xtrainer_import.add_parser(sub)
@@ -82,7 +83,9 @@ def _info(eps: list[Path]) -> int:
                 dur = ep.num_frames / float(m.get("fps") or 1)
                 short = {k: n for k, n in ep.stream_lengths().items() if n != ep.num_frames}
                 note = f", TRUNCATED streams {short}" if short else ""
-                print(f"{p}: {ep.num_frames} frames, {dur:.1f} s, {ep.storage}, {p.stat().st_size / 1e6:.1f} MB, "
+                every = max(ep.depth_every.values(), default=1)
+                storage = ep.storage + (f" (depth every {every} frames)" if every > 1 else "")
+                print(f"{p}: {ep.num_frames} frames, {dur:.1f} s, {storage}, {p.stat().st_size / 1e6:.1f} MB, "
                       f"task={m.get('task')!r}, instruction={m.get('instruction')!r}, success={m.get('success')}{note}")
         except (ValueError, OSError, KeyError) as exc:  # a truncated or damaged file: report it, go on
             unreadable += 1
@@ -113,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
             from posevla.dataset.convert import convert_episode
             eps = [e for p in args.paths for e in episodes_under(p)]
             for p in tqdm(eps, desc="converting", unit="episode", disable=len(eps) < 2):
-                codec = ColourCodec(preset=args.colour_preset, crf=args.colour_crf, tune=args.colour_tune)
+                codec = ColourCodec(preset=args.colour_preset, crf=args.colour_crf, tune=args.colour_tune,
+                                    gop=args.colour_gop)
                 print(f"{p} -> {convert_episode(p, args.out, storage=args.storage, colour_codec=codec, depth_every=args.depth_every)}")
             return 0
         eps = episodes_under(args.path)

@@ -310,8 +310,11 @@ def import_lerobot(dataset: Path, root: Path, task: str | None = None, episodes:
             meta["intrinsics_assumed"] = assumed
         names = {_camera_name(k): intr[k] for k in cam_keys}
         scale = {_camera_name(k): depth_scale[k] for k in cam_keys}
+        src_storage = src_meta.get("storage") if isinstance(src_meta.get("storage"), dict) else {}
+        # an episode exported with depth_every k (its held depth repeated in the video) comes back as it was
+        depth_every = int(src_storage.get("depth_every", 1)) if storage == "video" else 1
         w = EpisodeWriter(root, task, meta, names, depth_scale=next(iter(scale.values())), storage=storage,
-                          min_free_bytes=64 * 1024 * 1024)
+                          min_free_bytes=64 * 1024 * 1024, depth_every=depth_every)
         for i in range(n):
             arms = {}
             for k, a in enumerate(ARM_NAMES):

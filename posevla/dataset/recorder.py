@@ -46,6 +46,7 @@ class RecorderConfig:
     colour_preset: str = ColourCodec.preset  # x264 preset of the colour streams (storage "video")
     colour_crf: int = ColourCodec.crf  # x264 constant quality (lower: better and larger)
     colour_tune: str = ColourCodec.tune  # x264 tuning ("psnr": smaller at the same PSNR, more CPU)
+    colour_gop: int = ColourCodec.gop  # frames between keyframes (random access decodes at most this many)
     depth_every: int = 1  # store depth with every k-th frame only (1: all; docs/datasets.md "Smaller episodes")
 
     def __post_init__(self) -> None:
@@ -63,7 +64,7 @@ class RecorderConfig:
             raise ValueError(f"recorder depth_every={self.depth_every}: needs storage 'video' (got {self.storage!r})")
 
     def colour_codec(self) -> ColourCodec:
-        return ColourCodec(preset=self.colour_preset, crf=self.colour_crf, tune=self.colour_tune)
+        return ColourCodec(preset=self.colour_preset, crf=self.colour_crf, tune=self.colour_tune, gop=self.colour_gop)
 
 
 @dataclass

@@ -102,6 +102,7 @@ class RecorderNode(Node):
             "colour_preset": ("x264 preset of the colour streams (storage video)", X264_PRESETS),
             "colour_crf": ("x264 constant quality of the colour streams: lower is better and larger", (0, 51)),
             "colour_tune": ("x264 tuning of the colour streams (psnr: smaller at the same PSNR, more CPU)", X264_TUNES),
+            "colour_gop": ("frames between colour keyframes (random access decodes at most this many)", (1, 300)),
             "depth_every": ("store depth with every k-th frame only (1: all; 3: 10 Hz at 30 fps)", (1, 30)),
         }),
         "calibration_dir": ("", "calibration files copied into each episode (default: the installed calibration/)", None),
@@ -133,7 +134,8 @@ class RecorderNode(Node):
                                            p["reset_period_s"], calib_files,
                                            require_action=p["require_action"], storage=p["storage"],
                                            colour_preset=p["colour_preset"], colour_crf=p["colour_crf"],
-                                           colour_tune=p["colour_tune"], depth_every=p["depth_every"]))
+                                           colour_tune=p["colour_tune"], colour_gop=p["colour_gop"],
+                                           depth_every=p["depth_every"]))
         for path in self.rec.incomplete_on_start:
             self.get_logger().warning(f"incomplete episode from an earlier run kept aside: {path}")
         self._camera_inputs()
