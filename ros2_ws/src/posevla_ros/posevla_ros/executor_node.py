@@ -34,6 +34,7 @@ from posevla_ros.msg_conv import (
 )
 from posevla_ros.node_main import spin_node
 from posevla_ros.params import ParamSpec, declare_checked, reject_unknown
+from posevla_ros.qos import LATEST_STATE
 from posevla_ros.static_tf import broadcast_static, static_transforms
 
 
@@ -75,8 +76,8 @@ class ExecutorNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(MultiDOFJointTrajectory, "/policy/chunk", self._on_chunk, 10)
         for arm in self.robot.arms:
-            self.create_subscription(PoseStamped, f"/{arm}_arm/tcp_pose", lambda m, a=arm: self._on_tcp(a, m), 50)
-        self.create_subscription(JointState, "/joint_states", self._on_joint_states, 20)
+            self.create_subscription(PoseStamped, f"/{arm}_arm/tcp_pose", lambda m, a=arm: self._on_tcp(a, m), LATEST_STATE)
+        self.create_subscription(JointState, "/joint_states", self._on_joint_states, LATEST_STATE)
         # /estop (latched, default-QoS and best-effort senders alike) and the trigger/reset services
         self.estop = EstopLatch(self, "executor", self.chunks.estop, self.chunks.reset_estop)
         self.create_timer(1.0 / p["rate_hz"], self._tick)

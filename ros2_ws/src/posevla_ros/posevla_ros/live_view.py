@@ -39,6 +39,7 @@ from posevla_ros.msg_conv import (
 )
 from posevla_ros.node_main import spin_node
 from posevla_ros.params import ParamSpec, declare_checked
+from posevla_ros.qos import LATEST_STATE
 
 DEPTH_METER = {"16UC1": 1000.0, "mono16": 1000.0, "32FC1": 1.0}  # raw units per metre (RealSense: millimetres)
 
@@ -82,7 +83,7 @@ class LiveViewNode(Node):
             self.create_subscription(CameraInfo, f"/{cam}/color/camera_info", lambda m, c=cam: self._on_info(c, m),
                                      qos_profile_sensor_data)
         for arm in ARM_NAMES:
-            self.create_subscription(PoseStamped, f"/{arm}_arm/tcp_pose", lambda m, a=arm: self._on_tcp(a, m), 50)
+            self.create_subscription(PoseStamped, f"/{arm}_arm/tcp_pose", lambda m, a=arm: self._on_tcp(a, m), LATEST_STATE)
         self.create_subscription(MultiDOFJointTrajectory, "/policy/chunk", lambda m: self._on_chunk(m, "policy"), 10)
         self.create_subscription(MultiDOFJointTrajectory, "/executor/chunk_base",
                                  lambda m: self._on_chunk(m, "executor"), 10)

@@ -27,6 +27,7 @@ from posevla.types import ARM_NAMES, ArmState, CameraFrame, Observation, RobotSt
 from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import msg_to_image, msg_to_intrinsics, pose_to_T, time_to_ns
 from posevla_ros.params import declare_checked
+from posevla_ros.qos import LATEST_STATE
 
 
 class ObservationSource:
@@ -71,8 +72,9 @@ class ObservationSource:
                                      lambda m, c=cam: self._on_info(c, m), qos_profile_sensor_data)
         for arm in ARM_NAMES:
             node.create_subscription(PoseStamped, f"/{arm}_arm/tcp_pose",
-                                     lambda m, a=arm: self.histories[a].add(time_to_ns(m.header.stamp), pose_to_T(m.pose)), 50)
-        node.create_subscription(JointState, "/joint_states", self._on_joints, 50)
+                                     lambda m, a=arm: self.histories[a].add(time_to_ns(m.header.stamp), pose_to_T(m.pose)),
+                                     LATEST_STATE)  # newest first: a busy executor must not work through a backlog
+        node.create_subscription(JointState, "/joint_states", self._on_joints, LATEST_STATE)
 
     def _error(self, topic: str, why: str) -> None:
         self.errors[topic] += 1

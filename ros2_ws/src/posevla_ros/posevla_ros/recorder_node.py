@@ -36,13 +36,13 @@ from posevla.robot import state_codec
 from posevla_ros.msg_conv import msg_to_image, msg_to_intrinsics, ns_to_time, pose_to_T, time_to_ns
 from posevla_ros.node_main import spin_node
 from posevla_ros.params import ParamSpec, declare_checked, reject_unknown, spec_from_dataclass
+from posevla_ros.qos import LATEST_STATE
 
 ARMS = ("left", "right")
 
 # The recorder samples the newest message of each stream at its own rate, so a subscription keeps only the newest:
 # a deeper queue on a busy machine hands the tick a backlog (CI: joints stored 0.1 s older than the image beside them).
 NEWEST_SENSOR = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
-NEWEST_RELIABLE = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 LOCK_NAME = ".recorder.lock"
 
 
@@ -140,9 +140,9 @@ class RecorderNode(Node):
             self.get_logger().warning(f"incomplete episode from an earlier run kept aside: {path}")
         self._camera_inputs()
         for arm in ARMS:
-            self.create_subscription(PoseStamped, f"{arm}_arm/tcp_pose", lambda m, a=arm: self._tcp(a, m), NEWEST_RELIABLE)
-        self.create_subscription(JointState, "joint_states", self._joints, NEWEST_RELIABLE)
-        self.create_subscription(JointState, "xtrainer/servo_joint_command", self._action, NEWEST_RELIABLE)
+            self.create_subscription(PoseStamped, f"{arm}_arm/tcp_pose", lambda m, a=arm: self._tcp(a, m), LATEST_STATE)
+        self.create_subscription(JointState, "joint_states", self._joints, LATEST_STATE)
+        self.create_subscription(JointState, "xtrainer/servo_joint_command", self._action, LATEST_STATE)
         self.create_subscription(Joy, "teleop/buttons", self._buttons, 10)
         for name, fn in (("start", self.rec.start), ("stop_and_save", lambda: self.rec.stop_and_save(True)),
                          ("discard", self.rec.discard), ("rerecord_last", self.rec.rerecord_last),

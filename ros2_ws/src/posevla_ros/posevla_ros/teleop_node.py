@@ -26,6 +26,7 @@ from posevla_ros.graph import config_dir
 from posevla_ros.msg_conv import ns_to_time
 from posevla_ros.node_main import spin_node
 from posevla_ros.params import ParamSpec, declare_checked, reject_unknown, spec_from_dataclass
+from posevla_ros.qos import LATEST_STATE
 
 BUTTONS_PER_ARM = 8
 
@@ -74,7 +75,7 @@ class TeleopNode(Node):
                                durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
         self.state_pub = self.create_publisher(String, "teleop/state", state_qos)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(JointState, "joint_states", self._on_joint_states, 10)
+        self.create_subscription(JointState, "joint_states", self._on_joint_states, LATEST_STATE)
         self.create_service(Trigger, "teleop/resume", self._srv_resume)
         self.create_service(Trigger, "teleop/freeze", self._srv_freeze)
         self.dt = 1.0 / p["rate_hz"]
