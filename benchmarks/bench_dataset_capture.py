@@ -52,7 +52,8 @@ def _cpu_s(pid: int) -> float:
 
 
 def run(seconds: float, size: tuple[int, int], fps: float, slots: int, unique: int, storage: str,
-        stream_timeout_s: float) -> dict:
+        stream_timeout_s: float, recorder_kw: dict | None = None) -> dict:
+    """recorder_kw: further RecorderConfig fields (colour_preset, colour_crf, colour_tune, colour_gop, depth_every)."""
     prefix = f"pvb_{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
         ready = Path(tmp) / "ready"
@@ -66,7 +67,8 @@ def run(seconds: float, size: tuple[int, int], fps: float, slots: int, unique: i
                 raise RuntimeError(f"camera source failed: {src.stdout.read()[-2000:]}")
             rec = Recorder(RecorderConfig(Path(tmp) / "data", "bench", "bench", CAMS, fps=fps, require_action=False,
                                           reset_period_s=0.0, storage=storage, stream_timeout_s=stream_timeout_s,
-                                          calibration_files=tuple(sorted((REPO / "calibration").glob("*.yaml")))))
+                                          calibration_files=tuple(sorted((REPO / "calibration").glob("*.yaml"))),
+                                          **(recorder_kw or {})))
             cams = {c: SharedMemoryCamera(c, segment_name(prefix, c)) for c in CAMS}
             cr = CaptureRecorder(rec, cams)
             stop = threading.Event()
@@ -273,6 +275,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stream-timeout", type=float, default=RecorderConfig.stream_timeout_s,
                     help="the recorder stops the episode when a camera is silent this long (s)")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench", help="folder for dataset_capture.json")
+    ap.add_argument("--depth-every", type=int, default=1, help="composed path: store depth with every k-th frame")
+    ap.add_argument("--colour-preset", default=RecorderConfig.colour_preset, help="composed path: x264 preset")
+    ap.add_argument("--colour-crf", type=int, default=RecorderConfig.colour_crf, help="composed path: x264 crf")
+    ap.add_argument("--colour-tune", default=RecorderConfig.colour_tune, help="composed path: x264 tune")
+    ap.add_argument("--colour-gop", type=int, default=RecorderConfig.colour_gop, help="composed path: keyframe interval")
     ap.add_argument("--paths", choices=("composed", "dds", "both"), default="composed",
                     help="composed: capture+record in one process; dds: a camera_node-like publisher process per camera "
                          "-> DDS -> recorder_node; both: one after the other")
@@ -283,9 +290,16 @@ def main(argv: list[str] | None = None) -> None:
         if not lo <= v <= hi:
             print(f"bench_dataset_capture: {name}={v}: must be in {lo}..{hi}", file=sys.stderr)
             raise SystemExit(2)
+    kw = {"depth_every": a.depth_every, "colour_preset": a.colour_preset, "colour_crf": a.colour_crf,
+          "colour_tune": a.colour_tune, "colour_gop": a.colour_gop}
+    try:
+        RecorderConfig(Path("."), "t", "i", **kw)
+    except ValueError as exc:
+        print(f"bench_dataset_capture: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     r = None
     if a.paths != "dds":
-        r = run(a.seconds, tuple(a.size), a.fps, a.slots, a.unique, a.storage, a.stream_timeout)
+        r = run(a.seconds, tuple(a.size), a.fps, a.slots, a.unique, a.storage, a.stream_timeout, kw)
         report(r, a)
     dds = None
     if a.paths != "composed":
@@ -299,7 +313,8 @@ def main(argv: list[str] | None = None) -> None:
 def report(r: dict, a: argparse.Namespace) -> None:
     expected = a.fps * r["seconds"]
     print(f"capture+record in one process, {len(CAMS)} x {a.size[0]}x{a.size[1]} RGB-D at {a.fps:.0f} Hz from a camera "
-          f"process (shared memory, {a.slots} slots), {a.storage} storage, {r['seconds']:.1f} s")
+          f"process (shared memory, {a.slots} slots), {a.storage} storage (colour {a.colour_preset} crf {a.colour_crf} "
+          f"gop {a.colour_gop} {a.colour_tune}, depth every {a.depth_every} frames), {r['seconds']:.1f} s")
     print(f"sets recorded {r['sets_recorded']} ({r['sets_per_s']:.2f}/s, {expected:.0f} expected at {a.fps:.0f} Hz); "
           f"episode frames {r['episode_frames']}, {r['episode_mb']:.0f} MB; writer refused {r['writer_rejected']}")
     if r["aborted"]:
