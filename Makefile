@@ -26,6 +26,7 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check posevla ros2_ws/src tests benchmarks
+	$(VENV)/bin/mypy
 
 colcon: setup
 	source $(VENV)/bin/activate && cd ros2_ws && colcon build --base-paths src ../ --build-base /tmp/posevla_colcon_build --install-base install

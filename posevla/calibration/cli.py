@@ -203,7 +203,7 @@ def _handeye(args: argparse.Namespace) -> int:
     p, q = se3.pos_quat_from_T(rep.X)
     print(f"  T_{parent}_{args.camera}: xyz {np.round(p, 4).tolist()} m, quaternion xyzw {np.round(q, 5).tolist()}")
 
-    ratios = [s.depth_ratio[i] for i in rep.used if s.depth_ratio[i] is not None]
+    ratios = [r for i in rep.used if (r := s.depth_ratio[i]) is not None]
     depth_ratio = float(np.median(ratios)) if ratios else None
     if depth_ratio is None:
         print("depth scale check: no valid depth at the board corners, not checked")
@@ -216,6 +216,8 @@ def _handeye(args: argparse.Namespace) -> int:
         print(f"depth scale check: depth / PnP distance {depth_ratio:.3f} over {len(ratios)} views, within "
               f"{args.depth_tolerance:.0%}")
     res = rep.result
+    if res is None:
+        raise RuntimeError("calibration produced no result")  # calibrate() always sets it
     summ = res.summary
     if args.plot:
         _plot(args.plot, [s.frames[i] for i in rep.used], res, f"hand-eye residuals, {args.camera} ({kind}, refined)")

@@ -63,7 +63,7 @@ class CameraToBase:
             if calib.parent_frame != "base_link":
                 raise ValueError(f"{calib.path}: eye-to-hand parent {calib.parent_frame} is not base_link")
             return calib.T_parent_child
-        history = self.histories.get(calib.arm)
+        history = self.histories.get(calib.arm) if calib.arm is not None else None
         if history is None:
             raise ValueError(f"no TCP pose history for the {calib.arm} arm (camera {frame_id})")
         try:

@@ -31,11 +31,27 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
 from posevla.dataset.recorder import Recorder
 from posevla.types import CameraFrame
+
+
+class CaptureCamera(Protocol):
+    """What the capture threads need of a camera object (RealSenseCamera, SharedMemoryCamera)."""
+
+    pipeline: Any  # None until connected
+    serial: str
+
+    def connect(self) -> None: ...
+
+    def read(self, timeout_ms: int = ...) -> CameraFrame | None: ...
+
+    def disconnect(self) -> None: ...
+
+    def raw_depth_mm(self, frame: CameraFrame) -> np.ndarray: ...
 
 
 @dataclass
@@ -51,7 +67,7 @@ class CameraStats:
 class CaptureRecorder:
     """Camera threads + set assembly around one `Recorder` (see the module doc)."""
 
-    def __init__(self, recorder: Recorder, cameras: dict[str, object], preview_hz: float = 0.0,
+    def __init__(self, recorder: Recorder, cameras: dict[str, CaptureCamera], preview_hz: float = 0.0,
                  preview: Callable[[str, CameraFrame, np.ndarray], None] | None = None,
                  clock_ns: Callable[[], int] = time.time_ns, keep_latency: int = 100_000, max_pending: int = 8) -> None:
         missing = [c for c in recorder.cfg.cameras if c not in cameras]

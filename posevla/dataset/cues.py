@@ -51,6 +51,7 @@ def play(cue: str) -> str:
     if player and sound_device_present():
         proc = subprocess.Popen([player, "-q", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
+        assert proc.stdin is not None  # stdin=PIPE
         try:
             proc.stdin.write(tone_wav(CUES[cue]))
             proc.stdin.close()

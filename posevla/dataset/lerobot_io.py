@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -255,7 +256,7 @@ def import_lerobot(dataset: Path, root: Path, task: str | None = None, episodes:
         if missing:
             raise ValueError(f"--episodes {missing}: not in {dataset} (has {len(eps)} episodes)")
         eps = eps[eps["episode_index"].isin(episodes)]
-    data_cache: dict[tuple[int, int], object] = {}
+    data_cache: dict[tuple[int, int], Any] = {}  # pandas DataFrames
     task = task or dataset.name
     written = []
     for _, ep in eps.iterrows():
@@ -310,10 +311,11 @@ def import_lerobot(dataset: Path, root: Path, task: str | None = None, episodes:
             meta["intrinsics_assumed"] = assumed
         names = {_camera_name(k): intr[k] for k in cam_keys}
         scale = {_camera_name(k): depth_scale[k] for k in cam_keys}
-        src_storage = src_meta.get("storage") if isinstance(src_meta.get("storage"), dict) else {}
+        src_storage = src_meta.get("storage")
         # an episode exported with depth_every k (its held depth repeated in the video) comes back as it was
-        depth_every = int(src_storage.get("depth_every", 1)) if storage == "video" else 1
-        w = EpisodeWriter(root, task, meta, names, depth_scale=next(iter(scale.values())), storage=storage,
+        depth_every = (int(src_storage.get("depth_every", 1)) if storage == "video" and isinstance(src_storage, dict)
+                       else 1)
+        writer = EpisodeWriter(root, task, meta, names, depth_scale=next(iter(scale.values())), storage=storage,
                           min_free_bytes=64 * 1024 * 1024, depth_every=depth_every)
         for i in range(n):
             arms = {}
@@ -322,11 +324,12 @@ def import_lerobot(dataset: Path, root: Path, task: str | None = None, episodes:
                     arms[a] = ArmState(se3.T_from_pos_quat(tcp[a][i][:3], tcp[a][i][3:]), state[i, k * 7:k * 7 + 6],
                                        float(state[i, k * 7 + 6]), int(stamp_robot[i]))
             cam_stamps = {c: int(col(f"observation.stamp_ns.{c}", stamp_frame)[i]) for c in names}
-            rec = FrameRecord(int(stamp_frame[i]), {c: colour[c][i] for c in names},
-                              {c: depth[c][i] if depth[c] is not None else np.zeros((names[c].height, names[c].width), np.uint16)
-                               for c in names}, cam_stamps, RobotState(arms, int(stamp_robot[i])), action[i],
+            depth_i = {c: np.zeros((names[c].height, names[c].width), np.uint16) if (d := depth[c]) is None else d[i]
+                       for c in names}
+            rec = FrameRecord(int(stamp_frame[i]), {c: colour[c][i] for c in names}, depth_i, cam_stamps,
+                              RobotState(arms, int(stamp_robot[i])), action[i],
                               qpos=state[i])  # joints as recorded, also where the source has no TCP poses
-            while not w.add_frame(rec):
+            while not writer.add_frame(rec):
                 time.sleep(0.002)
-        written.append(w.finish(success=bool(meta.get("success", True))))
+        written.append(writer.finish(success=bool(meta.get("success", True))))
     return written

@@ -179,6 +179,7 @@ class SharedMemoryCamera:
                         self.next_number += 1
                         self.frames += 1
                         depth_m = depth.astype(np.float32) * np.float32(self.depth_scale)  # as RealSenseCamera.read
+                        assert self._intrinsics is not None  # set by connect()
                         return CameraFrame(self.name, rgb, depth_m, self._intrinsics, stamp, optical_frame(self.name))
                 self.stale += 1  # overwritten while copying: try again from the current head
                 continue
@@ -189,6 +190,8 @@ class SharedMemoryCamera:
     def raw_depth_mm(self, frame: CameraFrame) -> np.ndarray:
         """Depth as realsense2_camera publishes it: uint16 millimetres (0 = invalid), as RealSenseCamera.raw_depth_mm."""
         d = frame.depth
+        if d is None:
+            raise ValueError(f"camera {self.name}: frame without depth")
         return np.where(np.isfinite(d) & (d > 0), np.round(d * 1000.0), 0).clip(0, 65535).astype(np.uint16)
 
     def disconnect(self) -> None:

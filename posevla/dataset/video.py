@@ -32,12 +32,24 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
+from av.video.codeccontext import VideoCodecContext
 
 COLOUR_ENCODERS = {"libx264": "h264"}  # encoder -> decoder
 COLOUR_PIX_FMTS = ("yuv444p", "yuv420p")
+
+
+def _video_context(codec: str, mode: Literal["r", "w"]) -> VideoCodecContext:
+    """A video codec context (av types CodecContext.create as the base class)."""
+    ctx = av.CodecContext.create(codec, mode)
+    if not isinstance(ctx, VideoCodecContext):
+        raise ValueError(f"codec {codec!r} is not a video codec")
+    return ctx
+
+
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium")
 X264_TUNES = ("none", "psnr", "ssim", "film", "grain")  # psycho-visual tuning, combined with zerolatency
 
@@ -83,7 +95,7 @@ class ColourEncoder:
         if spec.pix_fmt == "yuv420p" and (width % 2 or height % 2):
             raise ValueError(f"colour codec pix_fmt=yuv420p needs an even image size, got {width}x{height}")
         self.spec, self.width, self.height = spec, width, height
-        ctx = av.CodecContext.create(spec.encoder, "w")
+        ctx = _video_context(spec.encoder, "w")
         ctx.width, ctx.height, ctx.pix_fmt = width, height, spec.pix_fmt
         ctx.time_base = Fraction(1, 1000)
         ctx.framerate = Fraction(fps).limit_denominator(1001)
@@ -129,13 +141,13 @@ class ColourDecoder:
             raise ValueError("video stream does not start with a keyframe")
         self._n = len(keyframes)
         self._extradata = extradata
-        self._ctx: av.CodecContext | None = None
+        self._ctx: VideoCodecContext | None = None
         self._next = -1  # index of the packet the running decoder takes next
         self._last: tuple[int, np.ndarray] | None = None
         self.frames_decoded = 0
 
     def _restart(self, start: int) -> None:
-        ctx = av.CodecContext.create(self.codec, "r")
+        ctx = _video_context(self.codec, "r")
         ctx.width, ctx.height = self.width, self.height
         ctx.thread_count = 1
         if self._extradata:
@@ -151,15 +163,18 @@ class ColourDecoder:
         key = int(self.keyframe_index[np.searchsorted(self.keyframe_index, i, side="right") - 1])
         if self._ctx is None or not key <= self._next <= i:
             self._restart(key)
-        out = None
+        ctx = self._ctx
+        assert ctx is not None  # _restart made it
+        out: np.ndarray | None = None
         while self._next <= i:
-            frames = self._ctx.decode(av.Packet(self._packet(self._next)))
+            frames = ctx.decode(av.Packet(self._packet(self._next)))
             self.frames_decoded += len(frames)
             if len(frames) != 1:
                 raise ValueError(f"video packet {self._next} decoded to {len(frames)} frames (expected 1)")
             if self._next == i:
                 out = frames[0].to_ndarray(format="rgb24")
             self._next += 1
+        assert out is not None  # the loop decoded frame i
         self._last = (i, out)
         return out.copy()
 
@@ -247,6 +262,8 @@ def read_video_file(path: str | Path, start_s: float = 0.0, end_s: float | None 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         if start_s > 0:
+            if stream.time_base is None:
+                raise ValueError(f"{path}: video stream without a time base")
             container.seek(int(start_s / stream.time_base), stream=stream, backward=True, any_frame=False)
         eps = 0.5 / float(stream.average_rate or 30)
         for frame in container.decode(stream):

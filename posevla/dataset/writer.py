@@ -215,7 +215,7 @@ class EpisodeWriter:
         if self.storage == "video":
             rgb = np.ascontiguousarray(rgb, np.uint8)
             packet, key = self._colour_enc[name].encode(rgb)
-            out.update(video=np.frombuffer(packet, np.uint8), keyframe=key, crc=zlib.crc32(rgb))
+            out.update(video=np.frombuffer(packet, np.uint8), keyframe=key, crc=zlib.crc32(rgb.data))
         else:
             ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                                    [int(cv2.IMWRITE_JPEG_QUALITY), self.jpeg_quality])
@@ -271,8 +271,10 @@ class EpisodeWriter:
         self._q.put(None)
         self._worker.join(timeout_s)
         self._pool.shutdown(wait=True)
-        for enc in [*self._colour_enc.values(), *self._depth_enc.values()]:
-            enc.close()
+        for colour in self._colour_enc.values():
+            colour.close()
+        for depth in self._depth_enc.values():
+            depth.close()
 
     def finish(self, success: bool, extra_meta: dict | None = None) -> Path:
         """Flush, check and atomically publish the episode. Raises (leaving it in .incomplete/) on a problem."""

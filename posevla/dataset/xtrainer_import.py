@@ -177,7 +177,7 @@ def import_xtrainer(sources: list[Path], out_root: Path, task: str, instruction:
     calib = {}
     if calibration_dir is not None:
         calib = {c.path.name: {"sha256": file_sha256(c.path), "yaml": c.path.read_text()}
-                 for c in load_calibrations(calibration_dir).values()}
+                 for c in load_calibrations(calibration_dir).values() if c.path is not None}
     episodes = [read_vendor_episode(p) for p in files]  # check everything before writing anything
     for ep in episodes:
         for cam, frames in ep.images.items():
@@ -200,8 +200,8 @@ def import_xtrainer(sources: list[Path], out_root: Path, task: str, instruction:
                            "tool_index": robot.tool_index, "tool_mm_deg": list(robot.tool_mm_deg),
                            "gripper": "1 - vendor value; vendor qpos gripper is the leader's command, not measured",
                            "stamps": f"synthetic: start (file mtime) + k / {fps} s", "depth": "none (all 0)"}}
-        kw = {} if storage is None else {"storage": storage}
-        writer = EpisodeWriter(out_root, task, meta, cams, min_free_bytes=64 * 1024 * 1024, **kw)
+        writer = EpisodeWriter(out_root, task, meta, cams, min_free_bytes=64 * 1024 * 1024,
+                               storage="video" if storage is None else storage)
         try:
             for k in range(ep.qpos.shape[0]):
                 stamp = int(start_ns + round(k * 1e9 / fps))

@@ -20,6 +20,13 @@ from posevla.geometry.raymap import raymap
 from posevla.types import CameraFrame, ModelView, Observation, RobotState
 
 
+def _region(r: list[float] | tuple[float, ...]) -> tuple[float, float, float, float]:
+    """[x0, y0, x1, y1] as fractions of the image (a view crop)."""
+    if len(r) != 4:
+        raise ValueError(f"view crop {list(r)}: expected [x0, y0, x1, y1]")
+    return float(r[0]), float(r[1]), float(r[2]), float(r[3])
+
+
 class StaleObservation(ValueError):
     """The frames cannot make a trustworthy observation (too old, too far apart, inconsistent)."""
 
@@ -47,12 +54,12 @@ class ObservationBuilder:
 
     def _plan(self, name: str, w: int, h: int, region: list[float] | None = None) -> ViewTransform:
         if region is not None:  # a one-off region (training augmentation): not cached
-            return plan_region_resize_with_pad(w, h, tuple(region), self.cfg.image_size, self.cfg.image_size)
+            return plan_region_resize_with_pad(w, h, _region(region), self.cfg.image_size, self.cfg.image_size)
         vt = self._plans.get((name, w, h))
         if vt is None:
             size = self.cfg.image_size
             region = self.cfg.crops.get(name)
-            vt = (plan_region_resize_with_pad(w, h, tuple(region), size, size) if region is not None
+            vt = (plan_region_resize_with_pad(w, h, _region(region), size, size) if region is not None
                   else plan(self.cfg.resize_mode, w, h, size, size))
             self._plans[(name, w, h)] = vt
         return vt

@@ -132,6 +132,8 @@ class RealSenseCamera:
     def raw_depth_mm(self, frame: CameraFrame) -> np.ndarray:
         """Depth as realsense2_camera publishes it: uint16 millimetres (0 = invalid)."""
         d = frame.depth
+        if d is None:
+            raise ValueError(f"camera {self.cfg.name}: frame without depth")
         return np.where(np.isfinite(d) & (d > 0), np.round(d * 1000.0), 0).clip(0, 65535).astype(np.uint16)
 
     def disconnect(self) -> None:

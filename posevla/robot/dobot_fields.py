@@ -170,7 +170,7 @@ class FeedbackError(ValueError):
 def encode_feedback(**fields: object) -> bytes:
     """One packet with MessageSize and TestValue set and the given fields (names of FEEDBACK_FIELDS); others 0."""
     dt = feedback_dtype()
-    unknown = sorted(set(fields) - set(dt.names))
+    unknown = sorted(set(fields) - set(dt.names or ()))
     if unknown:
         raise KeyError(f"not feedback fields: {unknown}")
     pkt = np.zeros(1, dtype=dt)

@@ -422,12 +422,12 @@ class XTrainerDriver:
                 return self._refuse(arm, sp)
             if not np.allclose(sp.T_base_tcp, T_base_tcp, atol=1e-9):
                 self.shaped[arm] += 1
-            why = self._ik_check(arm, sp.T_base_tcp, meas.q)
-            if why:
-                return self._refuse(arm, why)
-            why = self._send(arm, "ServoP", sp, now)
-            if why:
-                return self._refuse(arm, why)
+            why_ik = self._ik_check(arm, sp.T_base_tcp, meas.q)
+            if why_ik:
+                return self._refuse(arm, why_ik)
+            why_sent = self._send(arm, "ServoP", sp, now)
+            if why_sent:
+                return self._refuse(arm, why_sent)
             self.refusals.pop(arm, None)
         if gripper is not None:
             self.command_gripper(arm, gripper)

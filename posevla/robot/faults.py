@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -140,7 +140,11 @@ class Rig:
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline and any(self.driver.arm_state(a) is None for a in self.cfg.arms):
             time.sleep(0.01)
-        self.T0 = {arm: self.driver.arm_state(arm).T_base_tcp.copy() for arm in self.cfg.arms}
+        states = {arm: self.driver.arm_state(arm) for arm in self.cfg.arms}
+        missing = [arm for arm, s in states.items() if s is None]
+        if missing:
+            raise RuntimeError(f"no feedback from the {missing} arm(s) within 10 s of connecting")
+        self.T0 = {arm: s.T_base_tcp.copy() for arm, s in states.items() if s is not None}
 
     def close(self) -> None:
         self.driver.close()
@@ -166,7 +170,7 @@ class Rig:
             time.sleep(period_s + (rng.uniform(-jitter_s, jitter_s) if jitter_s else 0.0) + stall)
 
 
-def goal_ahead(rig: Rig, arm: str, direction: np.ndarray, speed: float) -> Callable[[float], np.ndarray]:
+def goal_ahead(rig: Rig, arm: str, direction: np.ndarray | Sequence[float], speed: float) -> Callable[[float], np.ndarray]:
     """A goal moving from the start pose along `direction` at `speed` (m/s), as a fast policy would ask."""
     T0, d = rig.T0[arm], np.asarray(direction, float) / np.linalg.norm(direction)
 

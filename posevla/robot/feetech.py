@@ -205,8 +205,8 @@ class FeetechGripper:
                                  baudrate=baudrate, torque_limit=torque_limit, goal_speed=goal_speed,
                                  acceleration=acceleration, reply_timeout_s=reply_timeout_s)
         self._lock = threading.Lock()
-        self._port = None
-        self._ph = None
+        self._port: _PortHandler | None = None
+        self._ph: Any = None  # scservo_sdk.PacketHandler (untyped SDK)
         self.model_number: int | None = None
         self.status_error = 0  # error bits of the last status packet (overload while gripping is normal)
 

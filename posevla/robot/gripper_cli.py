@@ -85,7 +85,8 @@ def _move(args: argparse.Namespace) -> int:
     grip.open()
     try:
         grip.command_opening(args.opening)
-        deadline, last, still = time.monotonic() + args.timeout, None, 0
+        deadline, still = time.monotonic() + args.timeout, 0
+        last, _ = grip.read_position()
         while time.monotonic() < deadline and still < 5:
             pos, _ = grip.read_position()
             still = still + 1 if pos == last else 0

@@ -52,8 +52,8 @@ class ArmSim:
     kin: ArmKinematics = field(default_factory=ArmKinematics)
     lag_s: float = 0.04
     max_joint_speed: float = 3.0  # rad/s
-    q: np.ndarray = field(default=None)
-    q_target: np.ndarray = field(default=None)
+    q: np.ndarray = field(default=None)  # type: ignore[arg-type]  # set in __post_init__
+    q_target: np.ndarray = field(default=None)  # type: ignore[arg-type]  # set in __post_init__
     tool_index: int = 0  # the selected tool frame (Tool(i)); 0 = the flange
     tools: dict[int, np.ndarray] = field(default_factory=dict)  # SetTool(i, {x,y,z,rx,ry,rz}) -> T_flange_tool
     mode: int = P.MODE_DISABLED
@@ -164,9 +164,9 @@ class ArmSim:
                 if not self.kin.within_limits(q):
                     return self._alarm(ERROR_IK)
             else:
-                q = ik_solution
-                if q is None:
+                if ik_solution is None:
                     return self._alarm(ERROR_IK)
+                q = ik_solution
             self.q_target = q
             return 0, []
         return -10000, []  # unknown command
@@ -323,8 +323,8 @@ class XTrainerSimulator:
             link.symlink_to(bus.port)
             self.gripper_buses[arm] = bus
             self._links.append(link)
-        self.arms = {name: ArmSim(name, lag_s=lag_s, **({"kin": kinematics[name]} if kinematics and name in kinematics
-                                                        else {})) for name in hosts}
+        self.arms = {name: ArmSim(name, lag_s=lag_s) if not (kinematics and name in kinematics)
+                     else ArmSim(name, kinematics[name], lag_s=lag_s) for name in hosts}
         self.controllers = {name: ArmController(self.arms[name], host, **(ports or {}).get(name, {}))
                             for name, host in hosts.items()}
         self._running = True
