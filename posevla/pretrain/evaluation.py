@@ -151,8 +151,10 @@ def evaluate_grounding(policy, samples: list[PretrainSample], batch_size: int = 
     stats = DecodeStats(truncated=truncated)
     records = []
     for s, text in zip(samples, texts):
-        preds = decode_answer(text, s.category, policy.pose_tokenizer, stats)
-        records.append((s.category, f"{s.source}:{s.image_id}", preds, s.gt_boxes))
+        category = s.category
+        assert category is not None  # filtered above
+        preds = decode_answer(text, category, policy.pose_tokenizer, stats)
+        records.append((category, f"{s.source}:{s.image_id}", preds, s.gt_boxes))
     result = average_precision(records, iou_threshold)
     result.update({"questions": len(samples), "decode": stats.as_dict(), "examples": texts[:3],
                    "modalities": modalities})

@@ -44,6 +44,7 @@ stream position after n samples without decoding anything (how `posevla pretrain
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -247,13 +248,16 @@ class Mixture:
         rng = np.random.default_rng([int(self.rng.integers(2**31)), i])
         if isinstance(reader, EpisodeTrajectories):
             for k in reader.indices(rng, self.rank, self.world):
-                yield _Pending(lambda _shared, k=k, reader=reader: reader.sample(k, self.cfg, self.tok, self.views))
+                yield _Pending(functools.partial(self._trajectory_sample, reader, k))
         else:
             for img in _image_stream(reader, rng, self.rank, self.world):
                 cats = asked_categories(img, rng, spec.negatives)
                 shared = {"left": len(cats)}
                 for cat in cats:
-                    yield _Pending(lambda sh, img=img, cat=cat: self._grounding(img, cat, sh), shared)
+                    yield _Pending(functools.partial(self._grounding, img, cat), shared)
+
+    def _trajectory_sample(self, reader: EpisodeTrajectories, k: int, _shared: dict | None) -> PretrainSample:
+        return reader.sample(k, self.cfg, self.tok, self.views)
 
     def _grounding(self, img: AnnotatedImage, category: str, shared: dict) -> PretrainSample:
         if "view" not in shared:
@@ -291,7 +295,9 @@ def fit_values(specs: list[SourceSpec], max_items: int = 20000, seed: int = 0,
     """Camera-frame translations (N, 3) and sizes (M, 3) in metres from the sources' annotations (objects'
     box centres and sizes, trajectory TCP positions), without decoding any image. Also counts per source."""
     rng = np.random.default_rng(seed)
-    trans, sizes, counts = [], [], Counter()
+    trans: list = []
+    sizes: list = []
+    counts: Counter[str] = Counter()
     for spec in specs:
         reader = open_source(spec, arms)
         if isinstance(reader, EpisodeTrajectories):

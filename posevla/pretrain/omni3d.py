@@ -120,23 +120,27 @@ class Omni3DReader:
         for key in ("bbox2D_tight", "bbox2D_trunc", "bbox2D_proj"):
             b = a.get(key)
             if b is not None and len(b) == 4 and min(b) > -1 and b[2] > b[0] and b[3] > b[1]:
-                box2d = tuple(float(v) for v in b)
+                box2d = (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
                 break
         return Object3D(category, Box3D(se3.make_T(R, centre), size), box2d)
 
     def __len__(self) -> int:
+        return len(self._loaded_index())
+
+    def _loaded_index(self) -> list[tuple[int, str, np.ndarray, int, int]]:
         self._load_index()
-        return len(self._index)
+        assert self._index is not None  # _load_index sets it or raises
+        return self._index
 
     def __iter__(self) -> Iterator[AnnotatedImage]:
         return self.images()
 
     def images(self, order: np.ndarray | None = None) -> Iterator[AnnotatedImage]:
         """Images in file order (or the given order of indices)."""
-        self._load_index()
-        idx = range(len(self._index)) if order is None else order
+        index = self._loaded_index()
+        idx = range(len(index)) if order is None else order
         for i in idx:
-            image_id, rel, K, w, h = self._index[int(i)]
+            image_id, rel, K, w, h = index[int(i)]
             try:
                 intr = CameraIntrinsics.from_K(K, w, h, distortion_model="none", distortion=())
             except ValueError as exc:

@@ -280,6 +280,7 @@ def pretrain(args: argparse.Namespace) -> dict:
     for step in range(start, args.steps):
         flow_step = flow_data is not None and step_rng.random() < args.cotrain_flow
         if flow_step:  # flow matching on action chunks (no pose text: compute_loss gives the flow loss only)
+            assert flow_data is not None and flow_share is not None
             batch = policy.make_batch([flow_data[int(i)] for i in flow_rng.choice(flow_share, args.batch_size)])
         else:
             batch = policy.make_batch([s.sample for s in itertools.islice(data, args.batch_size)])

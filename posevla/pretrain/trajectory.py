@@ -9,7 +9,7 @@ camera c's frame through the robot's preprocessing; the answer lists each arm's 
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,7 @@ class _Episode:
 class EpisodeTrajectories:
     """(episode, frame, camera) -> trajectory samples. Opens episode files lazily, one reader per episode."""
 
-    def __init__(self, paths: list[str | Path], horizon: int = 10, dt_s: float = 0.1,
+    def __init__(self, paths: Sequence[str | Path], horizon: int = 10, dt_s: float = 0.1,
                  cameras: tuple[str, ...] | None = None, arms: tuple[str, ...] = ARM_NAMES,
                  name: str = "episodes", calibrations: dict[str, HandEyeCalibration] | None = None) -> None:
         """calibrations: {camera frame: calibration} for episodes that recorded none (e.g. imported from a public

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def marked_failed(path: Path) -> bool:
         return False
 
 
-def find_episodes(paths: list[str | Path], include_failed: bool = False) -> list[Path]:
+def find_episodes(paths: Sequence[str | Path], include_failed: bool = False) -> list[Path]:
     """Episode files from files and task folders (complete episodes only). Episodes found in a folder that
     are marked failed are left out unless `include_failed` (an operator who pressed "failure" does not want
     that take learned); a file named explicitly is always used."""
@@ -161,7 +162,7 @@ class _Episode:
 class EpisodeChunkDataset:
     """Indexable training samples over several episodes (one per frame, every `stride` frames)."""
 
-    def __init__(self, episodes: list[str | Path], cfg: PoseVLAConfig, stride: int = 1,
+    def __init__(self, episodes: Sequence[str | Path], cfg: PoseVLAConfig, stride: int = 1,
                  exclude_s: dict[Path, list[tuple[float, float]]] | None = None) -> None:
         """exclude_s: per episode file (resolved path), [t0, t1) intervals in seconds from its first robot stamp
         where no sample starts (see `read_exclude_segments`): e.g. a deliberately wrong approach whose chunks would
@@ -327,7 +328,9 @@ class EpisodeChunkDataset:
             e, t = self.index[i]
             ep = self._episodes[e]
             stamp = int(ep.ref_stamps[t])
-            T_base_ref = ep.builder.camera_to_base.T_base_cam(optical_frame(self.cfg.reference_view), stamp)
+            camera_to_base = ep.builder.camera_to_base
+            assert camera_to_base is not None  # built with one in __init__
+            T_base_ref = camera_to_base.T_base_cam(optical_frame(self.cfg.reference_view), stamp)
             arms = {a: ArmState(ep.tcp[a][t], np.zeros(6), float(ep.grippers[a][1][t]), int(ep.robot_stamps[t]))
                     for a in self.cfg.arms}
             states.append(self.inputs.state_vector(RobotState(arms, int(ep.robot_stamps[t])), T_base_ref))

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from posevla.model.batching import Batcher
+from posevla.model.batching import Batcher, TrainingSample
 
 
 class EpochBatchOrder(Sampler):
     """Batches of dataset indices for batch numbers start, start + 1, ..., start + count - 1."""
 
-    def __init__(self, indices: Sequence[int], batch_size: int, seed: int, start: int = 0,
+    def __init__(self, indices: Sequence[int] | np.ndarray, batch_size: int, seed: int, start: int = 0,
                  count: int | None = None) -> None:
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size, self.seed, self.start = int(batch_size), int(seed), int(start)
@@ -52,10 +53,19 @@ class EpochBatchOrder(Sampler):
         return self.count
 
 
+class SampleSource(Protocol):
+    """What BatchBuilder indexes: EpisodeChunkDataset, SampleCache, pre-training mixtures (len, [i]); those that
+    augment also have `augments` and `augmented(i, key)`."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> TrainingSample: ...
+
+
 class BatchBuilder(Dataset):
     """Index list -> collated CPU batch (float32 tensors), plus 'build_s': the seconds this batch took to build."""
 
-    def __init__(self, data: Dataset, batcher: Batcher) -> None:
+    def __init__(self, data: SampleSource, batcher: Batcher) -> None:
         self.data, self.batcher = data, batcher
 
     def __len__(self) -> int:
@@ -68,7 +78,8 @@ class BatchBuilder(Dataset):
         if isinstance(idx, tuple):
             b, idx = idx
             if getattr(self.data, "augments", False):
-                samples = [self.data.augmented(i, b * len(idx) + k) for k, i in enumerate(idx)]
+                augmented = self.data.augmented  # type: ignore[attr-defined]  # `augments` says it has one
+                samples = [augmented(i, b * len(idx) + k) for k, i in enumerate(idx)]
             else:
                 samples = [self.data[i] for i in idx]
         else:

@@ -68,6 +68,14 @@ def _lora_layers(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
+def language_model(model: nn.Module) -> nn.Module:
+    """The Gemma language model inside a PoseVLAPolicy (where LoRA adapters go)."""
+    lm = getattr(getattr(getattr(getattr(model, "pi0", None), "model", None), "vlm", None), "language_model", None)
+    if not isinstance(lm, nn.Module):
+        raise ValueError("model has no pi0.model.vlm.language_model (not a PoseVLAPolicy)")
+    return lm
+
+
 def apply_train_mode(model: nn.Module, mode: str, lora_rank: int = 16, lora_alpha: float | None = None) -> None:
     """Freeze the groups `mode` leaves out; for 'lora', inject adapters into the language model (in place)."""
     frozen = FROZEN_GROUPS[mode]
@@ -78,8 +86,8 @@ def apply_train_mode(model: nn.Module, mode: str, lora_rank: int = 16, lora_alph
 
         if lora_rank < 1:
             raise ValueError(f"--lora-rank must be >= 1, got {lora_rank}")
-        lm = model.pi0.model.vlm.language_model
-        config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank, lora_dropout=0.0, bias="none",
+        lm = language_model(model)
+        config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank,  # type: ignore[arg-type]  # float ok lora_dropout=0.0, bias="none",
                             target_modules=list(LORA_TARGETS))
         inject_adapter_in_model(config, lm)
         for name, p in lm.named_parameters():
@@ -160,7 +168,7 @@ def plan(model: nn.Module, mode: str, optimizer: str, lora_rank: int, frozen_byt
         else:
             trainable += p.numel()
     if mode == "lora":
-        for name, m in model.pi0.model.vlm.language_model.named_modules():
+        for name, m in language_model(model).named_modules():
             if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS:
                 trainable += lora_rank * (m.in_features + m.out_features)
     opt_bytes = 2 if optimizer == "adamw-8bit" else 8

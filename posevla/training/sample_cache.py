@@ -93,7 +93,7 @@ class SampleCache:
     def _encode(self, sample: TrainingSample) -> tuple[list[_View], TrainingSample, int]:
         views, n = [], 0
         for v in sample.observation.views.values():
-            key = (v.raymap.shape, v.intrinsics.width, v.intrinsics.height, v.intrinsics.fx, v.intrinsics.fy,
+            key: tuple = (v.raymap.shape, v.intrinsics.width, v.intrinsics.height, v.intrinsics.fx, v.intrinsics.fy,
                    v.intrinsics.cx, v.intrinsics.cy)
             known = self._raymaps.get(key)
             if known is None or not np.array_equal(known, v.raymap):
@@ -111,7 +111,8 @@ class SampleCache:
                     raise ValueError(f"view {v.name}: the depth prior's mask channel holds values other than 0 and 1")
                 n += units.nbytes + valid.nbytes
             n += rgb.nbytes
-            views.append(_View(dataclasses.replace(v, rgb=None, raymap=None, depth_prior=None), rgb, key, units,
+            hollow = dataclasses.replace(v, rgb=None, raymap=None, depth_prior=None)  # type: ignore[arg-type]
+            views.append(_View(hollow, rgb, key, units,
                                scale, valid))
         shell = dataclasses.replace(sample, observation=dataclasses.replace(sample.observation, views={}))
         return views, shell, n

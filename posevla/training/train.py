@@ -406,7 +406,7 @@ def train(args: argparse.Namespace) -> dict:
         print(f"[train] step {step} {summary_line(result)}", flush=True)
 
     def save(step: int, final: bool) -> None:
-        rngs = None
+        rngs: list | None = None
         if not final and world > 1:  # every rank's RNG goes into rank 0's resume state
             rngs = [None] * world
             torch.distributed.all_gather_object(rngs, rs.rng_state())
