@@ -13,7 +13,6 @@ Writes runs/bench/dataset.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posevla.calibration.files import episode_calibration_meta
 from posevla.dataset.reader import EpisodeReader
 from posevla.dataset.synthetic_streams import StreamConfig, SyntheticRGBD
 from posevla.dataset.video import ColourCodec, psnr
@@ -38,8 +38,7 @@ def record(root: Path, storage: str, codec: ColourCodec, seconds: float, fps: fl
     gens = {c: SyntheticRGBD(c, cfg, seed=i) for i, c in enumerate(CAMS)}
     n = int(round(seconds * fps))
     streams = {c: g.frames(n, unique=unique) for c, g in gens.items()}
-    calib = {f.name: {"sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "yaml": f.read_text()}
-             for f in sorted((REPO / "calibration").glob("*.yaml"))}  # so the training dataset can use the episode
+    calib = episode_calibration_meta(sorted((REPO / "calibration").glob("*.yaml")))  # so the training dataset can use the episode
     w = EpisodeWriter(root, f"bench_{storage}_{codec.preset}_{codec.crf}_{codec.gop}_{codec.tune}_{depth_codec}_{depth_every}",
                       {"instruction": "bench", "fps": fps, "calibration": calib}, {c: g.intrinsics for c, g in gens.items()},
                       min_free_bytes=256 * 1024 * 1024, storage=storage, colour_codec=codec, depth_codec=depth_codec,

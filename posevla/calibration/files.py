@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,16 @@ class HandEyeCalibration:
 
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def episode_calibration_meta(paths: Iterable[str | Path]) -> dict[str, dict[str, str]]:
+    """What an episode stores of the calibration in force (meta["calibration"]): file name -> {sha256, yaml}."""
+    return {Path(p).name: {"sha256": file_sha256(p), "yaml": Path(p).read_text()} for p in paths}
+
+
+def calibration_dir_meta(directory: str | Path) -> dict[str, dict[str, str]]:
+    """episode_calibration_meta of every calibration file `load_calibrations(directory)` accepts."""
+    return episode_calibration_meta(c.path for c in load_calibrations(directory).values() if c.path is not None)
 
 
 def load_calibrations(directory: str | Path, files: list[str] | None = None) -> dict[str, HandEyeCalibration]:

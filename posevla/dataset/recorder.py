@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from posevla.calibration.files import episode_calibration_meta
 from posevla.dataset import format as F
 from posevla.dataset.video import ColourCodec
 from posevla.dataset.writer import EpisodeWriter, FrameRecord
@@ -157,8 +158,7 @@ class Recorder:
         missing = [c for c in self.cfg.cameras if c not in self.latest.info]
         if missing:
             return Refusal(f"cannot start: no camera_info for {missing}")
-        calib = {p.name: {"sha256": __import__("hashlib").sha256(p.read_bytes()).hexdigest(), "yaml": p.read_text()}
-                 for p in self.cfg.calibration_files}
+        calib = episode_calibration_meta(self.cfg.calibration_files)
         meta = {"instruction": self.cfg.instruction, "operator": self.cfg.operator, "fps": self.cfg.fps,
                 "cameras": {c: self.cfg.camera_serials.get(c, "") for c in self.cfg.cameras}, "calibration": calib,
                 "software_version": "posevla 0.1.0", "start_time_ns": time.time_ns()}

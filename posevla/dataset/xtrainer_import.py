@@ -148,7 +148,7 @@ def import_xtrainer(sources: list[Path], out_root: Path, task: str, instruction:
     The kinematic model, tool frame and arm mountings are the robot YAML's (`kinematics`, `tool`, `arms`), so the
     imported TCP poses are of the same tool frame as the stack's. storage: the episode storage format (None: the
     writer's default)."""
-    from posevla.calibration.files import file_sha256, load_calibrations
+    from posevla.calibration.files import calibration_dir_meta
     from posevla.dataset.writer import EpisodeWriter, FrameRecord
     from posevla.robot.driver import XTrainerConfig
 
@@ -174,10 +174,7 @@ def import_xtrainer(sources: list[Path], out_root: Path, task: str, instruction:
     T_base_armbase = {a: robot.arms[a].T_base_armbase for a in ARM_NAMES}
     kin = {a: robot.arm_kinematics(a) for a in ARM_NAMES}
     intr = load_intrinsics(intrinsics_yaml)
-    calib = {}
-    if calibration_dir is not None:
-        calib = {c.path.name: {"sha256": file_sha256(c.path), "yaml": c.path.read_text()}
-                 for c in load_calibrations(calibration_dir).values() if c.path is not None}
+    calib = calibration_dir_meta(calibration_dir) if calibration_dir is not None else {}
     episodes = [read_vendor_episode(p) for p in files]  # check everything before writing anything
     for ep in episodes:
         for cam, frames in ep.images.items():

@@ -8,12 +8,13 @@ accept leading batch dimensions.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.spatial.transform import Rotation, Slerp
 
 EULER_SEQ = "xyz"
 
 
-def make_T(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+def make_T(R: ArrayLike, t: ArrayLike) -> np.ndarray:
     """(...,3,3) rotation and (...,3) translation -> (...,4,4)."""
     R, t = np.asarray(R, dtype=float), np.asarray(t, dtype=float)
     T = np.zeros(R.shape[:-2] + (4, 4))

@@ -13,7 +13,6 @@ Training placements only (seeds --first-seed..; the held-out evaluation seeds st
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ def collect(checkpoint: Path, out: Path, episodes: int, first_seed: int, takeove
     (it holds no correction)."""
     import torch
 
-    from posevla.calibration.files import load_calibrations
+    from posevla.calibration.files import episode_calibration_meta, load_calibrations
     from posevla.dataset.writer import EpisodeWriter, FrameRecord
     from posevla.model.policy import PoseVLAPolicy
     from posevla.sim.rollout import DirectRollout, RolloutConfig
@@ -45,8 +44,7 @@ def collect(checkpoint: Path, out: Path, episodes: int, first_seed: int, takeove
     r = DirectRollout(policy, robot_yaml, calib_dir, RolloutConfig(trial_s=trial_s, width=width, height=height),
                       task=task)
     calibs = load_calibrations(calib_dir)
-    calib_meta = {c.path.name: {"sha256": hashlib.sha256(c.path.read_bytes()).hexdigest(), "yaml": c.path.read_text()}
-                  for c in calibs.values()}
+    calib_meta = episode_calibration_meta(c.path for c in calibs.values() if c.path is not None)
     intr = {c: r.renderer.intrinsics(c) for c in r.renderer.camera_ids}
     rng = np.random.default_rng([seed, first_seed])
     root = out / "data"

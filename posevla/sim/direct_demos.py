@@ -23,7 +23,6 @@ Units: metres, radians, seconds; stamps in integer ns of simulated time.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import signal
 import sys
 import time
@@ -49,7 +48,7 @@ def record_demos(out: Path, episodes: int, first_seed: int, task_name: str = "pi
     first_index: episode numbers first_index.. (processes sharing one folder); default: after the folder's last."""
     import dataclasses
 
-    from posevla.calibration.files import load_calibrations
+    from posevla.calibration.files import calibration_dir_meta
     from posevla.dataset.writer import EpisodeWriter
     from posevla.sim.render import TwinRenderer
     from posevla.sim.tasks import make_task, scripted_demo
@@ -60,15 +59,15 @@ def record_demos(out: Path, episodes: int, first_seed: int, task_name: str = "pi
     calib_dir = calib_dir or calibration_dir()
     spec = TwinSpec.from_files(robot_yaml, calib_dir)
     task = make_task(task_name)
-    ranges = {k: tuple(v) for k, v in (("x_range", x_range_m), ("y_range", y_range_m)) if v is not None}
-    if ranges:
-        task = dataclasses.replace(task, **ranges)
+    if x_range_m is not None:
+        task = dataclasses.replace(task, x_range=(float(x_range_m[0]), float(x_range_m[1])))
+    if y_range_m is not None:
+        task = dataclasses.replace(task, y_range=(float(y_range_m[0]), float(y_range_m[1])))
     world = TwinWorld(spec, task)
     renderer = TwinRenderer(world, width, height)
     cams = list(renderer.camera_ids)
     intr = {c: renderer.intrinsics(c) for c in cams}
-    calib_meta = {c.path.name: {"sha256": hashlib.sha256(c.path.read_bytes()).hexdigest(), "yaml": c.path.read_text()}
-                  for c in load_calibrations(calib_dir).values()}
+    calib_meta = calibration_dir_meta(calib_dir)
     dt_s = world.model.opt.timestep
     tick_steps = max(1, int(round(0.01 / dt_s)))  # set-points every 10 ms, as a ServoJ stream
     frame_ns = int(round(1e9 / fps))
@@ -160,9 +159,11 @@ def record_demos_parallel(out: Path, episodes: int, first_seed: int, procs: int,
                *extra_args]
         children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
         start += n
-    lock, tails = threading.Lock(), [[] for _ in children]
+    lock = threading.Lock()
+    tails: list[list[str]] = [[] for _ in children]
 
     def pump(k: int, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:
             tails[k] = [*tails[k][-2:], line.rstrip()]
             with lock:

@@ -76,7 +76,9 @@ def write_dataset(out: str | Path, scenes: int, split: str, first_seed: int, cam
     q_home = world.arms[arm].q.copy()
     rng = np.random.default_rng([rng_seed, first_seed])
     size = np.full(3, 2.0 * spec.cube_half_m)
-    images, annotations, written = [], [], {c: 0 for c in cameras}
+    images: list = []
+    annotations: list = []
+    written = {c: 0 for c in cameras}
     iterator = range(first_seed, first_seed + scenes)
     if progress:
         from tqdm import tqdm
@@ -106,7 +108,7 @@ def write_dataset(out: str | Path, scenes: int, split: str, first_seed: int, cam
                 rgb, depth = renderer.render(cam)
                 frame = optical_frame(cam)
                 calib = calibs[frame]
-                T_base_cam = (calib.T_parent_child if calib.kind == "eye_to_hand"
+                T_base_cam = (calib.T_parent_child if calib.kind == "eye_to_hand" or calib.arm is None
                               else world.T_base_tcp(calib.arm) @ calib.T_parent_child)
                 T_cam_cube = se3.invert_T(T_base_cam) @ T_base_cube
                 intr = renderer.intrinsics(cam)

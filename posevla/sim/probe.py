@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -111,12 +112,13 @@ def run_probe(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
 
     class _Holder:  # what the rollout needs of a policy before the scripted one exists
-        config = None
+        def __init__(self, config: PoseVLAConfig) -> None:
+            self.config = config
 
+    holder: Any
     if args.policy == "scripted":
-        holder = _Holder()
-        holder.config = PoseVLAConfig.from_yaml(args.checkpoint / "config.yaml" if args.checkpoint
-                                                else default_path("models", "closed_loop.yaml"))
+        holder = _Holder(PoseVLAConfig.from_yaml(args.checkpoint / "config.yaml" if args.checkpoint
+                                                 else default_path("models", "closed_loop.yaml")))
     else:
         from posevla.model.policy import PoseVLAPolicy
 

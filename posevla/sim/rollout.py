@@ -147,7 +147,9 @@ class DirectRollout:
         q_seed = {a: world.arms[a].q.copy() for a in world.arms}
         T_armbase_base = {a: se3.invert_T(T) for a, T in self.spec.T_base_armbase.items()}
         cube0 = world.cube_pose()[:3, 3].copy()
-        travel, last_p, chunks, frames, trace = 0.0, None, 0, [], []
+        travel, last_p, chunks = 0.0, None, 0
+        frames: list = []
+        trace: list = []
         min_grasp = float("inf")
         start_ns = now_ns()
         end_ns = start_ns + int(cfg.trial_s * 1e9)
@@ -247,6 +249,8 @@ class ScriptedPolicy:
         world, arm = self.rollout.world, self.rollout.robot_task_arm
         if self._t0 is None or self._paths is None or obs.stamp_ns < self._t0:
             self._t0 = obs.stamp_ns
+            if world.state is None:
+                raise RuntimeError("scripted policy: the world has no episode (call reset first)")
             if self.from_current:
                 from scipy.spatial.transform import Rotation
 

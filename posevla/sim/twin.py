@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.spatial.transform import Rotation
 
 from posevla.calibration.files import load_calibrations
@@ -134,7 +135,7 @@ class TwinSpec:
                    dict(getattr(robot, "grippers", {}) or {}))
 
 
-def _v(x: np.ndarray) -> str:
+def _v(x: ArrayLike) -> str:
     return " ".join(f"{float(v):.9g}" for v in np.ravel(x))
 
 

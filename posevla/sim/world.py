@@ -170,9 +170,11 @@ class TwinWorld:
         """An episode's start: arms home (moving), the task arm on to the task's start pose if it has one
         (`PickLiftTask.start_tcp_m`), then the cube placed for `seed`."""
         self.move_home()
-        if getattr(self.task, "start_tcp_m", None) is not None:
+        if isinstance(self.task, PickLiftTask) and self.task.start_tcp_m is not None:
             arm = self.task.arm
-            self.move_joints({arm: start_joints(self.task, self.spec.T_base_armbase[arm], self.spec.kins[arm])})
+            q = start_joints(self.task, self.spec.T_base_armbase[arm], self.spec.kins[arm])
+            if q is not None:
+                self.move_joints({arm: q})
         return self.place(seed)
 
     def step(self, n: int = 1) -> None:

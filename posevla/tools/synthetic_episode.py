@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from posevla.calibration.files import load_calibrations
+from posevla.calibration.files import episode_calibration_meta, load_calibrations
 from posevla.dataset.writer import EpisodeWriter, FrameRecord
 from posevla.geometry import se3
 from posevla.geometry.intrinsics import CameraIntrinsics
@@ -63,8 +63,7 @@ def write_demo_episode(root: Path, task: str = "pick_red_cube", instruction: str
     meta = {"instruction": instruction, "operator": "synthetic", "fps": fps,
             "cameras": {c: f"SIM-{c.upper()}" for c in CAMERAS}, "software_version": "posevla 0.1.0",
             "start_time_ns": time.time_ns(),
-            "calibration": {c.path.name: {"sha256": __import__("hashlib").sha256(c.path.read_bytes()).hexdigest(),
-                                          "yaml": c.path.read_text()} for c in calibs.values()}}
+            "calibration": episode_calibration_meta(c.path for c in calibs.values() if c.path is not None)}
     writer = EpisodeWriter(root, task, meta, intr, min_free_bytes=64 * 1024 * 1024)
     t0 = time.time_ns()
     qpos_prev = None
