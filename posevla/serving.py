@@ -70,7 +70,10 @@ class AsyncPolicyRunner:
                     self._cond.wait(timeout=wait)
                 if not self._running:
                     return
-                obs, t_submit = self._pending
+                pending = self._pending
+                if pending is None:  # taken by stop()
+                    continue
+                obs, t_submit = pending
                 self._pending = None
             t0 = time.perf_counter()
             last_start = t0

@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             spec = importlib.util.spec_from_file_location(f"bench_{name}", available[name])
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load {available[name]}")
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             accepted = inspect.signature(module.main).parameters

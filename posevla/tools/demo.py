@@ -113,13 +113,13 @@ def _norm_from_episode(episode: Path, policy):
     from posevla.model.normalization import NormStats
 
     T_head_base = se3.invert_T(HandEyeCalibration.load(calibration_dir() / "head_camera.yaml").T_parent_child)
-    rows = []
+    vectors = []
     with EpisodeReader(episode) as ep:
         for i in range(ep.num_frames):
             st = ep.frame(i).state
-            rows.append(np.concatenate([pose_to_vector(T_head_base @ st.arms[a].T_base_tcp, st.arms[a].gripper)
-                                        for a in policy.config.arms]))
-    rows = np.asarray(rows)
+            vectors.append(np.concatenate([pose_to_vector(T_head_base @ st.arms[a].T_base_tcp, st.arms[a].gripper)
+                                           for a in policy.config.arms]))
+    rows = np.asarray(vectors)
     return NormStats.fit(rows, rows)
 
 

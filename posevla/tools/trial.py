@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -40,6 +41,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 OUTCOMES = ("success", "partial", "failure")
 CSV_FIELDS = ("trial", "block", "condition", "task", "outcome", "duration_s", "started_utc", "episode", "note")
@@ -169,7 +171,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def summarize(rows: dict[int, dict[str, str]], conditions: list[str]) -> list[dict[str, object]]:
+def summarize(rows: dict[int, dict[str, str]], conditions: list[str]) -> list[dict[str, Any]]:
     out = []
     for c in conditions:
         mine = [r for r in rows.values() if r["condition"] == c]
@@ -183,7 +185,7 @@ def summarize(rows: dict[int, dict[str, str]], conditions: list[str]) -> list[di
     return out
 
 
-def write_summary(out: Path, plan: Plan, rows: dict[int, dict[str, str]]) -> list[dict[str, object]]:
+def write_summary(out: Path, plan: Plan, rows: dict[int, dict[str, str]]) -> list[dict[str, Any]]:
     summary = summarize(rows, [c.name for c in plan.conditions])
     (out / "summary.json").write_text(json.dumps({"task": plan.task, "instruction": plan.instruction,
                                                   "trials_planned_per_condition": plan.trials,
@@ -268,7 +270,7 @@ class RosRig:
         self.accepting: tuple[str, ...] = ()  # what the runner waits for now; other presses are refused
         self._lock = threading.Lock()
         for name in ("start", *OUTCOMES, "abort"):
-            self.node.create_service(Trigger, f"trial/{name}", lambda req, res, n=name: self._on_service(n, res))
+            self.node.create_service(Trigger, f"trial/{name}", functools.partial(self._service_callback, name))
         self._clients: dict = {}
         self.sim_episode = ""
         self.sim_success = False
@@ -282,6 +284,9 @@ class RosRig:
             self.node.create_subscription(String, "sim/episode", lambda m: setattr(self, "sim_episode", m.data), latched)
             self.node.create_subscription(Bool, "sim/success", self._on_sim_success, 10)
         self.tty = sys.stdin.isatty()
+
+    def _service_callback(self, name: str, _request, res):
+        return self._on_service(name, res)
 
     def _on_service(self, name: str, res):
         with self._lock:
@@ -333,9 +338,10 @@ class RosRig:
             raise ConnectionError(f"policy node {self.policy_node!r} has no parameter services (is the graph running?)")
         fut = self.params.set_parameters([Parameter(k, value=v) for k, v in values.items()])
         self.spin(self.timeout_s, until=fut.done)
-        if not fut.done() or fut.result() is None:
+        answer = fut.result() if fut.done() else None
+        if answer is None:
             raise ConnectionError(f"policy node {self.policy_node!r} did not answer set_parameters within {self.timeout_s} s")
-        for (k, v), r in zip(values.items(), fut.result().results):
+        for (k, v), r in zip(values.items(), answer.results):
             if not r.successful:
                 raise ValueError(f"policy node refused {k}={v!r}: {r.reason}")
 
