@@ -153,8 +153,9 @@ def pi0_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], str]:
             raise ValueError(f"pi0 checkpoint weights {path} are corrupt or unreadable: {exc}") from exc
     out: dict[str, torch.Tensor] = {}
     lm_head = None
-    unknown = []
+    unknown: list[str] = []
     for key, value in raw.items():
+        name: str | None
         if fmt == "transformers":
             name = key
         else:

@@ -28,6 +28,7 @@ alike), the prediction is cut back, and the loss covers the robot's dimensions o
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
@@ -149,7 +150,8 @@ def build_pi0_config(cfg: PoseVLAConfig, vocab_size: int, image_token_id: int, i
     pi0 = PI0Config(vlm_config=vlm, dit_config={"model_type": "gemma", "vocab_size": vocab_size, **expert},
                     chunk_size=cfg.chunk_length, max_state_dim=width, max_action_dim=width,
                     num_inference_steps=cfg.flow_steps)
-    pi0.dit_config.vocab_size = 1  # the expert reads embeddings only: no (vocab x hidden) table is built for it
+    dit: Any = pi0.dit_config
+    dit.vocab_size = 1  # the expert reads embeddings only: no (vocab x hidden) table is built for it
     return pi0
 
 
@@ -167,7 +169,7 @@ class PoseVLAModel(nn.Module):
         self.fp32_buffers = keep_fp32_buffers(self)
 
     @property
-    def vlm(self) -> nn.Module:
+    def vlm(self) -> Any:  # transformers' PaliGemma model (Any: nn.Module.__getattr__ types submodules loosely)
         return self.pi0.model.vlm
 
     @property
@@ -190,7 +192,8 @@ class PoseVLAModel(nn.Module):
             tower.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        for layers in (self.vlm.language_model.layers, self.pi0.model.dit.layers):
+        pi0: Any = self.pi0
+        for layers in (self.vlm.language_model.layers, pi0.model.dit.layers):
             for layer in layers:
                 mlp = layer.mlp
                 if getattr(mlp, "_posevla_checkpointed", False):
@@ -340,7 +343,7 @@ class PoseVLAModel(nn.Module):
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training objective: flow matching on actions and/or NTP on pose sequences, whichever the batch has."""
         losses: dict[str, torch.Tensor] = {}
-        total = 0.0
+        total: torch.Tensor | float = 0.0
         if "actions" in batch:
             losses["fm_loss"] = self.flow_loss(batch)
             total = total + self.cfg.flow_weight * losses["fm_loss"]
@@ -349,6 +352,7 @@ class PoseVLAModel(nn.Module):
             total = total + self.cfg.ntp_weight * losses["ntp_loss"]
         if not losses:
             raise ValueError("batch has neither 'actions' nor 'ntp_ids': nothing to train on")
+        assert isinstance(total, torch.Tensor)  # at least one loss was added
         losses["loss"] = total
         return losses
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from posevla.model.network import PoseVLAModel, materialize_buffers
 from posevla.model.normalization import NormStats
 from posevla.model.pose_sequence import PoseTuple, parse_tuples_lenient
 from posevla.model.pose_tokens import PoseTokenizer
-from posevla.model.text_tokenizer import IMAGE_TOKEN, build_offline_tokenizer, extend_tokenizer
+from posevla.model.text_tokenizer import IMAGE_TOKEN, build_offline_tokenizer, extend_tokenizer, token_id
 from posevla.types import ActionChunk, ArmState, ModelView, Observation, RobotState
 
 
@@ -61,7 +62,7 @@ class PoseVLAPolicy:
         pose_tok = pose_tok or PoseTokenizer(cfg.num_pose_bins).with_default_edges()
         tokenizer = build_offline_tokenizer(pose_tok)
         torch.manual_seed(seed)
-        model = PoseVLAModel(cfg, len(tokenizer), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        model = PoseVLAModel(cfg, len(tokenizer), token_id(tokenizer, IMAGE_TOKEN),
                              tokenizer.pad_token_id, io_width)
         dev, auto_dtype = select_device(device)
         return cls(cfg, model, tokenizer, pose_tok, norm or NormStats.identity(cfg.state_dim, cfg.action_dim),
@@ -81,7 +82,8 @@ class PoseVLAPolicy:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path} is not a local PaliGemma directory: {exc}") from exc
-        v, t = pg_cfg.vision_config, pg_cfg.text_config
+        v: Any = pg_cfg.vision_config
+        t: Any = pg_cfg.text_config
         cfg = PoseVLAConfig.from_dict({
             "image_size": v.image_size, "patch_size": v.patch_size,
             "vision": {k: getattr(v, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
@@ -165,7 +167,7 @@ class PoseVLAPolicy:
         state[ckpt.EMBED_KEY] = _extend_rows(state[ckpt.EMBED_KEY], vocab)
         io_width = state["pi0.embed_action_time.action_in_proj.weight"].shape[1]
         with torch.device("meta"):
-            model = PoseVLAModel(cfg, vocab, tok.convert_tokens_to_ids(IMAGE_TOKEN), tok.pad_token_id, io_width)
+            model = PoseVLAModel(cfg, vocab, token_id(tok, IMAGE_TOKEN), tok.pad_token_id, io_width)
         model.geometry = GeometryEmbedding(cfg.patch_size, int(cfg.vision["hidden_size"]))  # new: zero output
         own = {k: v for k, v in model.state_dict().items() if not k.startswith("geometry.")}
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
@@ -199,7 +201,7 @@ class PoseVLAPolicy:
             tokenizer = AutoTokenizer.from_pretrained(path / ckpt.TOKENIZER, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise ValueError(f"tokenizer {path / ckpt.TOKENIZER} cannot be loaded: {exc}") from exc
-        image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        image_id = token_id(tokenizer, IMAGE_TOKEN)
         from safetensors import safe_open
 
         try:
@@ -215,7 +217,7 @@ class PoseVLAPolicy:
         dev, auto_dtype = select_device(device)
         policy = cls(cfg, model, tokenizer, pose_tok, norm, dev, dtype or auto_dtype)
         if compile:
-            policy.model.pi0 = torch.compile(policy.model.pi0)
+            policy.model.pi0 = torch.compile(policy.model.pi0)  # type: ignore[assignment]  # a compiled module
         return policy
 
     def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
@@ -252,9 +254,9 @@ class PoseVLAPolicy:
         arrays = self.batcher.observation_arrays([observation])
         batch = Batcher.to_torch(arrays, self.device, self.dtype)
         t1 = time.perf_counter()
-        actions = self.model.sample_actions(batch, self._noise(1, noise_seed), modalities=modalities,
+        sampled = self.model.sample_actions(batch, self._noise(1, noise_seed), modalities=modalities,
                                             reuse_prefix_cache=reuse_prefix_cache)
-        actions = actions[0].float().cpu().numpy()
+        actions = sampled[0].float().cpu().numpy()
         t2 = time.perf_counter()
         if not np.all(np.isfinite(actions)):
             raise ValueError("model produced NaN or inf actions")

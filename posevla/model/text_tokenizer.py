@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from posevla.model.pose_tokens import GROUPS, PoseTokenizer
 
@@ -36,7 +36,15 @@ def build_offline_tokenizer(pose_tok: PoseTokenizer) -> PreTrainedTokenizerFast:
     return tok
 
 
-def extend_tokenizer(tokenizer: PreTrainedTokenizerFast, pose_tok: PoseTokenizer) -> int:
+def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+    """The id of one token (transformers types convert_tokens_to_ids as int | list[int])."""
+    found = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(found, int):
+        raise ValueError(f"tokenizer has no single id for {token!r}: {found!r}")
+    return found
+
+
+def extend_tokenizer(tokenizer: PreTrainedTokenizerBase, pose_tok: PoseTokenizer) -> int:
     """Add the pose tokens (idempotent). Returns how many were new. Resize the model's embeddings after."""
     vocab = tokenizer.get_vocab()
     missing = [t for t in pose_tok.token_strings() if t not in vocab]
@@ -47,7 +55,8 @@ def extend_tokenizer(tokenizer: PreTrainedTokenizerFast, pose_tok: PoseTokenizer
 
 def pose_token_ids(tokenizer: PreTrainedTokenizerFast, pose_tok: PoseTokenizer) -> dict[str, np.ndarray]:
     """Token id of every bin, per group: {'rot': (N,), 'trans_xy': (N,), 'trans_z': (N,), 'size': (N,)}."""
-    ids = tokenizer.convert_tokens_to_ids(pose_tok.token_strings())
+    found = tokenizer.convert_tokens_to_ids(pose_tok.token_strings())
+    ids = found if isinstance(found, list) else [found]
     unk = tokenizer.unk_token_id
     if any(i is None or i == unk for i in ids):
         raise ValueError("tokenizer lacks pose tokens; call extend_tokenizer() first")

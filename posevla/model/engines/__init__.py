@@ -14,12 +14,16 @@ ENGINES = ("torch", "torch_graphs", "onnxruntime")
 
 def make_engine(policy, name: str, **options):
     """Build the named engine around a loaded PoseVLAPolicy; unknown names or options raise ValueError."""
+    cls: type
     if name == "torch":
-        from posevla.model.engines.torch_engines import EagerEngine as cls
+        from posevla.model.engines.torch_engines import EagerEngine
+        cls = EagerEngine
     elif name == "torch_graphs":
-        from posevla.model.engines.torch_engines import GraphEngine as cls
+        from posevla.model.engines.torch_engines import GraphEngine
+        cls = GraphEngine
     elif name == "onnxruntime":
-        from posevla.model.engines.onnx_engine import OnnxEngine as cls
+        from posevla.model.engines.onnx_engine import OnnxEngine
+        cls = OnnxEngine
     else:
         raise ValueError(f"engine {name!r} must be one of {list(ENGINES)}")
     try:

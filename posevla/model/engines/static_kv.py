@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +37,8 @@ from transformers.models.gemma.modeling_gemma import GemmaRotaryEmbedding
 from transformers.models.pi0.modeling_pi0 import PI0TimestepEmbeddings
 
 from posevla.model.network import PoseVLAModel
+
+HFModule = Any  # a transformers submodule: its attributes are submodules (nn.Module.__getattr__ types them loosely)
 
 # how the expert's flow step attends over the cache (fused path): "sdpa" = F.scaled_dot_product_attention (one fused
 # kernel; few thread blocks for ~400 folded query rows), "matmul" = scores as one batched GEMM with fp32 output
@@ -112,6 +115,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class StaticPi0(nn.Module):
     """Prefix / expert step / sampler of a PoseVLAModel over a static KV cache. Holds no weights of its own."""
 
+    rope_freq_prefix: torch.Tensor  # buffers (register_buffer in __init__)
+    rope_freq_expert: torch.Tensor
+    time_freq: torch.Tensor
+
     def __init__(self, model: PoseVLAModel, fused: bool = True, attention: str = "sdpa") -> None:
         super().__init__()
         if attention not in ATTENTION:
@@ -122,16 +129,18 @@ class StaticPi0(nn.Module):
         self.fused = fused
         self.attention = attention
         self._fp32_out_gemm = True  # baddbmm(..., out_dtype=float32) on bf16/fp16 CUDA inputs
-        pi0 = model.pi0
-        self.vlm_layers = model.vlm.language_model.layers
-        self.expert = pi0.model.dit
-        self.time_embed = pi0.embed_action_time
-        self.action_out = pi0.action_out_proj
-        text_cfg = model.vlm.language_model.config
-        self.n_layers = text_cfg.num_hidden_layers
-        self.n_heads = text_cfg.num_attention_heads
-        self.n_kv = text_cfg.num_key_value_heads
-        self.head_dim = text_cfg.head_dim
+        # transformers' submodules, typed as Any: nn.Module.__getattr__ gives `Tensor | Module` to a type checker
+        pi0: Any = model.pi0
+        vlm: Any = model.vlm
+        self.vlm_layers: Any = vlm.language_model.layers
+        self.expert: Any = pi0.model.dit
+        self.time_embed: Any = pi0.embed_action_time
+        self.action_out: Any = pi0.action_out_proj
+        text_cfg: Any = vlm.language_model.config
+        self.n_layers: int = text_cfg.num_hidden_layers
+        self.n_heads: int = text_cfg.num_attention_heads
+        self.n_kv: int = text_cfg.num_key_value_heads
+        self.head_dim: int = text_cfg.head_dim
         self.chunk = model.cfg.chunk_length
         # the expert's state/action projections may be wider than the robot's vectors (zero-padded in, cut out)
         self.action_dim = model.cfg.action_dim
@@ -157,7 +166,7 @@ class StaticPi0(nn.Module):
         self._residual_gemm = False
         if fused:
             with torch.no_grad():
-                def scale(norm: nn.Module) -> torch.Tensor:
+                def scale(norm: HFModule) -> torch.Tensor:
                     return (1.0 + norm.weight.detach().float()).contiguous()
 
                 self._vlm_norms = [(scale(la.input_layernorm), scale(la.post_attention_layernorm))
@@ -225,7 +234,7 @@ class StaticPi0(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
-    def _qkv(self, layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    def _qkv(self, layer: HFModule, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         attn = layer.self_attn
         b, n, _ = h.shape
@@ -235,7 +244,7 @@ class StaticPi0(nn.Module):
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     @staticmethod
-    def _rms(norm: nn.Module, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    def _rms(norm: HFModule, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
         """Gemma's RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + w) in fp32, cast back (one op when scale is given)."""
         if scale is None:
             return norm(x)
@@ -251,7 +260,7 @@ class StaticPi0(nn.Module):
         qk = qk * cos[:, :, None] + rotate_half(qk) * sin[:, :, None]
         return (qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2), qkv[:, :, nh + nkv:].transpose(1, 2))
 
-    def _finish_layer(self, layer: nn.Module, residual: torch.Tensor, attn_out: torch.Tensor,
+    def _finish_layer(self, layer: HFModule, residual: torch.Tensor, attn_out: torch.Tensor,
                       post_scale: torch.Tensor | None = None, gate_up: torch.Tensor | None = None) -> torch.Tensor:
         """residual + o_proj(attn) + MLP(norm(.)). Fused path: both residual adds inside the GEMMs (addmm) and,
         with `gate_up` (concatenated weights), the gate and up projections as one GEMM."""
@@ -512,7 +521,7 @@ class StaticSampler:
         self.core, self.shape, self.steps, self.device = core, shape, steps, device
         cfg = core.model.cfg
         s, b, nv = cfg.image_size, shape.batch, shape.views
-        f32 = dict(dtype=torch.float32, device=device)
+        f32: dict[str, Any] = dict(dtype=torch.float32, device=device)
         times, dts = euler_grid(steps)
         self.inputs: dict[str, torch.Tensor] = {
             "pixel_values": torch.zeros(b, nv, 3, s, s, **f32),
@@ -545,7 +554,7 @@ class StaticSampler:
             self.t_part = torch.zeros(b, 1, width, dtype=core.dtype, device=device)
         # replaced by a torch.compile'd version when asked (GraphEngine(compile=True), which sets `compiled`: then
         # every step runs the same code on copies of t_k and dt_k; uncompiled, the fused step reads views of them)
-        self.step = self._step_fused if core.fused else self._step
+        self.step: Callable[..., None] = self._step_fused if core.fused else self._step
         self.compiled = False
 
     def _write_prefix(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -113,7 +113,8 @@ class GraphEngine(Engine):
             shape = self.core.shape(1, key.views, key.prompt)
             sampler = StaticSampler(self.core, shape, self.config.flow_steps, self.device)
             if self.compile:
-                sampler.prefix = torch.compile(sampler.prefix, dynamic=False, backend=self.compile_backend)
+                sampler.prefix = torch.compile(  # type: ignore[method-assign]  # the compiled prefix replaces it
+                    sampler.prefix, dynamic=False, backend=self.compile_backend)
                 sampler.step = torch.compile(sampler.step, dynamic=False, backend=self.compile_backend)
                 sampler.compiled = True
             self._samplers[key] = sampler
