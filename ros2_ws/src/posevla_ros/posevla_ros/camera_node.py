@@ -61,11 +61,14 @@ class CameraNode(Node):
         self.create_timer(1.0, self._diag)
 
     def _loop(self) -> None:
+        camera = self.camera
+        if camera is None:
+            return
         while self._running and rclpy.ok():
-            if self.camera.pipeline is None:
+            if camera.pipeline is None:
                 try:
-                    self.camera.connect()
-                    self.status = f"streaming (serial {self.camera.serial})"
+                    camera.connect()
+                    self.status = f"streaming (serial {camera.serial})"
                     self.get_logger().info(f"{self.cfg.name}: {self.status}")
                 except ConnectionError as exc:
                     self.status = str(exc)
@@ -73,11 +76,11 @@ class CameraNode(Node):
                     time.sleep(1.0)
                     continue
             try:
-                frame = self.camera.read()
+                frame = camera.read()
             except ConnectionError as exc:
                 self.status = f"lost: {exc}; reconnecting"
                 self.get_logger().error(self.status)
-                self.camera.disconnect()
+                camera.disconnect()
                 self.reconnects += 1
                 continue
             if frame is None:
@@ -85,20 +88,23 @@ class CameraNode(Node):
                     self.status = "playback finished"
                 continue
             self.color_pub.publish(image_to_msg(frame.rgb, "rgb8", frame.stamp_ns, frame.frame_id))
-            self.depth_pub.publish(image_to_msg(self.camera.raw_depth_mm(frame), "16UC1", frame.stamp_ns, frame.frame_id))
+            self.depth_pub.publish(image_to_msg(camera.raw_depth_mm(frame), "16UC1", frame.stamp_ns, frame.frame_id))
             self.info_pub.publish(intrinsics_to_msg(frame.intrinsics, frame.stamp_ns, frame.frame_id))
             self.published += 1
             self._rate_window = [t for t in self._rate_window if t > time.monotonic() - 2.0] + [time.monotonic()]
 
     def _diag(self) -> None:
-        st = DiagnosticStatus(name=f"camera/{self.cfg.name}", hardware_id=self.camera.serial or self.cfg.serial)
+        camera = self.camera
+        if camera is None:
+            return
+        st = DiagnosticStatus(name=f"camera/{self.cfg.name}", hardware_id=camera.serial or self.cfg.serial)
         ok = self.status.startswith("streaming") or self.status == "playback finished"
         st.level = DiagnosticStatus.OK if ok else DiagnosticStatus.ERROR
         st.message = self.status
         st.values = [KeyValue(key=k, value=str(v)) for k, v in {
             "published": self.published, "rate_hz": round(len(self._rate_window) / 2.0, 1),
-            "stale_frames_skipped": self.camera.stale, "reconnects": self.reconnects,
-            "timestamp_domain": self.camera.domain}.items()]
+            "stale_frames_skipped": camera.stale, "reconnects": self.reconnects,
+            "timestamp_domain": camera.domain}.items()]
         msg = DiagnosticArray(status=[st])
         msg.header.stamp = ns_to_time(self.get_clock().now().nanoseconds)
         self.diag_pub.publish(msg)

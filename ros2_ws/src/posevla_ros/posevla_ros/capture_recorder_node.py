@@ -22,7 +22,7 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 
 from posevla.dataset import cues
-from posevla.dataset.capture_record import CaptureRecorder
+from posevla.dataset.capture_record import CaptureCamera, CaptureRecorder
 from posevla.dataset.shm_camera import SharedMemoryCamera, segment_name
 from posevla.perception.realsense import RealSenseConfig
 from posevla_ros.msg_conv import image_to_msg, intrinsics_to_msg, ns_to_time
@@ -60,6 +60,7 @@ class CaptureRecorderNode(RecorderNode):
         if abs(g["camera_fps"] - self.rec.cfg.fps) > 1e-6:
             raise ValueError(f"parameter fps={self.rec.cfg.fps} differs from camera_fps={g['camera_fps']}: "
                              "capture+record records every camera frame, so both rates must be the same")
+        objects: dict[str, CaptureCamera]
         if g["camera_source"] == "realsense":
             from posevla.perception.realsense import RealSenseCamera
 

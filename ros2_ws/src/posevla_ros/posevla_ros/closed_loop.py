@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rclpy
@@ -69,7 +70,7 @@ class SimProbe:
         self.node.create_subscription(PoseStamped, "/left_arm/tcp_pose", self._on_tcp, 50)
         self.policy_diag: dict[str, str] = {}  # the policy node's newest /diagnostics values (stage timings)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        self._clients: dict[str, object] = {}
+        self._clients: dict[str, Any] = {}  # service name -> rclpy client
         self.command: dict[str, tuple[np.ndarray, float]] = {}  # arm -> joint targets (rad), gripper (0..1)
         self._paths: tuple[dict[str, JointPath], float] | None = None  # (arm -> path, monotonic start) being played
         self.cmd_pub = self.node.create_publisher(JointState, "/xtrainer/servo_joint_command", 10)
@@ -158,7 +159,9 @@ class SimProbe:
         if not self.spin(timeout_s, done):
             raise StageError(f"/sim/reset {seed}: no /sim/episode confirmation within {timeout_s} s")
         self.success = None
-        return TaskState(seed, tuple(self.episode["cube_xy"]), float(self.episode["cube_yaw"]))
+        episode = self.episode
+        assert episode is not None  # `done` saw it
+        return TaskState(seed, (float(episode["cube_xy"][0]), float(episode["cube_xy"][1])), float(episode["cube_yaw"]))
 
     def fresh_success(self, timeout_s: float = 10.0) -> bool:
         self.success = None
@@ -387,7 +390,7 @@ def evaluate(checkpoint: Path, instruction: str, seeds: list[int], opts: GraphOp
                 r = probe.trigger(name, 60.0)
                 if not r.success:
                     raise StageError(f"{name} refused: {r.message}")
-            frames = []
+            frames: list = []
             probe.head = None  # the strip's first frame shows this trial's placement, not the last one's
             probe.spin(30.0, lambda: probe.head is not None)
             probe.chunks, probe.tcp_travel_m = 0, 0.0

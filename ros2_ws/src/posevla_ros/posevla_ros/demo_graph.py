@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rclpy
@@ -180,7 +181,8 @@ def main(args: list[str] | None = None) -> int:
     runner = GraphRunner(specs)
     print(f"[demo] starting the sim graph: {[s.name for s in runner.specs]}; CPU demo limits "
           f"{DEMO_OVERRIDES} (robot defaults: 0.5 s observations, 1.0 s chunks)", flush=True)
-    failure, died = "", {}
+    failure = ""
+    died: dict[str, int] = {}
     t_ready = t_end = time.monotonic()
     try:
         runner.start()
@@ -204,7 +206,7 @@ def main(args: list[str] | None = None) -> int:
     codes = runner.stop()
     cmd_t = np.array(mon.commands)
     refused, holds = mon.refused(), mon.holds(t_ready, t_end)
-    summary = {
+    summary: dict[str, Any] = {
         "duration_s": round(t_end - t_ready, 2),
         "chunks": len(mon.chunks),
         "chunks_accepted": sum(stamp in mon.accepted for _, stamp, _ in mon.chunks),

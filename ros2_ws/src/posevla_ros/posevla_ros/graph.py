@@ -98,7 +98,7 @@ def graph(setup: str, checkpoint: str = "", episode: str = "", instruction: str 
                               {k: v for k, v in (("checkpoint", checkpoint), ("instruction", instruction)) if v}))
         nodes.append(NodeSpec("executor_node", "executor", ["executor.yaml"] + (["xtrainer_sim.yaml"] if sim else [])))
         return nodes
-    ports = {f"{a}_port": f"{leader_dir}/{a}" for a in ("left", "right")} if leader_dir else {}
+    ports: dict[str, object] = {f"{a}_port": f"{leader_dir}/{a}" for a in ("left", "right")} if leader_dir else {}
     nodes.append(NodeSpec("teleop_node", "teleop", ["teleop.yaml"], ports))
     nodes.append(NodeSpec("recorder_node", "recorder", ["recorder.yaml"],
                           {k: v for k, v in (("task", task), ("instruction", instruction)) if v}))

@@ -107,6 +107,8 @@ class MujocoSimNode(Node):
 
     def _publish_episode(self) -> None:
         st = self.world.state
+        if st is None:
+            return  # no episode yet
         self.episode_pub.publish(String(data=json.dumps({
             "task": self.task_name, "seed": st.seed, "resets": self.world.resets, "cube_xy": list(st.cube_xy), "cube_yaw": st.cube_yaw,
             "instruction": self.world.task.instruction})))
@@ -123,9 +125,9 @@ class MujocoSimNode(Node):
             with self._reset_lock:
                 if self.grippers is not None and not self.grippers.open():  # the operator opens the grippers
                     self.get_logger().warning("reset: the simulated gripper buses did not take the open goal")
-                self.world.reset(seed)
+                st = self.world.reset(seed)
                 self._publish_episode()
-                self.get_logger().info(f"reset: seed {seed}, cube at {np.round(self.world.state.cube_xy, 3).tolist()}")
+                self.get_logger().info(f"reset: seed {seed}, cube at {np.round(st.cube_xy, 3).tolist()}")
         finally:
             self._resetting = False
 

@@ -14,8 +14,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from posevla_ros.params import ParamSpec, check_params_files, describe, in_force, reject_unknown
+
+if TYPE_CHECKING:
+    from rclpy.node import Node
 
 CONFIG_ERRORS = (ValueError, FileNotFoundError, ConnectionError)
 
@@ -45,9 +49,9 @@ def _quiet_shutdown() -> None:
         pass
 
 
-def spin_node(make_node: Callable[[], object], name: str, args: list[str] | None = None,
+def spin_node(make_node: Callable[[], Node], name: str, args: list[str] | None = None,
               params: ParamSpec | None = None, doc: str = "",
-              loop: Callable[[object, threading.Event], None] | None = None) -> None:
+              loop: Callable[[Any, threading.Event], None] | None = None) -> None:
     """Run one node. `params`: its parameter table, for --help; given, parameters the node never declared and
     params files without a section for it are refused. `loop(node, stop)`: run instead of spinning (e.g. a
     replay that publishes from the main thread), returning when `stop` is set or it is done."""
@@ -73,7 +77,8 @@ def spin_node(make_node: Callable[[], object], name: str, args: list[str] | None
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    node, refused, code = None, "", 0
+    node: Node | None = None
+    refused, code = "", 0
     try:
         node = make_node()
         if params is not None:  # converted nodes; the others keep rclpy's lenient behaviour until converted
@@ -91,6 +96,7 @@ def spin_node(make_node: Callable[[], object], name: str, args: list[str] | None
         node = None
         _quiet_shutdown()
         raise SystemExit(code)
+    assert node is not None  # made above, or the refusal exited
     started = True
     node.get_logger().info(in_force(node))
     executor = SingleThreadedExecutor()

@@ -21,6 +21,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from posevla.calibration.files import load_calibrations
 from posevla.calibration.transforms import CameraToBase, PoseHistory
 from posevla.geometry.depth import depth_to_metres
+from posevla.geometry.intrinsics import CameraIntrinsics
 from posevla.perception.observation_builder import BuilderConfig, ObservationBuilder, StaleObservation
 from posevla.perception.sync import make_synchronizer
 from posevla.types import ARM_NAMES, ArmState, CameraFrame, Observation, RobotState, optical_frame
@@ -59,7 +60,7 @@ class ObservationSource:
             CameraToBase(load_calibrations(calib_dir), self.histories) if need_state else None)
         self.sync = make_synchronizer([(c, k) for c in cams for k in ("color", "depth")], p["slop_s"],
                                       p["queue_size"], self._on_set)
-        self.info: dict[str, tuple[int, object]] = {}
+        self.info: dict[str, tuple[int, CameraIntrinsics]] = {}
         self.joints: dict[str, tuple[np.ndarray, float]] = {}
         self.errors: Counter[str] = Counter()
         self.last_stamp: dict[str, int] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
@@ -61,6 +62,8 @@ class PolicyNode(Node):
                                       "against 59/80); remote: the server's setting", (0.0, 1.0)),
         })
         ckpt = Path(p["checkpoint"])
+        self.policy: Any  # PoseVLAPolicy, or the remote server's description of it
+        self.engine: Any  # an Engine (posevla.model.engines) or a RemoteEngine: the same interface
         if p["remote"]:  # the model on another machine (posevla.remote_policy): same engine interface
             from posevla.remote_policy import RemoteEngine
 

@@ -12,11 +12,13 @@ every 10 s otherwise; /diagnostics carries the same figures.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +115,15 @@ class RecorderNode(Node):
         "sound_cues": (True, "play a tone on start, save and error", None),
     }
 
+    @property
+    def rec(self) -> Recorder:
+        if self._rec is None:
+            raise RuntimeError("recorder node: the recorder is not constructed")
+        return self._rec
+
     def __init__(self) -> None:
         super().__init__("recorder")
-        self.rec: Recorder | None = None
+        self._rec: Recorder | None = None  # set once the parameters are checked (None: cleanup after a refusal)
         self.lock: FolderLock | None = None
         p = declare_checked(self, self.PARAMS, dynamic=())
         reject_unknown(self)
@@ -129,7 +137,7 @@ class RecorderNode(Node):
         if not calib_files:
             raise ValueError(f"parameter calibration_dir: no calibration files (*.yaml) in {calib_dir}")
         self.lock = FolderLock(Path(p["root"]) / p["task"])
-        self.rec = Recorder(RecorderConfig(Path(p["root"]), p["task"], p["instruction"], tuple(p["cameras"]),
+        self._rec = Recorder(RecorderConfig(Path(p["root"]), p["task"], p["instruction"], tuple(p["cameras"]),
                                            p["operator"], p["fps"], p["stream_timeout_s"], p["target_episodes"],
                                            p["reset_period_s"], calib_files,
                                            require_action=p["require_action"], storage=p["storage"],
@@ -144,10 +152,13 @@ class RecorderNode(Node):
         self.create_subscription(JointState, "joint_states", self._joints, LATEST_STATE)
         self.create_subscription(JointState, "xtrainer/servo_joint_command", self._action, LATEST_STATE)
         self.create_subscription(Joy, "teleop/buttons", self._buttons, 10)
-        for name, fn in (("start", self.rec.start), ("stop_and_save", lambda: self.rec.stop_and_save(True)),
-                         ("discard", self.rec.discard), ("rerecord_last", self.rec.rerecord_last),
-                         ("mark_success", lambda: self.rec.mark(True)), ("mark_failure", lambda: self.rec.mark(False))):
-            self.create_service(Trigger, f"recorder/{name}", lambda req, res, f=fn: self._srv(f, res))
+        rec = self.rec
+        controls: dict[str, Callable[[], str]] = {
+            "start": rec.start, "stop_and_save": lambda: rec.stop_and_save(True), "discard": rec.discard,
+            "rerecord_last": rec.rerecord_last, "mark_success": lambda: rec.mark(True),
+            "mark_failure": lambda: rec.mark(False)}
+        for name, fn in controls.items():
+            self.create_service(Trigger, f"recorder/{name}", functools.partial(self._srv_request, fn))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0 / p["fps"], self._tick)
         self.create_timer(1.0, self._status)
@@ -177,6 +188,9 @@ class RecorderNode(Node):
     def _srv(self, fn, res):
         res.success, res.message = self._do(fn)
         return res
+
+    def _srv_request(self, fn, _request, res):
+        return self._srv(fn, res)
 
     def _buttons(self, m: Joy) -> None:
         actions = {"start_stop": self.rec.toggle,
@@ -258,8 +272,8 @@ class RecorderNode(Node):
         self.diag_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        if self.rec is not None and self.rec.writer is not None:
-            self.get_logger().warning(self.rec.abort("recorder shut down mid-episode"))
+        if self._rec is not None and self._rec.writer is not None:
+            self.get_logger().warning(self._rec.abort("recorder shut down mid-episode"))
         if self.lock is not None:
             self.lock.release()
         super().destroy_node()

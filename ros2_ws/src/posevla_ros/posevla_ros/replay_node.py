@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
@@ -31,7 +32,7 @@ from posevla_ros.node_main import spin_node
 from posevla_ros.params import ParamSpec, declare_checked, reject_unknown
 
 # rosbag2 message types the replay republishes, and their QoS (cameras: sensor data, like realsense2_camera)
-BAG_TYPES = {"sensor_msgs/msg/Image": (Image, qos_profile_sensor_data),
+BAG_TYPES: dict[str, tuple[type, Any]] = {  # type -> (message class, QoS)"sensor_msgs/msg/Image": (Image, qos_profile_sensor_data),
              "sensor_msgs/msg/CameraInfo": (CameraInfo, qos_profile_sensor_data),
              "sensor_msgs/msg/JointState": (JointState, 10),
              "geometry_msgs/msg/PoseStamped": (PoseStamped, 10)}
@@ -49,7 +50,8 @@ class ReplayNode(Node):
 
     def __init__(self) -> None:
         super().__init__("replay")
-        self.reader = self.bag = None
+        self.reader: EpisodeReader | None = None
+        self.bag: BagSource | None = None
         self.stop = threading.Event()  # set by node_main on SIGINT/SIGTERM: the play loop returns promptly
         p = declare_checked(self, self.PARAMS, dynamic=())
         reject_unknown(self)
@@ -61,9 +63,9 @@ class ReplayNode(Node):
             self._open_bag([t for t in p["topics"] if t])
             return
         self.bag = None
-        self.reader = EpisodeReader(p["episode"])
+        reader = self.reader = EpisodeReader(p["episode"])
         self.pubs = {}
-        for cam in self.reader.camera_names:
+        for cam in reader.camera_names:
             self.pubs[cam] = (
                 self.create_publisher(Image, f"{cam}/color/image_raw", qos_profile_sensor_data),
                 self.create_publisher(Image, f"{cam}/aligned_depth_to_color/image_raw", qos_profile_sensor_data),
@@ -71,28 +73,31 @@ class ReplayNode(Node):
         if p["publish_robot_state"]:
             self.tcp_pubs = {arm: self.create_publisher(PoseStamped, f"{arm}_arm/tcp_pose", 10) for arm in ("left", "right")}
             self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
-        self.get_logger().info(f"replaying {p['episode']} ({self.reader.num_frames} frames, cameras "
-                               f"{self.reader.camera_names}) at x{p['rate']}")
+        self.get_logger().info(f"replaying {p['episode']} ({reader.num_frames} frames, cameras "
+                               f"{reader.camera_names}) at x{p['rate']}")
 
     def _open_bag(self, topics: list[str]) -> None:
         self.reader = None
-        self.bag = BagSource(self.p["episode"], topics or None)
-        unsupported = sorted(t for t, ty in self.bag.types.items() if ty not in BAG_TYPES and (not topics or t in topics))
+        probe = BagSource(self.p["episode"], topics or None)
+        try:
+            types = dict(probe.types)
+        finally:
+            probe.close()
+        unsupported = sorted(t for t, ty in types.items() if ty not in BAG_TYPES and (not topics or t in topics))
         if topics and unsupported:
             raise ValueError(f"parameter topics: {unsupported} have types the replay cannot publish "
                              f"(supported: {sorted(BAG_TYPES)})")
-        keep = [t for t, ty in self.bag.types.items() if ty in BAG_TYPES and (not topics or t in topics)]
+        keep = [t for t, ty in types.items() if ty in BAG_TYPES and (not topics or t in topics)]
         if not keep:
             raise ValueError(f"{self.p['episode']}: no topic of a supported type ({sorted(BAG_TYPES)})")
         if unsupported:
             self.get_logger().warning(f"not replayed (unsupported types): {unsupported}")
-        self.bag.close()
-        self.bag = BagSource(self.p["episode"], keep)
-        self.bag_pubs = {}
+        bag = self.bag = BagSource(self.p["episode"], keep)
+        self.bag_pubs: dict[str, tuple[type, Any]] = {}
         for t in keep:
-            cls, qos = BAG_TYPES[self.bag.types[t]]
+            cls, qos = BAG_TYPES[bag.types[t]]
             self.bag_pubs[t] = (cls, self.create_publisher(cls, t, qos))
-        self.get_logger().info(f"replaying rosbag2 {self.p['episode']} ({self.bag.message_count} messages on "
+        self.get_logger().info(f"replaying rosbag2 {self.p['episode']} ({bag.message_count} messages on "
                                f"{keep}) at x{self.p['rate']}")
 
     def play_once(self) -> None:
@@ -100,7 +105,9 @@ class ReplayNode(Node):
             self._play_bag_once()
             return
         start_wall = time.monotonic()
-        for item in replay_schedule(self.reader, self.get_clock().now().nanoseconds, self.p["rate"], self.p["stamp_mode"]):
+        reader = self.reader
+        assert reader is not None  # an .h5 episode (a bag returned above)
+        for item in replay_schedule(reader, self.get_clock().now().nanoseconds, self.p["rate"], self.p["stamp_mode"]):
             delay = item.due_s - (time.monotonic() - start_wall)
             if self.stop.wait(max(delay, 0.0)):
                 return
@@ -108,8 +115,8 @@ class ReplayNode(Node):
                 stamp = cf.stamp_ns + item.stamp_shift_ns
                 color, depth, info = self.pubs[cam]
                 color.publish(image_to_msg(cf.rgb, "rgb8", stamp, cf.frame_id))
-                raw = self.reader.raw_depth(cam, item.index)
-                scale_mm = self.reader.depth_scale[cam] / 0.001
+                raw = reader.raw_depth(cam, item.index)
+                scale_mm = reader.depth_scale[cam] / 0.001
                 raw = raw if abs(scale_mm - 1) < 1e-9 else np.round(raw * scale_mm).clip(0, 65535).astype(np.uint16)
                 depth.publish(image_to_msg(raw, "16UC1", stamp, cf.frame_id))
                 info.publish(intrinsics_to_msg(cf.intrinsics, stamp, cf.frame_id))
@@ -126,12 +133,14 @@ class ReplayNode(Node):
 
     def _play_bag_once(self) -> None:
         start_wall, shift = time.monotonic(), None
-        for due_s, m in self.bag.schedule(self.p["rate"]):
+        bag = self.bag
+        assert bag is not None  # _open_bag made it
+        for due_s, m in bag.schedule(self.p["rate"]):
             delay = due_s - (time.monotonic() - start_wall)
             if self.stop.wait(max(delay, 0.0)):
                 return
             cls, pub = self.bag_pubs[m.topic]
-            msg = deserialize_message(m.data, cls)
+            msg: Any = deserialize_message(m.data, cls)
             if self.p["stamp_mode"] == "now":
                 if shift is None:
                     shift = self.get_clock().now().nanoseconds - m.log_time_ns

@@ -40,8 +40,9 @@ def broadcast_static(node: Node, transforms: list[TransformStamped]) -> bool:
         node.get_logger().info("tf2_ros is not installed: the calibration is not broadcast on /tf_static "
                                "(the stack reads the calibration files directly)")
         return False
-    node._static_tf_broadcaster = StaticTransformBroadcaster(node)  # keep it alive with the node
-    node._static_tf_broadcaster.sendTransform(transforms)
+    broadcaster = StaticTransformBroadcaster(node)
+    setattr(node, "_static_tf_broadcaster", broadcaster)  # keep it alive with the node  # noqa: B010
+    broadcaster.sendTransform(transforms)
     frames = ", ".join(f"{t.header.frame_id}->{t.child_frame_id}" for t in transforms)
     node.get_logger().info(f"/tf_static: {frames}")
     return True

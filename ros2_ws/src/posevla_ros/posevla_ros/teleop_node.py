@@ -58,7 +58,7 @@ class TeleopNode(Node):
         if unknown:
             raise ValueError(f"parameter arms: {unknown} not in {cfg.source} (has {sorted(cfg.arms)})")
         self.cfg, self.arm_names = cfg, tuple(p["arms"])
-        self.leaders: dict[str, LeaderArm | None] = dict.fromkeys(self.arm_names)
+        self.leaders = dict.fromkeys(self.arm_names)
         self._last_open_try = 0.0
         self._open_leaders()
         self.ctrl = TeleopController(self.arm_names, TeleopLimits(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import rclpy
 from std_srvs.srv import Trigger
@@ -24,7 +25,7 @@ def main(args: list[str] | None = None) -> int:
     rc = 0
     try:
         for name in ns.services:
-            cli = node.create_client(Trigger, name)
+            cli: Any = node.create_client(Trigger, name)
             if not cli.wait_for_service(timeout_sec=ns.timeout):
                 print(f"{name}: service not available after {ns.timeout} s", file=sys.stderr)
                 return 1
