@@ -32,7 +32,7 @@ from posevla_ros.node_main import spin_node
 from posevla_ros.params import ParamSpec, declare_checked, reject_unknown
 
 # rosbag2 message types the replay republishes, and their QoS (cameras: sensor data, like realsense2_camera)
-BAG_TYPES: dict[str, tuple[type, Any]] = {  # type -> (message class, QoS)"sensor_msgs/msg/Image": (Image, qos_profile_sensor_data),
+BAG_TYPES: dict[str, tuple[type, Any]] = {"sensor_msgs/msg/Image": (Image, qos_profile_sensor_data),
              "sensor_msgs/msg/CameraInfo": (CameraInfo, qos_profile_sensor_data),
              "sensor_msgs/msg/JointState": (JointState, 10),
              "geometry_msgs/msg/PoseStamped": (PoseStamped, 10)}
