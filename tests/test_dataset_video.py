@@ -260,6 +260,16 @@ def test_depth_every_keeps_every_kth_depth_bit_exact_in_a_third_of_the_bytes(tmp
         np.testing.assert_array_equal(b.array("stamps/head"), a.array("stamps/head"))  # colour stamps untouched
         assert b.frame(7).cameras["head"].depth.shape == (120, 160)
     assert check_episode(third).ok, check_episode(third).problems
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(third.read_bytes())
+    import h5py
+    with h5py.File(damaged, "r+") as h:
+        packets = h["observations/depth/cam_high"]
+        packets[4] = packets[3]  # a packet between stored frames
+        packets[6] = np.zeros(0, np.uint8)  # a stored frame without its packet
+    problems = check_episode(damaged).problems
+    assert problems == ["camera head: 1 frames that must store depth (depth_every 3) have none (first 6)",
+                        "camera head: 1 frames between stored depth have a depth packet (first 4)"], problems
     for kw, match in (({"depth_every": 0}, "depth_every=0"), ({"depth_every": 2.0}, "depth_every=2.0"),
                       ({"depth_every": 3, "depth_codec": "deflate"}, "depth_every=3: needs storage 'video' with "
                                                                       "depth_codec 'ffv1'"),

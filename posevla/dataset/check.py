@@ -1,4 +1,4 @@
-"""Episode checks: missing frames, timestamp gaps, NaNs, frozen cameras, missing calibration."""
+"""Episode checks: missing frames, timestamp gaps, NaNs, frozen cameras, missing calibration, the depth rate."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posevla.dataset import format as F
 from posevla.dataset.reader import EpisodeReader
 
 
@@ -72,6 +73,7 @@ def _check(ep: EpisodeReader, rep: EpisodeReport, gap_factor: float, frozen_fram
     for key, n in sorted(short.items()):
         if not key.startswith(("action", "observations/qpos", "observations/tcp_pose", "stamps/")):  # reported above
             rep.problems.append(f"{key}: {n} rows for {ep.num_frames} frames (missing frames)")
+    _check_depth_rate(ep, rep)
     for cam in ep.camera_names:
         digests = ep.frame_digests(cam)
         run, longest = 1, 1
@@ -80,3 +82,27 @@ def _check(ep: EpisodeReader, rep: EpisodeReport, gap_factor: float, frozen_fram
             longest = max(longest, run)
         if longest >= frozen_frames:
             rep.problems.append(f"camera {cam}: frozen for {longest} identical frames")
+
+
+def _check_depth_rate(ep: EpisodeReader, rep: EpisodeReport) -> None:
+    """Episodes with depth_every k > 1: a depth packet at every multiple of k and none between, and the rate the
+    metadata names. (Reads the packets; done only for such episodes, whose depth is small.)"""
+    storage = ep.meta.get("storage") if isinstance(ep.meta.get("storage"), dict) else {}
+    meta_k = int(storage.get("depth_every", 1))
+    for cam in ep.camera_names:
+        k = ep.depth_every.get(cam, 1)
+        if k != meta_k:
+            rep.problems.append(f"camera {cam}: depth stored every {k} frames, meta.storage.depth_every says {meta_k}")
+        if k == 1:
+            continue
+        ds = ep._h[f"observations/depth/{F.CAMERA_KEYS.get(cam, cam)}"]
+        stored = np.array([len(p) > 0 for s in range(0, ds.shape[0], 256) for p in ds[s:s + 256]], bool)
+        expected = np.arange(stored.size) % k == 0
+        missing, extra = np.flatnonzero(expected & ~stored), np.flatnonzero(~expected & stored)
+        if missing.size:
+            rep.problems.append(f"camera {cam}: {missing.size} frames that must store depth (depth_every {k}) have "
+                                f"none (first {int(missing[0])})")
+        if extra.size:
+            rep.problems.append(f"camera {cam}: {extra.size} frames between stored depth have a depth packet "
+                                f"(first {int(extra[0])})")
+
