@@ -49,6 +49,14 @@ def _quiet_shutdown() -> None:
         pass
 
 
+def set_from_signal_handler(event: threading.Event) -> None:
+    """Set `event` from a signal handler. Not event.set() there: the handler runs on the main thread between
+    bytecodes, possibly inside event.wait() while that holds the event's (non-reentrant) lock, and set() would
+    deadlock on it -- a replay looping on stop.wait() hung forever on SIGTERM in CI. A short thread sets it as
+    soon as the main thread lets go of the lock."""
+    threading.Thread(target=event.set, name="signal-stop", daemon=True).start()
+
+
 def spin_node(make_node: Callable[[], Node], name: str, args: list[str] | None = None,
               params: ParamSpec | None = None, doc: str = "",
               loop: Callable[[Any, threading.Event], None] | None = None) -> None:
@@ -71,7 +79,7 @@ def spin_node(make_node: Callable[[], Node], name: str, args: list[str] | None =
     started = False
 
     def on_signal(signum, frame) -> None:
-        stop.set()
+        set_from_signal_handler(stop)
         if not started:
             raise KeyboardInterrupt  # interrupt a slow constructor (model loading, connecting)
 
