@@ -33,8 +33,8 @@ ROWS = (
     ("all + ckpt", "all", True, "adamw-fused"),
     ("all + ckpt + 8bit", "all", True, "adamw-8bit"),
     ("no-vision + ckpt", "no-vision", True, "adamw-fused"),
-    ("lora (default)", "lora", False, "adamw-fused"),
-    ("lora + ckpt", "lora", True, "adamw-fused"),
+    ("lora", "lora", False, "adamw-fused"),
+    ("lora + ckpt (default on CUDA)", "lora", True, "adamw-fused"),
     ("expert", "expert", False, "adamw-fused"),
     ("expert + ckpt", "expert", True, "adamw-fused"),
 )
