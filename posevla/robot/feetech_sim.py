@@ -15,11 +15,9 @@ torque is enabled; an `obstacle` position stops a closing gripper there, as an o
 """
 from __future__ import annotations
 
-import os
-import select
-import threading
 import time
-import tty
+
+from posevla.robot.pty_bus import PtyBus
 
 HEADER = b"\xff\xff"
 BROADCAST = 0xFE
@@ -104,7 +102,7 @@ class _Servo:
                 self.mem[a] = b
 
 
-class FeetechBusSim:
+class FeetechBusSim(PtyBus):
     """Servos on one pty. ``positions``: {id: initial present position (steps)}."""
 
     def __init__(self, positions: dict[int, int], max_speed: float = 3000.0, model: int = 777) -> None:
@@ -112,22 +110,12 @@ class FeetechBusSim:
         self.servos = {i: _Servo(i, p, model) for i, p in positions.items()}
         self.max_speed = float(max_speed)
         self.obstacle: dict[int, tuple[float, float] | None] = {i: None for i in positions}
-        self.master, slave = os.openpty()
-        tty.setraw(slave)
-        tty.setraw(self.master)
-        self.port = os.ttyname(slave)
-        self._slave = slave
-        self.connected = True
         self.corrupt_replies = False
-        self.requests = 0
         self.checksum_errors = 0
         self.received: list[tuple[int, int, bytes]] = []  # (id, instruction, params) of valid packets
         self._t = time.monotonic()
-        self._lock = threading.Lock()
-        self._closed = False
-        self._wake_r, self._wake_w = os.pipe()
-        self._thread = threading.Thread(target=self._serve, daemon=True, name="feetech-sim")
-        self._thread.start()
+        super().__init__("feetech-sim")
+        self._start()
 
     # -- test handles --------------------------------------------------------------------------------------
     def position(self, servo_id: int) -> float:
@@ -160,28 +148,6 @@ class FeetechBusSim:
             here = self.servos[servo_id].pos
             self.obstacle[servo_id] = None if pos is None else (float(pos), 1.0 if here >= pos else -1.0)
 
-    def unplug(self) -> None:
-        """The adapter's cable comes out: nothing answers any more."""
-        self.connected = False
-
-    def plug_in(self) -> None:
-        self.connected = True
-
-    def close(self) -> None:
-        """Stop serving and release the pty (the port vanishes for whoever has it open). The serving thread closes
-        the master itself after it stopped reading, so a reused fd number can never be read by a stale thread."""
-        self.connected = False
-        if self._closed:
-            return
-        self._closed = True
-        os.write(self._wake_w, b"x")
-        self._thread.join(timeout=10.0)
-        for fd in (self._slave, self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
     # -- bus -----------------------------------------------------------------------------------------------
     def _advance(self) -> None:
         now = time.monotonic()
@@ -189,61 +155,41 @@ class FeetechBusSim:
         for i, s in self.servos.items():
             s.advance(dt, self.max_speed, self.obstacle[i])
 
-    def _serve(self) -> None:
-        try:
-            self._serve_until_closed()
-        finally:
-            os.close(self.master)
-
-    def _serve_until_closed(self) -> None:
-        buf = b""
+    def _consume(self, buf: bytes) -> bytes:
         while True:
-            ready, _, _ = select.select([self.master, self._wake_r], [], [])
-            if self._wake_r in ready:
-                return
-            try:
-                data = os.read(self.master, 1024)
-            except OSError:
-                return
-            if not data:
-                return
-            buf += data
-            while True:
-                start = buf.find(HEADER)
-                if start < 0:
-                    buf = buf[-1:]
-                    break
-                # FF FF FF ...: the header is the last FF FF before the id
-                while start + 2 < len(buf) and buf[start + 2] == 0xFF:
-                    start += 1
-                if len(buf) < start + 4:
-                    buf = buf[start:]
-                    break
-                length = buf[start + 3]
-                end = start + 4 + length
-                if length < 2:
-                    buf = buf[start + 2:]
-                    continue
-                if len(buf) < end:
-                    buf = buf[start:]
-                    break
-                pkt, buf = buf[start:end], buf[end:]
-                body = pkt[2:-1]
-                if checksum(body) != pkt[-1]:
-                    self.checksum_errors += 1
-                    continue  # a real servo stays silent
-                self.requests += 1
-                if self.connected:
-                    self._handle(body[0], body[2], bytes(body[3:]))
+            start = buf.find(HEADER)
+            if start < 0:
+                buf = buf[-1:]
+                break
+            # FF FF FF ...: the header is the last FF FF before the id
+            while start + 2 < len(buf) and buf[start + 2] == 0xFF:
+                start += 1
+            if len(buf) < start + 4:
+                buf = buf[start:]
+                break
+            length = buf[start + 3]
+            end = start + 4 + length
+            if length < 2:
+                buf = buf[start + 2:]
+                continue
+            if len(buf) < end:
+                buf = buf[start:]
+                break
+            pkt, buf = buf[start:end], buf[end:]
+            body = pkt[2:-1]
+            if checksum(body) != pkt[-1]:
+                self.checksum_errors += 1
+                continue  # a real servo stays silent
+            self.requests += 1
+            if self.connected:
+                self._handle(body[0], body[2], bytes(body[3:]))
+        return buf
 
     def _reply(self, servo_id: int, params: bytes, error: int = 0) -> None:
         out = packet(servo_id, error, params)
         if self.corrupt_replies:
             out = out[:-1] + bytes([out[-1] ^ 0x5A])
-        try:
-            os.write(self.master, out)
-        except OSError:
-            pass
+        self._write(out)
 
     def _handle(self, sid: int, inst: int, params: bytes) -> None:
         with self._lock:

@@ -7,11 +7,9 @@ status instruction 0x55, Present Position at address 132 (4 bytes) on X-series s
 """
 from __future__ import annotations
 
-import os
-import select
-import threading
 import time
-import tty
+
+from posevla.robot.pty_bus import PtyBus
 
 HEADER = bytes([0xFF, 0xFF, 0xFD, 0x00])
 INST_PING, INST_READ, INST_WRITE, INST_SYNC_READ, INST_STATUS = 0x01, 0x02, 0x03, 0x82, 0x55
@@ -58,22 +56,13 @@ def packet(dxl_id: int, inst: int, params: bytes) -> bytes:
     return raw + bytes([c & 0xFF, c >> 8])
 
 
-class DynamixelChainSim:
+class DynamixelChainSim(PtyBus):
     """Servos with a control table (4-byte Present Position at 132, 1-byte torque at 64) on a pty."""
 
     def __init__(self, ids: list[int]) -> None:
         self.table: dict[int, bytearray] = {i: bytearray(256) for i in ids}
-        self.master, slave = os.openpty()
-        tty.setraw(slave)
-        self.port = os.ttyname(slave)
-        self._slave = slave
-        self.connected = True
-        self.requests = 0
-        self._closed = False
-        self._wake_r, self._wake_w = os.pipe()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__("dynamixel-sim")
+        self._start()
 
     def set_position(self, dxl_id: int, ticks: int) -> None:
         with self._lock:
@@ -84,67 +73,25 @@ class DynamixelChainSim:
         with self._lock:
             self.table[dxl_id][address:address + len(data)] = data
 
-    def plug_in(self) -> None:
-        self.connected = True
-
-    def unplug(self) -> None:
-        """The USB cable comes out: nothing answers any more."""
-        self.connected = False
-
-    def close(self) -> None:
-        """Stop serving and release the pty. The serving thread closes the master itself once it stopped reading:
-        closing it from here could let a stale thread read the next simulator's reused fd number."""
-        self.connected = False
-        if self._closed:
-            return
-        self._closed = True
-        os.write(self._wake_w, b"x")
-        self._thread.join(timeout=10.0)
-        for fd in (self._slave, self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def _serve(self) -> None:
-        try:
-            self._serve_until_closed()
-        finally:
-            os.close(self.master)
-
-    def _serve_until_closed(self) -> None:
-        buf = b""
+    def _consume(self, buf: bytes) -> bytes:
         while True:
-            ready, _, _ = select.select([self.master, self._wake_r], [], [])
-            if self._wake_r in ready:
-                return
-            try:
-                data = os.read(self.master, 1024)
-            except OSError:
-                return
-            if not data:
-                return
-            buf += data
-            while True:
-                start = buf.find(HEADER)
-                if start < 0 or len(buf) < start + 7:
-                    break
-                length = buf[start + 5] | (buf[start + 6] << 8)
-                end = start + 7 + length
-                if len(buf) < end:
-                    break
-                pkt, buf = buf[start:end], buf[end:]
-                if crc16(pkt[:-2]) != (pkt[-2] | pkt[-1] << 8):
-                    continue  # corrupt: a real servo stays silent
-                self.requests += 1
-                if self.connected:
-                    self._handle(pkt[4], unstuff(pkt[7:-2]))
+            start = buf.find(HEADER)
+            if start < 0 or len(buf) < start + 7:
+                break
+            length = buf[start + 5] | (buf[start + 6] << 8)
+            end = start + 7 + length
+            if len(buf) < end:
+                break
+            pkt, buf = buf[start:end], buf[end:]
+            if crc16(pkt[:-2]) != (pkt[-2] | pkt[-1] << 8):
+                continue  # corrupt: a real servo stays silent
+            self.requests += 1
+            if self.connected:
+                self._handle(pkt[4], unstuff(pkt[7:-2]))
+        return buf
 
     def _reply(self, dxl_id: int, params: bytes, error: int = 0) -> None:
-        try:
-            os.write(self.master, packet(dxl_id, INST_STATUS, bytes([error]) + params))
-        except OSError:
-            pass
+        self._write(packet(dxl_id, INST_STATUS, bytes([error]) + params))
 
     def _handle(self, dxl_id: int, body: bytes) -> None:
         inst, params = body[0], body[1:]
