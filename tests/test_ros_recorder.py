@@ -96,6 +96,9 @@ def test_record_read_back_and_stream_loss(tmp_path: Path, rclpy_context) -> None
         press(8)  # start/stop on the right handle: start
         spin(ex, 1.0)
         press(0)  # start/stop on the left handle: stop and save
+        until = time.monotonic() + 10.0  # a loaded machine may handle the press late: wait for the file
+        while len(F.list_episodes(tmp_path / "stack")) < 2 and time.monotonic() < until:
+            spin(ex, 0.1)
         assert [p.name for p in F.list_episodes(tmp_path / "stack")] == ["episode_000000.h5", "episode_000001.h5"]
         assert call_trigger(node, ex, "/recorder/start").success
         pub.kill()  # the robot and cameras stop mid-episode
