@@ -83,3 +83,21 @@ def test_training_targets_are_offsets_from_the_state() -> None:
 def test_relative_positions_must_be_a_bool() -> None:
     with pytest.raises(ValueError, match="relative_positions"):
         PoseVLAConfig(relative_positions="yes")  # type: ignore[arg-type]
+
+
+def test_a_state_with_an_unmeasured_gripper_or_a_bad_pose_is_refused_naming_it() -> None:
+    cfg = _cfg(True)
+    policy = PoseVLAPolicy.from_config(cfg, seed=0, device="cpu")
+    obs = policy.synthetic_observation("pick up the red cube")
+    inputs = XTrainerInputs(cfg)
+    T_base_ref = inputs.reference_pose(obs)
+    arm = next(iter(obs.state.arms))
+    good = obs.state.arms[arm]
+    obs.state.arms[arm] = dataclasses.replace(good, gripper=float("nan"))
+    with pytest.raises(ValueError, match=f"robot state: {arm} gripper opening is not measured"):
+        inputs.state_vector(obs.state, T_base_ref)
+    T = good.T_base_tcp.copy()
+    T[0, 3] = np.inf
+    obs.state.arms[arm] = dataclasses.replace(good, T_base_tcp=T)
+    with pytest.raises(ValueError, match=f"robot state: {arm} arm TCP pose has NaN or inf"):
+        inputs.state_vector(obs.state, T_base_ref)

@@ -92,6 +92,11 @@ class XTrainerInputs:
             if arm not in state.arms:
                 raise ValueError(f"robot state has no {arm!r} arm (model arms: {list(self.cfg.arms)})")
             a = state.arms[arm]
+            if not np.all(np.isfinite(a.T_base_tcp)):
+                raise ValueError(f"robot state: {arm} arm TCP pose has NaN or inf")
+            if not np.isfinite(a.gripper):
+                raise ValueError(f"robot state: {arm} gripper opening is not measured (NaN: its bus reading is "
+                                 "missing or stale)")
             parts.append(pose_to_vector(T_ref_base @ a.T_base_tcp, a.gripper))
         vec = np.concatenate(parts)
         if not np.all(np.isfinite(vec)):

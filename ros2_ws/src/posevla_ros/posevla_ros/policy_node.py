@@ -99,6 +99,7 @@ class PolicyNode(Node):
         self.create_subscription(String, "/policy/instruction", self._on_instruction, 10)
         self.add_on_set_parameters_callback(self._on_params)
         self.last_timing: ChunkTiming | None = None
+        self._error_logged_at, self._errors_unlogged = -1e9, 0  # _on_error's once-a-second log
         from posevla.model.serving import PipelinedRunner
 
         self.runner = PipelinedRunner(self.engine, self._publish_chunk, now_ns=self._now_ns,
@@ -148,7 +149,15 @@ class PolicyNode(Node):
         self.last_timing = timing
 
     def _on_error(self, obs: Observation, exc: Exception) -> None:
-        self.get_logger().error(f"policy call failed on observation stamped {obs.stamp_ns}: {exc}")
+        """Runner callback: one log line per second at most (a gripper bus dropout fails every observation for
+        its length); the diagnostics count them all."""
+        now = time.monotonic()
+        if now - self._error_logged_at < 1.0:
+            self._errors_unlogged += 1
+            return
+        more = f" ({self._errors_unlogged} more since the last report)" if self._errors_unlogged else ""
+        self._error_logged_at, self._errors_unlogged = now, 0
+        self.get_logger().error(f"policy call failed on observation stamped {obs.stamp_ns}: {exc}{more}")
 
     def _publish_diagnostics(self) -> None:
         st = self.runner.stats()
