@@ -33,6 +33,40 @@ def episode(tmp_path_factory) -> Path:
     return write_demo_episode(tmp_path_factory.mktemp("train") / "data", seconds=2.0, fps=15.0, width=160, height=120)
 
 
+def test_frames_with_an_unmeasured_gripper_are_not_sampled(episode: Path, tmp_path: Path) -> None:
+    """A gripper bus dropout records NaN openings (the driver publishes no made-up value): those frames start no
+    sample, the chunk targets interpolate the gripper over the frames that have one, and an episode without any
+    gripper value is refused naming it (before: every sample there raised, or trained on NaN targets)."""
+    import shutil
+
+    import h5py
+
+    gaps = shutil.copy(episode, tmp_path / "episode_000000.h5")
+    dead = shutil.copy(episode, tmp_path / "episode_000001.h5")
+    with h5py.File(gaps, "r+") as h:
+        qpos, action = h["observations/qpos"][:], h["action"][:]
+        qpos[[3, 4, 5, 20], 6] = np.nan  # left gripper unmeasured for 3 + 1 frames
+        action[[4, 20], 6] = np.nan  # and not commanded in two of them
+        h["observations/qpos"][...], h["action"][...] = qpos, action
+    data = EpisodeChunkDataset([gaps], CFG)
+    try:
+        assert len(data) == 30 - 4 and data.unmeasured_gripper_samples == 4
+        assert [t for _, t in data.index] == [t for t in range(30) if t not in (3, 4, 5, 20)]
+        for i in (0, 2, 3, 17):  # frames 0, 2, 6 and 19: the neighbours of the gaps
+            sample = data[i]
+            assert np.all(np.isfinite(sample.actions)), (i, sample.actions)
+        states, actions = data.state_and_action_rows()
+        assert np.all(np.isfinite(states)) and np.all(np.isfinite(actions))
+    finally:
+        data.close()
+    with h5py.File(dead, "r+") as h:
+        qpos, action = h["observations/qpos"][:], h["action"][:]
+        qpos[:, 6], action[:, 6] = np.nan, np.nan
+        h["observations/qpos"][...], h["action"][...] = qpos, action
+    with pytest.raises(ValueError, match="episode_000001.h5: left gripper: no frame has a finite gripper"):
+        EpisodeChunkDataset([dead], CFG)
+
+
 def test_samples_are_built_with_the_episode_calibration(episode: Path) -> None:
     data = EpisodeChunkDataset([episode], CFG)
     assert len(data) == 30 and len(EpisodeChunkDataset([episode], CFG, stride=4)) == 8

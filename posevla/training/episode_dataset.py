@@ -139,10 +139,11 @@ def _gripper_goals(stamps: np.ndarray, measured: np.ndarray, commanded: np.ndarr
     reach), not the measured opening. Closing on an object the fingers stop at its width (0.42 on the twin's
     4 cm cube) while the command says 0; a policy trained on the measured opening commands 0.42 and barely
     squeezes. Frames without a finite command use the measured opening."""
-    if commanded is None:
-        return stamps.astype(np.int64), measured
-    goal = np.where(np.isfinite(commanded), commanded, measured)
-    return stamps.astype(np.int64), goal
+    goal = measured if commanded is None else np.where(np.isfinite(commanded), commanded, measured)
+    ok = np.isfinite(goal)  # neither commanded nor measured (a gripper bus dropout): interpolated over
+    if not ok.any():
+        raise ValueError("no frame has a finite gripper command or measurement")
+    return stamps.astype(np.int64)[ok], goal[ok]
 
 
 @dataclass
@@ -171,6 +172,7 @@ class EpisodeChunkDataset:
         self.aug_seed = 0  # the training run's seed (see augmented)
         self.excluded_samples = 0
         self.held_depth_samples = 0  # frames not sampled: their depth is an earlier frame's (depth_every > 1)
+        self.unmeasured_gripper_samples = 0  # frames not sampled: a gripper opening was not measured (NaN)
         exclude_s = {Path(k).resolve(): v for k, v in (exclude_s or {}).items()}
         self.inputs, self.outputs = XTrainerInputs(cfg), XTrainerOutputs(cfg)
         self._episodes: list[_Episode] = []
@@ -200,8 +202,10 @@ class EpisodeChunkDataset:
                         h.add(int(s), T)
                     histories[arm] = h
                     grippers[arm] = (robot_stamps.astype(np.int64), qpos[:, k * 7 + 6])
-                    goals[arm] = _gripper_goals(robot_stamps, qpos[:, k * 7 + 6],
-                                                action[:, k * 7 + 6])
+                    try:
+                        goals[arm] = _gripper_goals(robot_stamps, qpos[:, k * 7 + 6], action[:, k * 7 + 6])
+                    except ValueError as exc:
+                        raise ValueError(f"episode {path}: {arm} gripper: {exc}") from None
                 builder = ObservationBuilder(BuilderConfig(image_size=cfg.image_size, max_age_s=1e9, slop_s=1e9,
                                                            reference_view=cfg.reference_view,
                                                            crops=dict(cfg.view_crops)),
@@ -219,6 +223,13 @@ class EpisodeChunkDataset:
                 if k > 1:
                     self.held_depth_samples += sum(t % k != 0 for t in starts)
                     starts = [t for t in starts if t % k == 0]
+                # a gripper bus dropout records NaN openings (not measured): no sample starts there, since the
+                # state the policy would see is undefined (the policy node refuses such observations too)
+                measured = np.all([np.isfinite(grippers[a][1]) for a in grippers], axis=0)
+                if not measured.all():
+                    keep = [t for t in starts if measured[t]]
+                    self.unmeasured_gripper_samples += len(starts) - len(keep)
+                    starts = keep
                 segments = exclude_s.get(path.resolve(), [])
                 if segments:
                     t_s = np.maximum((ep.camera_stamps(cfg.reference_view) - int(robot_stamps[0])) * 1e-9, 0.0)

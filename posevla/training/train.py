@@ -325,6 +325,9 @@ def train(args: argparse.Namespace) -> dict:
     if exclude:
         print(f"[train] --exclude-segments: {data.excluded_samples} sample start(s) left out in {len(exclude)} "
               f"episode(s)", flush=True)
+    if data.unmeasured_gripper_samples:
+        print(f"[train] {data.unmeasured_gripper_samples} frame(s) not used as samples: a gripper opening was not "
+              "measured there (NaN in observations/qpos; `posevla dataset check` lists the episodes)", flush=True)
     val_data = EpisodeChunkDataset(val_eps, cfg, stride=args.stride) if val_eps else None
     if len(data) < args.batch_size:
         raise ValueError(f"{len(data)} samples in {len(train_eps)} episode(s), fewer than --batch-size {args.batch_size}")
