@@ -140,7 +140,11 @@ def test_collect_sim_graph_records_teleoperated_episode(tmp_path: Path, rclpy_co
         assert 45 <= ep.num_frames <= 90  # ~4 s at 15 Hz
         assert ep.meta["instruction"] == "wave both arms" and ep.meta["calibration"] and ep.meta["success"] is True
         action, qpos = ep.array("action"), ep.array("observations/qpos")
-        assert np.all(np.isfinite(action)) and np.all(np.isfinite(qpos))
+        joints = np.r_[0:6, 7:13]
+        assert np.all(np.isfinite(action)) and np.all(np.isfinite(qpos[:, joints]))
+        # a gripper opening is NaN where its bus reading was stale (> 0.2 s: seen with the CPU starved by five
+        # processes on two cores); the trainer skips such frames. Most frames must have it.
+        assert np.isfinite(qpos[:, [6, 13]]).all(axis=1).mean() > 0.8, qpos[:, [6, 13]]
         # the leaders wave +-8 degrees: the commands and the followers both move (a graph starved at load ~15 read the
         # simulated leaders' serial replies late and recorded only 4.8 deg of commanded motion in 4 s) ...
         assert np.ptp(action[:, 0]) > np.deg2rad(2.5) and np.ptp(qpos[:, 0]) > np.deg2rad(2.5)
