@@ -190,15 +190,17 @@ def test_benchmark_evaluates_a_given_checkpoint_without_data(tmp_path: Path) -> 
     ckpt = REPO / "models" / "twin" / "pick_cube_overview"
     out = tmp_path / "cl"
     proc = subprocess.run([sys.executable, "-m", "posevla.cli", "benchmark", "closed-loop", "--checkpoint", str(ckpt),
-                           "--task", "pick_cube_overview", "--trials", "1", "--trial-s", "6", "--no-ablations",
+                           "--task", "pick_cube_overview", "--trials", "1", "--trial-s", "10", "--no-ablations",
                            "--out", str(out)], capture_output=True, text=True, timeout=600)
     log = (out / "nodes.log").read_text() if (out / "nodes.log").exists() else ""
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + log[-3000:]
+    why = proc.stdout[-3000:] + proc.stderr[-3000:] + log[-3000:]
+    assert proc.returncode == 0, why
     assert not (out / "data").exists() and not (out / "train").exists()  # nothing collected or trained
     res = json.loads((out / "results.json").read_text())
     assert res["checkpoint"] == str(ckpt) and res["steps"] == 3000 and res["demos"] is None
     full = res["conditions"]["full"]
-    assert full["trials"] == 1 and full["chunks_per_trial"][0] > 0 and full["tcp_travel_m"][0] > 0.05
+    # 10 s, not 6: on a loaded machine (CI beside two evaluations) one 6 s trial got 4 chunks and no motion
+    assert full["trials"] == 1 and full["chunks_per_trial"][0] > 0 and full["tcp_travel_m"][0] > 0.05, (full, why)
     assert f"checkpoint {ckpt} (3000 steps)" in proc.stdout
 
 
