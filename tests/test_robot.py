@@ -85,9 +85,19 @@ def rig(tmp_path):
     sim.close()
 
 
+def _state(driver: XTrainerDriver, arm: str):
+    """The arm's trusted state, waiting up to 5 s for one: on a loaded machine the newest feedback can be older
+    than the driver's staleness bound for a moment, and arm_state() is then None (the arm takes no set-point)."""
+    deadline = time.monotonic() + 5.0
+    while (st := driver.arm_state(arm)) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert st is not None, f"{arm} arm: no trusted state for 5 s"
+    return st
+
+
 def _drive_to(driver: XTrainerDriver, arm: str, T_goal: np.ndarray, rate_hz: float = 50.0) -> None:
     """Stream ServoP set-points from the current pose to T_goal within the speed limits."""
-    T0 = driver.arm_state(arm).T_base_tcp
+    T0 = _state(driver, arm).T_base_tcp
     dist = np.linalg.norm(T_goal[:3, 3] - T0[:3, 3])
     ang = float(se3.rotation_angle(T0[:3, :3].T @ T_goal[:3, :3]))
     n = int(np.ceil(max(dist / (0.2 / rate_hz), ang / (1.0 / rate_hz), 1)))
@@ -104,17 +114,17 @@ def _drive_to(driver: XTrainerDriver, arm: str, T_goal: np.ndarray, rate_hz: flo
 def _settle(driver: XTrainerDriver, arm: str, T_goal: np.ndarray, timeout: float = 3.0) -> np.ndarray:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        T = driver.arm_state(arm).T_base_tcp
+        T = _state(driver, arm).T_base_tcp
         if np.linalg.norm(T[:3, 3] - T_goal[:3, 3]) < 2e-4:
             break
         time.sleep(0.02)
-    return driver.arm_state(arm).T_base_tcp
+    return _state(driver, arm).T_base_tcp
 
 
 def test_servo_pose_reaches_base_frame_target_on_both_arms(rig) -> None:
     sim, driver = rig
     for arm, dy in (("left", 0.06), ("right", -0.04)):
-        T0 = driver.arm_state(arm).T_base_tcp
+        T0 = _state(driver, arm).T_base_tcp
         T_goal = se3.T_from_xyz_rpy(T0[:3, 3] + [0.05, dy, -0.04], [0, 0, 0]) @ se3.make_T(T0[:3, :3], [0, 0, 0])
         T_goal = T_goal @ se3.T_from_xyz_rpy([0, 0, 0], [0.1, -0.05, 0.2])
         _drive_to(driver, arm, T_goal)
@@ -143,9 +153,9 @@ def test_servo_joints_and_gripper(rig) -> None:
     np.testing.assert_allclose(driver.feedback("left").q, target, atol=1e-3)
     # the gripper is a Feetech servo on its own (simulated) RS-485 bus, measured there
     deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline and not abs(driver.arm_state("left").gripper - 0.2) < 0.01:
+    while time.monotonic() < deadline and not abs(_state(driver, "left").gripper - 0.2) < 0.01:
         time.sleep(0.02)
-    assert abs(driver.arm_state("left").gripper - 0.2) < 0.01
+    assert abs(_state(driver, "left").gripper - 0.2) < 0.01
     assert abs(sim.gripper_buses["left"].position(21) - (3055 + 0.2 * (2048 - 3055))) < 15  # servo steps
     # a joint jump whose TCP moves further than max_request_m is refused; the TCP is checked through FK
     assert "max_request_m" in driver.servo_joints("left", q0 + [0.5, 0, 0, 0, 0, 0])
@@ -153,7 +163,7 @@ def test_servo_joints_and_gripper(rig) -> None:
 
 def test_unsafe_and_stale_commands_are_refused_and_never_reach_the_socket(rig) -> None:
     sim, driver = rig
-    T = driver.arm_state("left").T_base_tcp
+    T = _state(driver, "left").T_base_tcp
     n0 = len(sim.arms["left"].received)
     far = T.copy()
     far[:3, 3] += [0.2, 0, 0]
@@ -185,14 +195,14 @@ def test_unreachable_pose_is_never_sent(rig) -> None:
     sim, driver = rig
     _wide_guard(driver)
     n0 = len(sim.arms["left"].received)
-    T = driver.arm_state("left").T_base_tcp.copy()
+    T = _state(driver, "left").T_base_tcp.copy()
     T[:3, 3] = [2.5, 0.3, 0.3]  # beyond the arm's reach
     reason = driver.servo_pose("left", T)
     assert reason is not None and "inverse-kinematics" in reason and "unreachable" in reason, reason
     time.sleep(0.1)
     assert len(sim.arms["left"].received) == n0 and not sim.arms["left"].errors
     assert driver.feedback("left").mode != P.MODE_ERROR
-    assert driver.servo_pose("left", driver.arm_state("left").T_base_tcp) is None  # a reachable one still goes
+    assert driver.servo_pose("left", _state(driver, "left").T_base_tcp) is None  # a reachable one still goes
 
 
 def test_setpoint_needing_a_large_joint_turn_is_refused(rig) -> None:
@@ -201,7 +211,7 @@ def test_setpoint_needing_a_large_joint_turn_is_refused(rig) -> None:
     sim, driver = rig
     _wide_guard(driver, max_ik_joint_step_rad=0.2)
     q0 = driver.feedback("left").q
-    T0 = driver.arm_state("left").T_base_tcp
+    T0 = _state(driver, "left").T_base_tcp
     n0 = len(sim.arms["left"].received)
     turn = lambda a: T0 @ se3.T_from_xyz_rpy([0.0, 0.0, 0.0], [0.0, 0.0, a])  # noqa: E731 - about the tool z
     reason = driver.servo_pose("left", turn(0.4))
@@ -220,23 +230,28 @@ def test_setpoint_needing_a_large_joint_turn_is_refused(rig) -> None:
 def test_controller_alarm_holds_the_arm_until_cleared(rig) -> None:
     sim, driver = rig
     q_before = driver.feedback("left").q
+    T_here = _state(driver, "left").T_base_tcp  # where the arm rests (a loaded machine may let feedback age)
     with sim.arms["left"].lock:
         sim.arms["left"]._alarm(22)  # an alarm raised by the controller itself (IK, collision detection, ...)
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5.0  # until the alarm's feedback arrived
+    while driver.feedback("left").mode != P.MODE_ERROR and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert driver.feedback("left").mode == P.MODE_ERROR
     n0 = len(sim.arms["left"].received)
-    reason = driver.servo_pose("left", driver.arm_state("left").T_base_tcp)
-    assert "error state" in reason or "rejected" in reason, reason
+    reason = driver.servo_pose("left", T_here)
+    assert reason is not None and ("error state" in reason or "rejected" in reason), reason
     assert len(sim.arms["left"].received) == n0
     np.testing.assert_allclose(driver.feedback("left").q, q_before, atol=1e-4)
     driver.clear_error("left")
-    time.sleep(0.05)
-    assert driver.servo_pose("left", driver.arm_state("left").T_base_tcp) is None
+    deadline = time.monotonic() + 5.0  # until feedback after the clear is in: then the arm takes set-points again
+    while (reason := driver.servo_pose("left", T_here)) is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert reason is None, reason
 
 
 def test_estop_stops_sending_until_reset(rig) -> None:
     sim, driver = rig
-    T = driver.arm_state("right").T_base_tcp
+    T = _state(driver, "right").T_base_tcp
     driver.estop()
     n0 = len(sim.arms["right"].received)
     assert "e-stop" in driver.servo_pose("right", T)
@@ -247,7 +262,7 @@ def test_estop_stops_sending_until_reset(rig) -> None:
 
 def test_dropped_connection_recovers_without_a_jump(rig) -> None:
     sim, driver = rig
-    T0 = driver.arm_state("left").T_base_tcp
+    T0 = _state(driver, "left").T_base_tcp
     T_goal = T0.copy()
     T_goal[:3, 3] += [0.04, 0.0, 0.0]
     _drive_to(driver, "left", T_goal)
@@ -265,7 +280,7 @@ def test_dropped_connection_recovers_without_a_jump(rig) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and driver.arm_state("left") is None:
         time.sleep(0.01)
-    actual = driver.arm_state("left").T_base_tcp
+    actual = _state(driver, "left").T_base_tcp
     # a command from before the drop, 45 mm from the actual pose, restarts from the measured pose at rest:
     # what goes out is one acceleration-limited step from the arm, not the requested point
     stale_target = actual.copy()
@@ -276,7 +291,7 @@ def test_dropped_connection_recovers_without_a_jump(rig) -> None:
         assert "rest" in why or "fresh" in why, why
         assert time.monotonic() < deadline, why
         time.sleep(0.01)
-    actual = driver.arm_state("left").T_base_tcp
+    actual = _state(driver, "left").T_base_tcp
     deadline = time.monotonic() + 2
     while len(sim.arms["left"].received) <= n0 and time.monotonic() < deadline:
         time.sleep(0.01)
